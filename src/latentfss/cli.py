@@ -1,0 +1,71 @@
+"""The `latentfss` command: one subcommand per pipeline stage, named as the Snakemake rules."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from latentfss import __version__
+from latentfss.errors import InputError
+
+# subcommand -> (module under latentfss.stages, or None while the stage is not built; summary)
+STAGES = {
+    "make-synthetic": ("make_synthetic", "generate the synthetic VOC-format benchmark"),
+    "prepare": ("prepare", "index a dataset: splits, paths, sizes, per-class pixel counts"),
+    "extract-features": (None, "embed every train image with the frozen encoder (features.zarr)"),
+    "pool-prototypes": (None, "Eq. 2: per-image class and background prototypes"),
+    "cluster": (None, "K-Means over base-class prototypes: K+1 representatives"),
+    "write-pseudo-masks": (None, "Eq. 3: dense pseudo labels for every train image"),
+    "train": (None, "episodic training with the mining branch (Eq. 1, 4-7)"),
+    "build-bank": (None, "image embeddings and region prototypes for rectification"),
+    "evaluate": (None, "test episodes with rectified prototypes (Eq. 7-9): mIoU, FB-IoU"),
+    "summarize": (None, "the paper's tables from every fold and shot"),
+    "inspect": (None, "render and describe any artifact"),
+    "segment": (None, "segment your own images from K annotated shots"),
+}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s stage module is imported, so `--help` and jobs start fast."""
+    parser = argparse.ArgumentParser(
+        prog="latentfss", description="Few-shot segmentation by mining latent classes."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    for name, (module, summary) in STAGES.items():
+        stage = sub.add_parser(
+            name, help=summary if module else f"{summary} [not built yet]", description=summary
+        )
+        if name == command and module is not None:
+            mod = importlib.import_module(f"latentfss.stages.{module}")
+            mod.register_arguments(stage)
+            stage.set_defaults(run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if a in STAGES), None)
+    if command and STAGES[command][0] is None and not {"-h", "--help"} & set(argv):
+        print(f"ERROR: `latentfss {command}` is not built yet", file=sys.stderr)
+        return 2
+    args = build_parser(command).parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        args.run(args)
+    except InputError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ERROR: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Config validation: the JSON schema for config.yaml and frozen dataclasses for each stage."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jsonschema
+import yaml
+
+from latentfss.errors import InputError
+
+T = TypeVar("T")
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a missing or malformed file is an InputError naming it."""
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise InputError(f"{path}: not valid YAML{line}") from None
+
+
+def _fill_defaults(instance: dict, schema: dict) -> None:
+    """Insert each missing property's schema default, recursing into nested objects."""
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(instance[key], sub)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        known = ", ".join(sorted(error.schema.get("properties", {})))
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        where = f"{key}." if error.absolute_path else ""
+        return f"unknown key '{where}{unknown[0]}' (known here: {known})"
+    if error.validator == "enum":
+        return f"{key}: {error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "type":
+        return f"{key}: {error.instance!r} is not of type {error.validator_value}"
+    return f"{key}: {error.message}"
+
+
+def validate(config: dict, schema_path: str | Path, source: str = "config") -> dict:
+    """Check `config` against the JSON schema and fill in its defaults, in place.
+
+    Raises InputError with one line naming the offending key, e.g.
+    "config: unknown key 'dataset.nme' (known here: min_support_pixels, name, root, ...)".
+    """
+    schema = read_yaml(schema_path)
+    if not isinstance(config, dict):
+        raise InputError(f"{source}: expected a mapping of sections, got {type(config).__name__}")
+    _fill_defaults(config, schema)
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if errors:
+        raise InputError(f"{source}: {_describe(jsonschema.exceptions.best_match(errors))}")
+    return config
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return isinstance(value, list | tuple) and all(_matches(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def from_params(cls: type[T], params: dict | str | None, section: str) -> T:
+    """Build a stage's frozen dataclass from its config section (a dict or a JSON string).
+
+    Unknown keys and wrongly typed values are InputErrors naming `section.key`; keys left out
+    keep the dataclass default.
+    """
+    if isinstance(params, str):
+        try:
+            params = json.loads(params) if params.strip() else {}
+        except json.JSONDecodeError as e:
+            raise InputError(f"--params for '{section}' is not valid JSON ({e.msg})") from None
+    params = dict(params or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in params.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise InputError(f"unknown key '{section}.{key}' (known here: {known})")
+        if not _matches(value, hints[key]):
+            expected = getattr(hints[key], "__name__", hints[key])
+            raise InputError(f"{section}.{key}: {value!r} is not of type {expected}")
+        if isinstance(value, list):
+            params[key] = tuple(value)
+    missing = [n for n, f in fields.items() if n not in params and _no_default(f)]
+    if missing:
+        raise InputError(f"{section}: missing key(s) {', '.join(missing)}")
+    return cls(**params)
+
+
+def _no_default(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING

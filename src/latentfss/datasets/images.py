@@ -1,0 +1,79 @@
+"""Reading and writing images and class-index masks, with one-line errors naming the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from latentfss.episodes import IGNORE
+from latentfss.errors import InputError
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (256 RGB triples, flattened): label 255 is cream, 0 black."""
+    palette = []
+    for label in range(256):
+        r = g = b = 0
+        c = label
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()  # decode fully: a truncated file fails here, not three stages later
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable image (corrupt or unknown format)") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot decode image ({e})") from None
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB image as (H, W, 3) uint8."""
+    return np.asarray(_open(Path(path)).convert("RGB"))
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image, decoding it fully so that corrupt files are caught."""
+    width, height = _open(Path(path)).size
+    return height, width
+
+
+def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
+    """A class-index mask as (H, W) uint8 with values in 0..num_classes or 255 (ignore).
+
+    Accepts single-channel PNGs ('P' palette as VOC's SegmentationClassAug, or 'L'); an RGB
+    colour-coded mask is refused, as its colours are not class indices.
+    """
+    image = _open(Path(path))
+    if image.mode not in ("P", "L"):
+        raise InputError(
+            f"{path}: mask has mode {image.mode}, expected a single-channel class-index PNG "
+            "(palette 'P' or greyscale 'L'), not a colour rendering"
+        )
+    mask = np.asarray(image)
+    bad = (mask > num_classes) & (mask != IGNORE)
+    if bad.any():
+        raise InputError(
+            f"{path}: label {int(mask[bad].max())} is out of range "
+            f"(expected 0..{num_classes} or {IGNORE})"
+        )
+    return mask
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> None:
+    """Save an (H, W) uint8 label map as a VOC-palette PNG."""
+    image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="P")
+    image.putpalette(voc_palette())
+    image.save(path, optimize=False)

@@ -1,0 +1,43 @@
+# Data: generate the synthetic benchmark (when configured) and index the dataset once.
+
+
+if DATASET == "synthetic":
+
+    rule make_synthetic:
+        output:
+            root=directory(config["dataset"]["root"]),
+        log:
+            "logs/make_synthetic/synthetic.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/make_synthetic.tsv"
+        conda:
+            CPU_ENV
+        params:
+            synthetic=section("synthetic"),
+        shell:
+            "latentfss make-synthetic --out {output.root:q} --params {params.synthetic:q}"
+            " > {log:q} 2>&1"
+
+
+rule prepare:
+    input:
+        root=rules.make_synthetic.output.root if DATASET == "synthetic" else [],
+    output:
+        images=f"{RESULTS}/dataset/images.csv",
+        pixels=f"{RESULTS}/dataset/pixels.csv",
+        meta=f"{RESULTS}/dataset/meta.json",
+    log:
+        f"logs/prepare/{DATASET}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare.tsv"
+    conda:
+        CPU_ENV
+    threads: 4
+    resources:
+        mem_mb=4000,
+    params:
+        out=lambda wildcards, output: Path(output.images).parent,
+        dataset=section("dataset"),
+    shell:
+        "latentfss prepare --out {params.out:q} --params {params.dataset:q} --threads {threads}"
+        " > {log:q} 2>&1"
