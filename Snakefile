@@ -1,6 +1,6 @@
 # latentfss: few-shot segmentation by mining latent classes (Yang et al., ICCV 2021).
 #   snakemake --cores 2                 the embedded synthetic benchmark
-#   snakemake --cores 8 --configfile workflow/presets/pascal.yaml --config dataset.root=...
+#   snakemake --cores 8 --configfile workflow/presets/pascal.yaml --config 'dataset={root: ...}'
 from snakemake.utils import min_version
 
 min_version("9.0")

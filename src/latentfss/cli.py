@@ -58,13 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.run(args)
+        return 0
     except InputError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 2
+        message, code = str(e), 2
     except KeyboardInterrupt:
-        print("ERROR: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        message, code = "interrupted", 130
+    # printed once the failed stage's frames are released, so open progress bars finish their
+    # line first and the error is the last line of the log
+    print(f"ERROR: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny synthetic dataset and a way to run the CLI as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from latentfss.cli import main
+from latentfss.datasets.synthetic import SyntheticConfig
+from latentfss.stages.make_synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = SyntheticConfig(num_train=24, num_val=8, min_size=48, max_size=64)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="no CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A tiny synthetic VOC-format root (24 train, 8 val images of 48-64 px). Do not modify."""
+    root = tmp_path_factory.mktemp("data") / "voc"
+    generate(TINY, root)
+    return root
+
+
+def cli(*argv: str, capsys=None) -> tuple[int, str]:
+    """Run `latentfss argv...` in this process: (exit code, stderr when `capsys` is given)."""
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err if capsys is not None else ""
+
+
+def params(**section) -> str:
+    return json.dumps(section)
+
+
+def tool_env() -> dict[str, str]:
+    """The environment with this interpreter's bin/ first on PATH, where `latentfss` lives."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run_latentfss(*argv: str) -> subprocess.CompletedProcess:
+    """Run the installed console script in a fresh process, as a user (or Snakemake) would."""
+    return subprocess.run(
+        ["latentfss", *map(str, argv)], capture_output=True, text=True, timeout=120, env=tool_env()
+    )

@@ -1,0 +1,93 @@
+"""config.yaml, its schema, the presets and the stage dataclasses agree; bad keys are refused."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+
+from conftest import REPO
+from latentfss.config import from_params, read_yaml, validate
+from latentfss.datasets import DatasetConfig
+from latentfss.datasets.synthetic import SyntheticConfig
+from latentfss.episodes import ProtocolConfig
+from latentfss.errors import InputError
+
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+SECTIONS = {"dataset": DatasetConfig, "protocol": ProtocolConfig, "synthetic": SyntheticConfig}
+
+
+def merged(*files):
+    config = read_yaml(REPO / "config.yaml")
+    for name in files:
+        for key, value in read_yaml(REPO / name).items():
+            config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    return validate(config, SCHEMA)
+
+
+def test_config_yaml_equals_the_schema_defaults():
+    assert validate({}, SCHEMA) == validate(read_yaml(REPO / "config.yaml"), SCHEMA)
+    assert read_yaml(REPO / "config.yaml") == validate({}, SCHEMA)  # every key is written out
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_stage_dataclass_defaults_equal_the_config(section):
+    config = validate({}, SCHEMA)
+    defaults = dataclasses.asdict(SECTIONS[section]())
+    assert defaults == config[section]
+
+
+def test_presets_carry_the_papers_settings():
+    pascal, coco = merged("workflow/presets/pascal.yaml"), merged("workflow/presets/coco.yaml")
+    for cfg, k, episodes in ((pascal, 5, 1000), (coco, 15, 4000)):
+        assert cfg["encoder"] == {"arch": "resnet50", "weights": "imagenet"}
+        assert cfg["train"]["crop"] == 473
+        assert cfg["cluster"]["k"] == k
+        assert cfg["evaluate"] == {"episodes": episodes, "seeds": [0, 1, 2, 3, 4]}
+        assert cfg["protocol"]["min_support_pixels"] == 2 * 32 * 32
+    assert pascal["dataset"]["name"] == "pascal" and pascal["dataset"]["train_list"] == "voc_sbd"
+    assert coco["dataset"]["name"] == "coco"
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda c: c["dataset"].update(nme="pascal"), "unknown key 'dataset.nme'"),
+        (lambda c: c.update(sed=1), "unknown key 'sed'"),
+        (
+            lambda c: c["synthetic"].update(num_train="many"),
+            "synthetic.num_train: 'many' is not of",
+        ),
+        (lambda c: c["dataset"].update(name="voc"), "dataset.name: 'voc' is not one of"),
+        (lambda c: c.update(folds=[0, 4]), "folds.1: 4 is not one of"),
+        (lambda c: c["evaluate"].update(seeds=3), "evaluate.seeds: 3 is not of type array"),
+    ],
+)
+def test_bad_config_names_the_key(edit, message):
+    config = copy.deepcopy(read_yaml(REPO / "config.yaml"))
+    edit(config)
+    with pytest.raises(InputError, match=message.replace(".", r"\.").replace("(", r"\(")) as e:
+        validate(config, SCHEMA)
+    assert "\n" not in str(e.value)
+
+
+def test_stage_params_reject_unknown_keys_and_wrong_types():
+    assert from_params(SyntheticConfig, '{"num_train": 5}', "synthetic").num_train == 5
+    assert from_params(SyntheticConfig, "", "synthetic") == SyntheticConfig()
+    with pytest.raises(InputError, match="unknown key 'synthetic.num_trian'"):
+        from_params(SyntheticConfig, {"num_trian": 5}, "synthetic")
+    with pytest.raises(InputError, match="synthetic.num_train: True is not of type int"):
+        from_params(SyntheticConfig, {"num_train": True}, "synthetic")
+    with pytest.raises(InputError, match="synthetic.num_train: 2.5 is not of type int"):
+        from_params(SyntheticConfig, {"num_train": 2.5}, "synthetic")
+    with pytest.raises(InputError, match="not valid JSON"):
+        from_params(SyntheticConfig, "{num_train: 5}", "synthetic")
+
+
+def test_unreadable_yaml_names_the_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(InputError, match=r"bad\.yaml: not valid YAML \(line"):
+        read_yaml(tmp_path / "bad.yaml")
+    with pytest.raises(InputError, match=r"missing\.yaml: cannot read"):
+        read_yaml(tmp_path / "missing.yaml")
