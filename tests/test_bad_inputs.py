@@ -105,7 +105,7 @@ def test_bad_dataset_file_is_named_and_the_old_index_survives(root, tmp_path, ca
         ({"name": "coco", "root": "/no/such/coco"}, "/no/such/coco: dataset root not found"),
         ({"nmae": "pascal"}, "unknown key 'dataset.nmae' (known here: name, root, train_list)"),
         ({"root": 3}, "dataset.root: 3 is not of type str"),
-        ({"name": "kitti"}, "dataset.name must be one of synthetic, pascal, coco"),
+        ({"name": "kitti"}, "dataset: name must be one of synthetic, pascal, coco"),
     ],
 )
 def test_bad_dataset_config_is_named(tmp_path, capsys, section, needle):

@@ -85,6 +85,16 @@ def test_stage_params_reject_unknown_keys_and_wrong_types():
         from_params(SyntheticConfig, "{num_train: 5}", "synthetic")
 
 
+def test_stage_params_check_list_items():
+    @dataclasses.dataclass(frozen=True)
+    class Seeds:
+        seeds: tuple[int, ...] = (0,)
+
+    assert from_params(Seeds, {"seeds": [3, 4]}, "evaluate").seeds == (3, 4)  # frozen: a tuple
+    with pytest.raises(InputError, match="evaluate.seeds: \\[3, 'x'\\] is not of type"):
+        from_params(Seeds, {"seeds": [3, "x"]}, "evaluate")
+
+
 def test_unreadable_yaml_names_the_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
     with pytest.raises(InputError, match=r"bad\.yaml: not valid YAML \(line"):

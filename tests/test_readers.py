@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import latentfss
 from conftest import TINY, cli, params
 from latentfss.datasets import synthetic, voc
-from latentfss.datasets.images import read_mask
+from latentfss.datasets.images import read_image, read_mask, write_mask
 from latentfss.datasets.index import read_index
 
 
@@ -149,3 +150,22 @@ def test_coco_conversion_is_deterministic(coco_root, tmp_path, capsys):
     assert len(pngs) == 3
     for png in pngs:
         assert png.read_bytes() == (tmp_path / "b" / png.relative_to(tmp_path / "a")).read_bytes()
+
+
+def test_image_and_mask_round_trip(tmp_path):
+    labels = np.random.default_rng(0).integers(0, 21, (9, 13)).astype(np.uint8)
+    labels[0] = 255
+    write_mask(tmp_path / "m.png", labels)
+    assert Image.open(tmp_path / "m.png").mode == "P"
+    assert np.array_equal(read_mask(tmp_path / "m.png", 20), labels)
+    rgb = np.random.default_rng(1).integers(0, 256, (9, 13, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "i.png")
+    assert np.array_equal(read_image(tmp_path / "i.png"), rgb)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")  # greyscale images come out RGB
+    assert read_image(tmp_path / "grey.png").shape == (9, 13, 3)
+
+
+def test_index_splits_keep_global_image_indices(tiny_index):
+    val = tiny_index.split("val")
+    assert val.index.tolist() == list(range(TINY.num_train, TINY.num_train + TINY.num_val))
+    assert tiny_index.meta["code_version"].startswith(latentfss.__version__)

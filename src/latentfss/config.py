@@ -89,8 +89,8 @@ def _matches(value: Any, hint: Any) -> bool:
 def from_params(cls: type[T], params: dict | str | None, section: str) -> T:
     """Build a stage's frozen dataclass from its config section (a dict or a JSON string).
 
-    Unknown keys and wrongly typed values are InputErrors naming `section.key`; keys left out
-    keep the dataclass default.
+    Unknown keys, wrongly typed values and values the dataclass rejects (ValueError in its
+    __post_init__) are InputErrors naming the section; keys left out keep their default.
     """
     if isinstance(params, str):
         try:
@@ -112,7 +112,10 @@ def from_params(cls: type[T], params: dict | str | None, section: str) -> T:
     missing = [n for n, f in fields.items() if n not in params and _no_default(f)]
     if missing:
         raise InputError(f"{section}: missing key(s) {', '.join(missing)}")
-    return cls(**params)
+    try:
+        return cls(**params)
+    except ValueError as e:  # the dataclass's own checks of values and their combinations
+        raise InputError(f"{section}: {e}") from None
 
 
 def _no_default(field: dataclasses.Field) -> bool:

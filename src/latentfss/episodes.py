@@ -21,7 +21,7 @@ class ProtocolConfig:
 
     def __post_init__(self) -> None:
         if self.class_split not in CLASS_SPLITS:
-            raise ValueError(f"protocol.class_split must be one of {', '.join(CLASS_SPLITS)}")
+            raise ValueError(f"class_split must be one of {', '.join(CLASS_SPLITS)}")
 
 
 def novel_classes(fold: int, num_classes: int, split: str = "consecutive") -> tuple[int, ...]:

@@ -34,7 +34,7 @@ rule prepare:
         CPU_ENV
     threads: 4
     resources:
-        mem_mb=4000,
+        mem_mb=16000 if DATASET == "coco" else 4000,  # COCO: the train JSON in memory
     params:
         out=lambda wildcards, output: Path(output.images).parent,
         dataset=section("dataset"),

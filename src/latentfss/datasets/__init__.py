@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from latentfss.datasets.voc import TRAIN_LISTS
+
 DATASETS = ("synthetic", "pascal", "coco")
 
 
@@ -16,9 +18,7 @@ class DatasetConfig:
     train_list: str = "voc"  # synthetic/pascal: voc | voc_sbd | trainaug; ignored for coco
 
     def __post_init__(self) -> None:
-        from latentfss.datasets.voc import TRAIN_LISTS
-
         if self.name not in DATASETS:
-            raise ValueError(f"dataset.name must be one of {', '.join(DATASETS)}")
+            raise ValueError(f"name must be one of {', '.join(DATASETS)}")
         if self.train_list not in TRAIN_LISTS:
-            raise ValueError(f"dataset.train_list must be one of {', '.join(TRAIN_LISTS)}")
+            raise ValueError(f"train_list must be one of {', '.join(TRAIN_LISTS)}")

@@ -28,12 +28,9 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    try:
-        cfg = from_params(synthetic.SyntheticConfig, args.params, "synthetic")
-        if args.seed is not None:
-            cfg = dataclasses.replace(cfg, seed=args.seed)
-    except ValueError as e:
-        raise InputError(f"synthetic: {e}") from None
+    cfg = from_params(synthetic.SyntheticConfig, args.params, "synthetic")
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
     out: Path = args.out
     if out.exists() and any(out.iterdir()) and not (out / PROVENANCE).exists():
         raise InputError(f"{out}: exists and is not a synthetic dataset; refusing to overwrite it")

@@ -48,10 +48,7 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    try:
-        cfg = from_params(DatasetConfig, args.params, "dataset")
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    cfg = from_params(DatasetConfig, args.params, "dataset")
     root = Path(cfg.root).resolve()
     with atomic_dir(args.out) as tmp:
         if cfg.name == "coco":
