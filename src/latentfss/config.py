@@ -58,7 +58,7 @@ def validate(config: dict, schema_path: str | Path, source: str = "config") -> d
     """Check `config` against the JSON schema and fill in its defaults, in place.
 
     Raises InputError with one line naming the offending key, e.g.
-    "config: unknown key 'dataset.nme' (known here: min_support_pixels, name, root, ...)".
+    "config: unknown key 'dataset.nme' (known here: name, root, train_list)".
     """
     schema = read_yaml(schema_path)
     if not isinstance(config, dict):

@@ -58,14 +58,8 @@ def class_image_lists(
     PFENet, an image holds a class for episodes only when the class covers >= 2x32x32 pixels
     on real data (small objects make supports that carry no signal).
     """
-    kept = pixels[pixels["class_id"].isin(classes) & (pixels["pixels"] >= min_pixels)]
-    groups = kept.groupby("class_id")["image"]
-    return {
-        c: np.sort(groups.get_group(c).to_numpy())
-        if c in groups.groups
-        else np.empty(0, dtype=np.int64)
-        for c in classes
-    }
+    kept = pixels[pixels["pixels"] >= min_pixels]
+    return {c: np.sort(kept.loc[kept["class_id"] == c, "image"].to_numpy()) for c in classes}
 
 
 def training_mask(mask: np.ndarray, novel: tuple[int, ...] | list[int]) -> np.ndarray:
