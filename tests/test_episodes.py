@@ -55,7 +55,7 @@ def test_bad_fold_or_split_is_refused():
 def test_class_lists_keep_images_above_the_pixel_threshold():
     pixels = pd.DataFrame(
         {
-            "image": [0, 0, 1, 1, 2, 3, 3],
+            "image_id": [0, 0, 1, 1, 2, 3, 3],
             "class_id": [0, 3, 3, 4, 3, 4, 0],
             "pixels": [900, 100, 99, 50, 500, 49, 10],
         }

@@ -32,10 +32,10 @@ def test_prepare_indexes_every_image_with_its_pixel_counts(tiny_root, tiny_index
     assert tiny_index.meta["class_names"] == list(synthetic.CLASS_NAMES)
     assert tiny_index.num_classes == 20
     for i, row in images.iterrows():
-        assert Path(row["image"]) == voc.image_path(tiny_root, row["image_id"]).resolve()
+        assert Path(row["image"]) == voc.image_path(tiny_root, row["name"]).resolve()
         mask = read_mask(row["mask"], 20)
         assert (row["height"], row["width"]) == mask.shape
-        counted = pixels[pixels["image"] == i].set_index("class_id")["pixels"].to_dict()
+        counted = pixels[pixels["image_id"] == i].set_index("class_id")["pixels"].to_dict()
         expected = {c: n for c, n in enumerate(np.bincount(mask.ravel(), minlength=21)[:21]) if n}
         assert counted == expected
 
@@ -136,7 +136,7 @@ def test_coco_json_converts_to_class_index_masks(coco_root, tmp_path, capsys):
     assert person[25, 30] == 1 and person[2, 2] == 0 and person[38, 45] == 0
     assert (crowd[:, :5] == 2).all() and (crowd[:, 5:] == 0).all()  # RLE is column-major
     assert not empty.any()
-    counts = index.pixels.groupby(["image", "class_id"])["pixels"].sum().to_dict()
+    counts = index.pixels.groupby(["image_id", "class_id"])["pixels"].sum().to_dict()
     assert counts[(1, 2)] == 100 and counts[(2, 0)] == 32 * 32
     assert all(Path(p).is_file() and Path(p).is_relative_to(out) for p in index.images["mask"])
 

@@ -54,12 +54,12 @@ def class_image_lists(
 ) -> dict[int, np.ndarray]:
     """For each class, the sorted image indices in which it covers at least `min_pixels` pixels.
 
-    `pixels` is the prepared index's long table (columns image, class_id, pixels). Following
+    `pixels` is the prepared index's long table (columns image_id, class_id, pixels). Following
     PFENet, an image holds a class for episodes only when the class covers >= 2x32x32 pixels
     on real data (small objects make supports that carry no signal).
     """
     kept = pixels[pixels["pixels"] >= min_pixels]
-    return {c: np.sort(kept.loc[kept["class_id"] == c, "image"].to_numpy()) for c in classes}
+    return {c: np.sort(kept.loc[kept["class_id"] == c, "image_id"].to_numpy()) for c in classes}
 
 
 def training_mask(mask: np.ndarray, novel: tuple[int, ...] | list[int]) -> np.ndarray:

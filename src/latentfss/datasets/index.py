@@ -1,8 +1,9 @@
 """The prepared index (results/{dataset}/dataset/): later stages read it, never the raw tree.
 
-images.csv   one row per image; its row number is the image index used by every artifact.
-             columns: image_id, split (train | val), image, mask (absolute paths), height, width
-pixels.csv   long table of labelled pixels: image (row in images.csv), class_id (0 = bg), pixels
+images.csv   one row per image; its row number is the `image_id` every artifact refers to.
+             columns: name (file stem), split (train | val), image, mask (absolute paths),
+             height, width
+pixels.csv   long table of labelled pixels: image_id, class_id (0 = background), pixels
 meta.json    dataset name, root, train list, num_classes, class_names, counts, code version
 """
 
@@ -16,8 +17,8 @@ import pandas as pd
 
 from latentfss.errors import InputError
 
-IMAGE_COLUMNS = ("image_id", "split", "image", "mask", "height", "width")
-PIXEL_COLUMNS = ("image", "class_id", "pixels")
+IMAGE_COLUMNS = ("name", "split", "image", "mask", "height", "width")
+PIXEL_COLUMNS = ("image_id", "class_id", "pixels")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class DatasetIndex:
         return int(self.meta["num_classes"])
 
     def split(self, name: str) -> pd.DataFrame:
-        """The rows of one split; the frame's index holds the global image indices."""
+        """The rows of one split; the frame's index holds their image_ids."""
         return self.images[self.images["split"] == name]
 
 
@@ -45,7 +46,7 @@ def read_index(index_dir: str | Path) -> DatasetIndex:
     index_dir = Path(index_dir)
     try:
         meta = json.loads((index_dir / "meta.json").read_text())
-        images = pd.read_csv(index_dir / "images.csv", dtype={"image_id": str})
+        images = pd.read_csv(index_dir / "images.csv", dtype={"name": str})
         pixels = pd.read_csv(index_dir / "pixels.csv")
     except FileNotFoundError as e:
         raise InputError(f"{e.filename}: missing; run `latentfss prepare` first") from None

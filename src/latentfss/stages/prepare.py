@@ -21,7 +21,7 @@ from latentfss import code_version
 from latentfss.config import from_params
 from latentfss.datasets import DatasetConfig, coco, synthetic, voc
 from latentfss.datasets.images import image_size, read_mask, write_mask
-from latentfss.datasets.index import write_index
+from latentfss.datasets.index import IMAGE_COLUMNS, write_index
 from latentfss.errors import InputError
 from latentfss.fs import atomic_dir
 from latentfss.progress import progress
@@ -33,7 +33,7 @@ class Item(NamedTuple):
     """One image to index. For COCO, `coco` = (where to write the mask now, the image record,
     its annotations, category labels): everything a worker needs, so workers share no state."""
 
-    image_id: str
+    name: str
     split: str
     image: str
     mask: str
@@ -73,9 +73,9 @@ def _voc_tasks(root: Path, cfg: DatasetConfig) -> tuple[list[Item], tuple[str, .
     class_names = synthetic.CLASS_NAMES if cfg.name == "synthetic" else voc.VOC_CLASSES
     ids = voc.split_ids(root, cfg.train_list)
     tasks = [
-        Item(image_id, split, str(voc.image_path(root, image_id)),
-             str(voc.mask_path(root, image_id)), len(class_names))
-        for split, split_ids in ids.items() for image_id in split_ids
+        Item(name, split, str(voc.image_path(root, name)), str(voc.mask_path(root, name)),
+             len(class_names))
+        for split, names in ids.items() for name in names
     ]  # fmt: skip
     return tasks, class_names
 
@@ -141,12 +141,14 @@ def _scan(tasks: list[Item], threads: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         results = [_scan_one(t) for t in progress(tasks, len(tasks), "prepare")]
     images = pd.DataFrame(
         [
-            (t.image_id, t.split, t.image, t.mask, h, w)
+            (t.name, t.split, t.image, t.mask, h, w)
             for t, (h, w, _) in zip(tasks, results, strict=True)
         ],
-        columns=["image_id", "split", "image", "mask", "height", "width"],
+        columns=list(IMAGE_COLUMNS),
     )
     counts = np.stack([c for _, _, c in results])  # (N, num_classes + 1)
     image, class_id = np.nonzero(counts)
-    pixels = pd.DataFrame({"image": image, "class_id": class_id, "pixels": counts[image, class_id]})
+    pixels = pd.DataFrame(
+        {"image_id": image, "class_id": class_id, "pixels": counts[image, class_id]}
+    )
     return images, pixels
