@@ -11,9 +11,10 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/annotation.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.prepare.output,
+        expand(rules.write_pseudo_masks.output.masks, fold=config["folds"]),

@@ -18,6 +18,9 @@ TINY_CONFIG = {
     "folds": [0, 1],
     "shots": [1, 5],
     "synthetic": {"num_train": 16, "num_val": 8, "min_size": 48, "max_size": 64},
+    "encoder": {"calibration_images": 8},
+    "annotation": {"input_size": 64},
+    "cluster": {"k": 3, "nredo": 2},
 }
 
 
@@ -60,10 +63,13 @@ def test_default_dry_run(tmp_path):
 def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     code, out = snakemake(tmp_path, config=TINY_CONFIG)
     assert code == 0, out
-    index = tmp_path / "results/synthetic/dataset"
-    assert (index / "images.csv").read_text().count("\n") == 1 + 16 + 8
-    assert (tmp_path / "logs/prepare/synthetic.log").is_file()
-    assert (tmp_path / "results/synthetic/benchmarks/prepare.tsv").is_file()
+    results = tmp_path / "results/synthetic"
+    assert (results / "dataset/images.csv").read_text().count("\n") == 1 + 16 + 8
+    for path in ("features.zarr", "encoder_init.pt", "prototypes.zarr", "fold0/clusters.zarr",
+                 "fold1/pseudo_masks.zarr", "benchmarks/prepare.tsv"):  # fmt: skip
+        assert (results / path).exists(), path
+    assert not (results / "fold2").exists()  # only the configured folds
+    assert (tmp_path / "logs/write_pseudo_masks/synthetic_fold1.log").is_file()
 
     code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
     assert code == 0 and "Nothing to be done" in out, out
@@ -72,9 +78,23 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     edited = {**TINY_CONFIG, "protocol": {"min_support_pixels": 50}}
     code, out = snakemake(tmp_path, "-n", config=edited)
     assert code == 0 and "Nothing to be done" in out, out
+    edited = {**TINY_CONFIG, "cluster": {"k": 2, "nredo": 2}}
+    code, out = snakemake(tmp_path, "-n", config=edited)
+    assert code == 0 and "cluster" in out and "write_pseudo_masks" in out, out
+    assert "extract_features" not in out and "pool_prototypes" not in out, out
     edited = {**TINY_CONFIG, "synthetic": {**TINY_CONFIG["synthetic"], "num_val": 9}}
     code, out = snakemake(tmp_path, "-n", config=edited)
     assert code == 0 and "make_synthetic" in out and "prepare" in out, out
+
+
+def test_temporary_features_are_deleted_once_used(tmp_path):
+    config = {**TINY_CONFIG, "folds": [2], "annotation": {"input_size": 64,
+              "temporary_features": True}}  # fmt: skip
+    code, out = snakemake(tmp_path, config=config)
+    assert code == 0, out
+    results = tmp_path / "results/synthetic"
+    assert (results / "fold2/pseudo_masks.zarr").is_dir() and (results / "prototypes.zarr").is_dir()
+    assert not (results / "features.zarr").exists()
 
 
 @pytest.mark.parametrize(

@@ -14,15 +14,21 @@ from latentfss.errors import InputError
 STAGES = {
     "make-synthetic": ("make_synthetic", "generate the synthetic VOC-format benchmark"),
     "prepare": ("prepare", "index a dataset: splits, paths, sizes, per-class pixel counts"),
-    "extract-features": (None, "embed every train image with the frozen encoder (features.zarr)"),
-    "pool-prototypes": (None, "Eq. 2: per-image class and background prototypes"),
-    "cluster": (None, "K-Means over base-class prototypes: K+1 representatives"),
-    "write-pseudo-masks": (None, "Eq. 3: dense pseudo labels for every train image"),
+    "extract-features": (
+        "extract_features",
+        "embed every train image with the frozen encoder (features.zarr)",
+    ),
+    "pool-prototypes": ("pool_prototypes", "Eq. 2: per-image class and background prototypes"),
+    "cluster": ("cluster", "K-Means over base-class prototypes: K+1 representatives"),
+    "write-pseudo-masks": (
+        "write_pseudo_masks",
+        "Eq. 3: dense pseudo labels for every train image",
+    ),
     "train": (None, "episodic training with the mining branch (Eq. 1, 4-7)"),
     "build-bank": (None, "image embeddings and region prototypes for rectification"),
     "evaluate": (None, "test episodes with rectified prototypes (Eq. 7-9): mIoU, FB-IoU"),
     "summarize": (None, "the paper's tables from every fold and shot"),
-    "inspect": (None, "render and describe any artifact"),
+    "inspect": ("inspect", "render and describe any artifact"),
     "segment": (None, "segment your own images from K annotated shots"),
 }
 

@@ -24,8 +24,25 @@ except InputError as e:
 DATASET = config["dataset"]["name"]
 RESULTS = f"results/{DATASET}"
 CPU_ENV = "../../envs/latentfss-cpu.yaml"
+GPU_ENV = "../../envs/latentfss-gpu.yaml"
 
 
-def section(name):
-    """A config section as JSON for a stage's --params: editing it re-runs that rule's jobs."""
-    return json.dumps(config[name], sort_keys=True)
+wildcard_constraints:
+    fold="[0-3]",
+
+
+def section(name, keep=None, drop=()):
+    """A config section (or the keys a stage reads) as JSON for its --params: editing those
+    keys re-runs exactly the jobs that read them."""
+    values = {
+        k: v
+        for k, v in config[name].items()
+        if (keep is None or k in keep) and k not in drop
+    }
+    return json.dumps(values, sort_keys=True)
+
+
+def features_output():
+    """features.zarr, deleted once its consumers are done when annotation.temporary_features."""
+    store = directory(f"{RESULTS}/features.zarr")
+    return temp(store) if config["annotation"]["temporary_features"] else store

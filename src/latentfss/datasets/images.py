@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +80,26 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="P")
     image.putpalette(voc_palette())
     image.save(path, optimize=False)
+
+
+def read_resized(path: str | Path, size: int) -> np.ndarray:
+    """An RGB image resized (bilinear) to (size, size), as (3, size, size) uint8."""
+    image = _open(Path(path)).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image).transpose(2, 0, 1)
+
+
+def resized_batches(
+    paths: Sequence[str | Path], size: int, batch_size: int, threads: int
+) -> Iterator[np.ndarray]:
+    """(B, 3, size, size) uint8 batches; `threads` decode the next two batches meanwhile."""
+    starts = range(0, len(paths), batch_size)
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        pending = deque()
+        for start in starts:
+            pending.append(
+                [pool.submit(read_resized, p, size) for p in paths[start : start + batch_size]]
+            )
+            if len(pending) > 2:
+                yield np.stack([f.result() for f in pending.popleft()])
+        while pending:
+            yield np.stack([f.result() for f in pending.popleft()])

@@ -1,0 +1,49 @@
+"""Masked average pooling (Eq. 2) and nearest-representative labelling (Eq. 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from latentfss.episodes import IGNORE
+
+
+def area_weights(mask: np.ndarray, labels: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """(P, h, w) fraction of each feature cell covered by each label in `labels`.
+
+    The mask (H, W) at its original resolution is brought to the feature grid by area
+    averaging (adaptive average pooling of each label's indicator), so a cell that an object
+    half covers counts half; IGNORE pixels belong to no label.
+    """
+    indicators = torch.from_numpy(mask[None] == labels[:, None, None])  # (P, H, W) bool
+    return F.adaptive_avg_pool2d(indicators[None].float(), grid)[0]
+
+
+def masked_average(feats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 with soft masks: p_c = sum_xy w_c(x,y) F(x,y) / sum_xy w_c(x,y).
+
+    feats (C, h, w), weights (P, h, w) -> (P, C); a label with zero weight gets a zero vector.
+    """
+    mass = weights.sum(dim=(1, 2))  # (P,)
+    sums = torch.einsum("phw,chw->pc", weights, feats)
+    return sums / mass.clamp_min(1e-12)[:, None]
+
+
+def present_labels(mask: np.ndarray) -> np.ndarray:
+    """Sorted labels present in a mask, IGNORE excluded."""
+    labels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    return labels[labels != IGNORE]
+
+
+def nearest_representative(feats: torch.Tensor, reps: torch.Tensor,
+                           size: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
+    """Eq. 3: M(x,y) = argmax_k cos(F(x,y), p_k), computed on the feature grid.
+
+    feats (B, C, h, w), reps (K+1, C) -> (B, H, W) int64 labels. With `size`, the cosine maps
+    are upsampled bilinearly to (H, W) before the argmax, so labels follow the image's pixels.
+    """
+    cos = torch.einsum("bchw,kc->bkhw", F.normalize(feats, dim=1), F.normalize(reps, dim=1))
+    if size is not None:
+        cos = F.interpolate(cos, size=size, mode="bilinear", align_corners=False)
+    return cos.argmax(dim=1)

@@ -1,0 +1,77 @@
+"""K+1 representatives of one fold into fold{f}/clusters.zarr (rule cluster, section 3.3.1).
+
+Spherical K-Means over the fg prototypes of the fold's base classes only (novel classes are
+never annotated in training images), and representative 0 = the mean of the fold's per-image
+background prototypes, in which novel-class pixels count as background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from latentfss import store
+from latentfss.clustering import ClusterConfig, fold_background, spherical_kmeans
+from latentfss.config import from_params
+from latentfss.datasets.index import read_index
+from latentfss.episodes import ProtocolConfig, base_classes, novel_classes
+from latentfss.errors import InputError
+from latentfss.fs import atomic_dir
+
+log = logging.getLogger(__name__)
+
+
+def register_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, type=Path, help="prepared dataset index dir")
+    parser.add_argument("--prototypes", required=True, type=Path, help="prototypes.zarr")
+    parser.add_argument("--fold", required=True, type=int, choices=range(4))
+    parser.add_argument("--out", required=True, type=Path, help="clusters.zarr to write")
+    parser.add_argument("--params", default="", help="config section `cluster` as JSON")
+    parser.add_argument("--protocol", default="", help="config section `protocol` as JSON")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="faiss threads")
+
+
+def representatives(prototypes, fold: int, num_classes: int, split: str, cfg: ClusterConfig,
+                    seed: int) -> dict:  # fmt: skip
+    """centroids (K+1, C) with row 0 = background, member (M_f,), assign (M_f,), inertia."""
+    fg_class = prototypes["fg_class"][:]
+    member = np.flatnonzero(np.isin(fg_class, base_classes(fold, num_classes, split)))
+    hidden = np.isin(fg_class, novel_classes(fold, num_classes, split))
+    fg = prototypes["fg"][:]  # (M, C) float32: a few hundred MB on COCO at most
+    centroids, assign, inertia = spherical_kmeans(fg[member], cfg, seed)
+    bg = fold_background(prototypes["bg"][:], prototypes["bg_weight"][:], fg,
+                         prototypes["fg_weight"][:], prototypes["fg_image"][:], hidden)  # fmt: skip
+    background = np.nanmean(bg, axis=0, keepdims=True)  # images without background are skipped
+    return {"centroids": np.concatenate([background, centroids]).astype(np.float32),
+            "member": member, "assign": assign, "inertia": inertia}  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = from_params(ClusterConfig, args.params, "cluster")
+    protocol = from_params(ProtocolConfig, args.protocol, "protocol")
+    faiss.omp_set_num_threads(args.threads)
+    num_classes = read_index(args.index).num_classes
+    prototypes = store.open_group(args.prototypes, "pool-prototypes")
+    try:
+        result = representatives(prototypes, args.fold, num_classes, protocol.class_split, cfg,
+                                 args.seed)  # fmt: skip
+    except ValueError as e:
+        raise InputError(f"cluster fold {args.fold}: {e}") from None
+    with atomic_dir(args.out) as tmp:
+        group = store.create_group(
+            tmp, fold=args.fold, K=cfg.k, seed=args.seed, inertia=result["inertia"],
+            cluster=dataclasses.asdict(cfg), class_split=protocol.class_split,
+            base_classes=list(base_classes(args.fold, num_classes, protocol.class_split)),
+        )  # fmt: skip
+        for name in ("centroids", "member", "assign"):
+            store.write_array(group, name, result[name])
+    sizes = np.bincount(result["assign"], minlength=cfg.k)
+    log.info("fold %d: %d base-class prototypes -> K=%d clusters of sizes %s, inertia %.2f",
+             args.fold, len(result["member"]), cfg.k, sizes.tolist(),
+             result["inertia"])  # fmt: skip

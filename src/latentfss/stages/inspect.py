@@ -1,0 +1,142 @@
+"""Render and describe artifacts (`latentfss inspect pseudo-masks | prototypes | summary`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from latentfss import store
+from latentfss.datasets.images import read_image, read_mask, voc_palette
+from latentfss.datasets.index import read_index
+
+# pseudo-label colours: 0 = background (black), 1..K distinct hues, 255 = padding (grey)
+PSEUDO_COLOURS = [
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+    (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
+    (255, 215, 180), (0, 0, 128),
+]  # fmt: skip
+
+
+def register_arguments(parser: argparse.ArgumentParser) -> None:
+    views = parser.add_subparsers(dest="view", required=True, metavar="VIEW")
+    masks = views.add_parser("pseudo-masks", help="PNG grid: image | ground truth | pseudo mask")
+    protos = views.add_parser("prototypes", help="PNG: 2-D PCA of fg prototypes by cluster")
+    summary = views.add_parser("summary", help="print every artifact's arrays and attrs")
+    for view in (masks, protos, summary):
+        view.add_argument("--results", type=Path, default=Path("results/synthetic"),
+                          help="results/{dataset} folder (default: %(default)s)")  # fmt: skip
+    for view in (masks, protos):
+        view.add_argument("--fold", type=int, required=True, choices=range(4))
+        view.add_argument("--out", type=Path, required=True, help="PNG to write")
+    masks.add_argument("--count", type=int, default=12, help="images in the grid")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.view == "summary":
+        print(summary(args.results))
+        return
+    figure = pseudo_mask_grid if args.view == "pseudo-masks" else prototype_projection
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure(args)
+
+
+def colourise(labels: np.ndarray, colours: list[tuple[int, int, int]]) -> np.ndarray:
+    table = np.full((256, 3), 128, dtype=np.uint8)
+    table[: len(colours)] = colours
+    return table[labels]
+
+
+def pseudo_mask_grid(args: argparse.Namespace) -> None:
+    """Evenly spaced train images, one row each: image | ground truth | pseudo mask."""
+    index = read_index(args.results / "dataset")
+    group = store.open_group(args.results / f"fold{args.fold}" / "pseudo_masks.zarr",
+                             "write-pseudo-masks")  # fmt: skip
+    image_ids, heights, widths = group["image_id"][:], group["height"][:], group["width"][:]
+    rows = np.linspace(0, np.count_nonzero(image_ids >= 0) - 1, args.count).round().astype(int)
+    voc = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
+    tiles = []
+    for row in np.unique(rows):
+        record = index.images.loc[image_ids[row]]
+        pseudo = group["masks"][row, : heights[row], : widths[row]]
+        truth = voc[read_mask(record["mask"], index.num_classes)]
+        tiles.append([read_image(record["image"]), truth, colourise(pseudo, PSEUDO_COLOURS)])
+    cell = max(max(t.shape[0], t.shape[1]) for row in tiles for t in row) + 4
+    sheet = Image.new("RGB", (3 * cell, len(tiles) * cell + 16), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for col, title in enumerate(("image", "ground truth", f"pseudo mask (K={group.attrs['K']})")):
+        draw.text((col * cell + 4, 2), title, fill=(0, 0, 0))
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            sheet.paste(Image.fromarray(tile), (c * cell + 2, 16 + r * cell + 2))
+    sheet.save(args.out)
+
+
+def prototype_projection(args: argparse.Namespace) -> None:
+    """The fold's clustered prototypes on their first two principal components: colour =
+    sub-cluster, marker = base class; the K centroids as numbered stars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prototypes = store.open_group(args.results / "prototypes.zarr", "pool-prototypes")
+    clusters = store.open_group(args.results / f"fold{args.fold}" / "clusters.zarr", "cluster")
+    member, assign = clusters["member"][:], clusters["assign"][:]
+    x = prototypes["fg"][:][member]
+    classes = prototypes["fg_class"][:][member]
+    centroids = clusters["centroids"][1:]
+    unit = np.concatenate([x, centroids]) / np.linalg.norm(np.concatenate([x, centroids]),
+                                                           axis=1, keepdims=True)  # fmt: skip
+    centred = unit - unit[: len(x)].mean(axis=0)
+    _, _, vt = np.linalg.svd(centred[: len(x)], full_matrices=False)
+    points = centred @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    markers = "os^v<>Dpx+*hH1234"
+    colours = np.array(PSEUDO_COLOURS[1:]) / 255
+    for i, c in enumerate(np.unique(classes)):
+        pick = classes == c
+        ax.scatter(points[: len(x)][pick, 0], points[: len(x)][pick, 1], s=10, alpha=0.6,
+                   marker=markers[i % len(markers)], c=colours[assign[pick] % len(colours)],
+                   label=f"class {c}")  # fmt: skip
+    for k, (px, py) in enumerate(points[len(x) :], 1):
+        ax.scatter(px, py, s=260, marker="*", c=[colours[(k - 1) % len(colours)]], edgecolors="k")
+        ax.annotate(str(k), (px, py), ha="center", va="center", fontsize=7)
+    ax.set(title=f"fold {args.fold}: {len(x)} base-class prototypes, K={len(centroids)}",
+           xlabel="PC 1", ylabel="PC 2")  # fmt: skip
+    ax.legend(fontsize=6, ncol=2, markerscale=1.5, loc="best")
+    fig.tight_layout()
+    fig.savefig(args.out)
+    plt.close(fig)
+
+
+def summary(results: Path) -> str:
+    """Every artifact under `results`: arrays (shape, dtype, chunks) and attrs."""
+    lines = []
+    for index_dir in sorted(results.glob("dataset")):
+        index = read_index(index_dir)
+        lines.append(f"{index_dir}/  {len(index.images)} images, {len(index.pixels)} pixel rows")
+        lines.append(f"  meta: {_short(index.meta)}")
+    for path in sorted(results.rglob("*.zarr")):
+        group = store.open_group(path, "the stage that makes it")
+        lines.append(f"{path}/")
+        for name, array in sorted(group.arrays()):
+            lines.append(f"  {name:10s} {str(array.shape):24s} {str(array.dtype):8s} "
+                         f"chunks={array.chunks}")  # fmt: skip
+        lines.append(f"  attrs: {_short(group.attrs.asdict())}")
+    return "\n".join(lines) if lines else f"{results}: no artifacts yet"
+
+
+def _short(value: dict) -> str:
+    """JSON with long lists cut, so one artifact's attrs fit on a line or two."""
+
+    def cut(v):
+        if isinstance(v, list) and len(v) > 8:
+            return [*map(cut, v[:8]), f"... {len(v)} items"]
+        return {k: cut(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    return json.dumps(cut(value))

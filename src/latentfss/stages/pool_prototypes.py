@@ -1,0 +1,78 @@
+"""Eq. 2 prototypes of every train image into prototypes.zarr (rule pool_prototypes).
+
+One fg prototype per (image, class present) and one background prototype per image, each with
+its mass on the feature grid (fg_weight, bg_weight) so that prototypes can later be merged
+exactly (a fold's background also takes in the novel classes, which training images hide).
+Streams over features.zarr in chunk-sized blocks: memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentfss import store
+from latentfss.datasets.images import read_mask
+from latentfss.datasets.index import read_index
+from latentfss.fs import atomic_dir
+from latentfss.progress import progress
+from latentfss.prototypes import area_weights, masked_average, present_labels
+
+log = logging.getLogger(__name__)
+BLOCK = 64  # images per read from features.zarr
+
+
+def register_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, type=Path, help="prepared dataset index dir")
+    parser.add_argument("--features", required=True, type=Path, help="features.zarr")
+    parser.add_argument("--out", required=True, type=Path, help="prototypes.zarr to write")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    index = read_index(args.index)
+    features = store.open_group(args.features, "extract-features")
+    feats, image_ids = features["feats"], features["image_id"][:]
+    n, channels, h, w = feats.shape
+    # one fg row per (train image, class > 0) with pixels: known from the index in advance
+    pixels = index.pixels[index.pixels["image_id"].isin(image_ids) & (index.pixels["class_id"] > 0)]
+    with atomic_dir(args.out) as tmp:
+        group = store.create_group(tmp, features=features.attrs.asdict(), grid=[h, w])
+        m = len(pixels)
+        layout = {"fg": ((m, channels), "float32"), "fg_image": ((m,), "int64"),
+                  "fg_class": ((m,), "int64"), "fg_pixels": ((m,), "int64"),
+                  "fg_weight": ((m,), "float32"), "bg": ((n, channels), "float32"),
+                  "bg_weight": ((n,), "float32")}  # fmt: skip
+        rows = {name: store.RowWriter(store.create_array(group, name, shape, dtype))
+                for name, (shape, dtype) in layout.items()}  # fmt: skip
+        store.write_array(group, "image_id", image_ids)
+        masks = index.images["mask"]
+        for start in progress(range(0, n, BLOCK), -(-n // BLOCK), "pool-prototypes"):
+            block = torch.from_numpy(feats[start : start + BLOCK].astype(np.float32))
+            for offset, image_feats in enumerate(block):  # (C, h, w)
+                row = start + offset
+                mask = read_mask(masks[image_ids[row]], index.num_classes)
+                labels = present_labels(mask)
+                weights = area_weights(mask, labels, (h, w))  # (P, h, w)
+                protos = masked_average(image_feats, weights).numpy()  # (P, C)
+                mass = weights.sum(dim=(1, 2)).numpy()
+                is_bg = labels == 0
+                rows["bg"].append(
+                    protos[is_bg] if is_bg.any() else np.zeros((1, channels), "float32")
+                )
+                rows["bg_weight"].append(mass[is_bg] if is_bg.any() else np.zeros(1, "float32"))
+                fg = ~is_bg
+                counts = np.bincount(mask.ravel(), minlength=256)[labels[fg]]
+                rows["fg"].append(protos[fg])
+                rows["fg_image"].append(np.full(fg.sum(), row, dtype=np.int64))
+                rows["fg_class"].append(labels[fg].astype(np.int64))
+                rows["fg_pixels"].append(counts.astype(np.int64))
+                rows["fg_weight"].append(mass[fg])
+        for writer in rows.values():
+            writer.close()
+    log.info("pooled %d fg and %d bg prototypes (C=%d) -> %s", len(pixels), n, channels, args.out)

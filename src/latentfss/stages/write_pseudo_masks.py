@@ -1,0 +1,101 @@
+"""Eq. 3 pseudo masks of one fold into fold{f}/pseudo_masks.zarr (rule write_pseudo_masks).
+
+Every train image (and every image of the `mining.unlabeled` folders, paper Table 5) is labelled
+pixel by pixel with its nearest representative by cosine on the feature grid; the cosine maps
+are upsampled to the image's own size before the argmax. Labels: 0 = background, 1..K the
+sub-clusters; 255 pads each image up to the largest size. The masks never change afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from latentfss import store
+from latentfss.config import from_params
+from latentfss.datasets.index import read_index
+from latentfss.encoder import load_encoder
+from latentfss.episodes import IGNORE
+from latentfss.errors import InputError
+from latentfss.fs import atomic_dir
+from latentfss.progress import progress
+from latentfss.prototypes import nearest_representative
+from latentfss.runtime import pick_device
+from latentfss.stages.extract_features import AnnotationConfig, embed
+
+log = logging.getLogger(__name__)
+BLOCK = 64
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def register_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, type=Path, help="prepared dataset index dir")
+    parser.add_argument("--features", required=True, type=Path, help="features.zarr")
+    parser.add_argument("--clusters", required=True, type=Path, help="fold's clusters.zarr")
+    parser.add_argument("--out", required=True, type=Path, help="pseudo_masks.zarr to write")
+    parser.add_argument("--unlabeled", nargs="*", default=[], type=Path,
+                        help="folders of extra unlabelled images (mining.unlabeled)")  # fmt: skip
+    parser.add_argument("--encoder-init", type=Path, help="encoder_init.pt (for --unlabeled)")
+    parser.add_argument("--annotation", default="", help="config section `annotation` (ditto)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+
+
+def unlabeled_images(folders: list[Path]) -> list[Path]:
+    paths = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise InputError(f"{folder}: mining.unlabeled folder not found")
+        paths += sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return paths
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    index = read_index(args.index)
+    features = store.open_group(args.features, "extract-features")
+    clusters = store.open_group(args.clusters, "cluster")
+    reps = torch.from_numpy(clusters["centroids"][:])
+    feats, image_ids = features["feats"], features["image_id"][:]
+    extra = unlabeled_images(args.unlabeled)
+    sizes = [tuple(s) for s in index.images.loc[image_ids, ["height", "width"]].to_numpy()]
+    for path in extra:
+        try:
+            width, height = Image.open(path).size
+        except OSError:
+            raise InputError(f"{path}: not a readable image") from None
+        sizes.append((height, width))
+    height_max, width_max = np.max(sizes, axis=0)
+    with atomic_dir(args.out) as tmp:
+        group = store.create_group(tmp, fold=clusters.attrs["fold"], K=len(reps) - 1,
+                                   unlabeled=[str(p) for p in extra])  # fmt: skip
+        shape = (len(sizes), int(height_max), int(width_max))
+        masks = store.create_array(group, "masks", shape, "uint8", chunks=(1, *shape[1:]),
+                                   fill_value=IGNORE)  # fmt: skip
+        store.write_array(group, "height", np.array([s[0] for s in sizes], dtype=np.int64))
+        store.write_array(group, "width", np.array([s[1] for s in sizes], dtype=np.int64))
+        store.write_array(group, "image_id", np.concatenate([image_ids, np.full(len(extra), -1)]))
+        blocks = (feats[s : s + BLOCK] for s in range(0, len(image_ids), BLOCK))
+        if extra:
+            cfg = from_params(AnnotationConfig, args.annotation, "annotation")
+            device = pick_device()
+            encoder = load_encoder(args.encoder_init).to(device).eval()
+            blocks = itertools.chain(
+                blocks, embed(encoder, list(map(str, extra)), cfg, device, args.threads)
+            )
+        row = 0
+        for block in progress(blocks, desc="write-pseudo-masks"):
+            for image_feats in torch.from_numpy(np.asarray(block, dtype=np.float32)):
+                height, width = sizes[row]
+                labels = nearest_representative(image_feats[None], reps, (height, width))[0]
+                padded = np.full(shape[1:], IGNORE, dtype=np.uint8)
+                padded[:height, :width] = labels.numpy()
+                masks[row] = padded  # one whole chunk per image
+                row += 1
+    log.info("fold %s: pseudo masks of %d train + %d unlabelled images -> %s",
+             clusters.attrs["fold"], len(image_ids), len(extra), args.out)  # fmt: skip

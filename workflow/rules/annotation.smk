@@ -1,0 +1,106 @@
+# Offline annotation (section 3.3.1): features -> prototypes -> per fold K+1 representatives
+# -> pseudo masks.
+
+
+rule extract_features:
+    input:
+        images=rules.prepare.output.images,
+    output:
+        features=features_output(),
+        encoder_init=f"{RESULTS}/encoder_init.pt",
+    log:
+        f"logs/extract_features/{DATASET}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_features.tsv"
+    conda:
+        GPU_ENV
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    params:
+        index=lambda wildcards, input: Path(input.images).parent,
+        encoder=section("encoder"),
+        annotation=section("annotation", drop=["temporary_features"]),
+        seed=config["seed"],
+    shell:
+        "latentfss extract-features --index {params.index:q} --out {output.features:q}"
+        " --encoder-out {output.encoder_init:q} --encoder {params.encoder:q}"
+        " --params {params.annotation:q} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
+
+
+rule pool_prototypes:
+    input:
+        images=rules.prepare.output.images,
+        features=f"{RESULTS}/features.zarr",
+    output:
+        prototypes=directory(f"{RESULTS}/prototypes.zarr"),
+    log:
+        f"logs/pool_prototypes/{DATASET}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pool_prototypes.tsv"
+    conda:
+        CPU_ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        index=lambda wildcards, input: Path(input.images).parent,
+    shell:
+        "latentfss pool-prototypes --index {params.index:q} --features {input.features:q}"
+        " --out {output.prototypes:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule cluster:
+    input:
+        images=rules.prepare.output.images,
+        prototypes=rules.pool_prototypes.output.prototypes,
+    output:
+        clusters=directory(f"{RESULTS}/fold{{fold}}/clusters.zarr"),
+    log:
+        f"logs/cluster/{DATASET}_fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cluster_fold{{fold}}.tsv"
+    conda:
+        CPU_ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        index=lambda wildcards, input: Path(input.images).parent,
+        cluster=section("cluster"),
+        protocol=section("protocol", keep=["class_split"]),
+        seed=config["seed"],
+    shell:
+        "latentfss cluster --index {params.index:q} --prototypes {input.prototypes:q}"
+        " --fold {wildcards.fold} --out {output.clusters:q} --params {params.cluster:q}"
+        " --protocol {params.protocol:q} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
+
+
+rule write_pseudo_masks:
+    input:
+        images=rules.prepare.output.images,
+        features=f"{RESULTS}/features.zarr",
+        clusters=rules.cluster.output.clusters,
+        encoder_init=rules.extract_features.output.encoder_init,
+    output:
+        masks=directory(f"{RESULTS}/fold{{fold}}/pseudo_masks.zarr"),
+    log:
+        f"logs/write_pseudo_masks/{DATASET}_fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/write_pseudo_masks_fold{{fold}}.tsv"
+    conda:
+        CPU_ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        index=lambda wildcards, input: Path(input.images).parent,
+        unlabeled=config["mining"]["unlabeled"],
+        annotation=section("annotation", drop=["temporary_features"]),
+    shell:
+        "latentfss write-pseudo-masks --index {params.index:q} --features {input.features:q}"
+        " --clusters {input.clusters:q} --out {output.masks:q} --unlabeled {params.unlabeled:q}"
+        " --encoder-init {input.encoder_init:q} --annotation {params.annotation:q}"
+        " --threads {threads}"
+        " > {log:q} 2>&1"
