@@ -18,3 +18,5 @@ rule all:
     default_target: True
     input:
         expand(rules.write_pseudo_masks.output.masks, fold=config["folds"]),
+        expand(rules.inspect_pseudo_masks.output.figure, fold=config["folds"]),
+        expand(rules.inspect_prototypes.output.figure, fold=config["folds"]),

@@ -104,3 +104,47 @@ rule write_pseudo_masks:
         " --encoder-init {input.encoder_init:q} --annotation {params.annotation:q}"
         " --threads {threads}"
         " > {log:q} 2>&1"
+
+
+rule inspect_pseudo_masks:
+    input:
+        masks=rules.write_pseudo_masks.output.masks,
+        images=rules.prepare.output.images,
+    output:
+        figure=report(
+            f"{RESULTS}/fold{{fold}}/pseudo_masks.png",
+            caption="../report/pseudo_masks.rst",
+            category="Offline annotation",
+            subcategory="Pseudo masks",
+        ),
+    log:
+        f"logs/inspect_pseudo_masks/{DATASET}_fold{{fold}}.log",
+    conda:
+        CPU_ENV
+    params:
+        results=lambda wildcards, input: Path(input.images).parents[1],
+    shell:
+        "latentfss inspect pseudo-masks --results {params.results:q} --fold {wildcards.fold}"
+        " --out {output.figure:q} > {log:q} 2>&1"
+
+
+rule inspect_prototypes:
+    input:
+        prototypes=rules.pool_prototypes.output.prototypes,
+        clusters=rules.cluster.output.clusters,
+    output:
+        figure=report(
+            f"{RESULTS}/fold{{fold}}/prototypes.png",
+            caption="../report/prototypes.rst",
+            category="Offline annotation",
+            subcategory="Prototypes",
+        ),
+    log:
+        f"logs/inspect_prototypes/{DATASET}_fold{{fold}}.log",
+    conda:
+        CPU_ENV
+    params:
+        results=lambda wildcards, input: Path(input.prototypes).parent,
+    shell:
+        "latentfss inspect prototypes --results {params.results:q} --fold {wildcards.fold}"
+        " --out {output.figure:q} > {log:q} 2>&1"
