@@ -222,7 +222,7 @@ def test_unlabelled_images_join_the_pseudo_mask_store(annotated, tmp_path, tiny_
     code, _ = cli("write-pseudo-masks", "--index", annotated / "dataset", "--features",
                   annotated / "features.zarr", "--clusters", annotated / "fold0/clusters.zarr",
                   "--out", tmp_path / "pm.zarr", "--unlabeled", extra, "--encoder-init",
-                  annotated / "encoder_init.pt", "--annotation", ANNOTATION)  # fmt: skip
+                  annotated / "encoder_init.pt")  # fmt: skip
     assert code == 0
     group = zarr.open_group(str(tmp_path / "pm.zarr"), mode="r")
     assert group["image_id"][-2:].tolist() == [-1, -1]
@@ -256,3 +256,16 @@ def test_inspect_renders_figures_and_summary(annotated, tmp_path, capsys):
     text = capsys.readouterr().out
     for name in ("features.zarr", "feats", "prototypes.zarr", "fg_class", "centroids", "masks"):
         assert name in text
+
+
+def test_unlabelled_images_need_the_initial_encoder(annotated, tmp_path, capsys):
+    (tmp_path / "extra").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "extra/a.png")
+    code, err = cli("write-pseudo-masks", "--index", annotated / "dataset", "--features",
+                    annotated / "features.zarr", "--clusters", annotated / "fold0/clusters.zarr",
+                    "--out", tmp_path / "pm.zarr", "--unlabeled", tmp_path / "extra",
+                    capsys=capsys)  # fmt: skip
+    assert code == 2 and err.strip() == (
+        "ERROR: --unlabeled images need --encoder-init (encoder_init.pt) to embed them"
+    )
+    assert not (tmp_path / "pm.zarr").exists()

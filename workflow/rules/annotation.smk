@@ -97,12 +97,10 @@ rule write_pseudo_masks:
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         unlabeled=config["mining"]["unlabeled"],
-        annotation=section("annotation", drop=["temporary_features"]),
     shell:
         "latentfss write-pseudo-masks --index {params.index:q} --features {input.features:q}"
         " --clusters {input.clusters:q} --out {output.masks:q} --unlabeled {params.unlabeled:q}"
-        " --encoder-init {input.encoder_init:q} --annotation {params.annotation:q}"
-        " --threads {threads}"
+        " --encoder-init {input.encoder_init:q} --threads {threads}"
         " > {log:q} 2>&1"
 
 

@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from latentfss import store
-from latentfss.config import from_params
 from latentfss.datasets.index import read_index
 from latentfss.encoder import load_encoder
 from latentfss.episodes import IGNORE
@@ -42,7 +41,6 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unlabeled", nargs="*", default=[], type=Path,
                         help="folders of extra unlabelled images (mining.unlabeled)")  # fmt: skip
     parser.add_argument("--encoder-init", type=Path, help="encoder_init.pt (for --unlabeled)")
-    parser.add_argument("--annotation", default="", help="config section `annotation` (ditto)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
 
 
@@ -63,6 +61,8 @@ def run(args: argparse.Namespace) -> None:
     reps = torch.from_numpy(clusters["centroids"][:])
     feats, image_ids = features["feats"], features["image_id"][:]
     extra = unlabeled_images(args.unlabeled)
+    if extra and args.encoder_init is None:
+        raise InputError("--unlabeled images need --encoder-init (encoder_init.pt) to embed them")
     sizes = [tuple(s) for s in index.images.loc[image_ids, ["height", "width"]].to_numpy()]
     for path in extra:
         try:
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
         store.write_array(group, "image_id", np.concatenate([image_ids, np.full(len(extra), -1)]))
         blocks = (feats[s : s + BLOCK] for s in range(0, len(image_ids), BLOCK))
         if extra:
-            cfg = from_params(AnnotationConfig, args.annotation, "annotation")
+            cfg = AnnotationConfig(**features.attrs["annotation"])  # as the stored features
             device = pick_device()
             encoder = load_encoder(args.encoder_init).to(device).eval()
             blocks = itertools.chain(
