@@ -12,6 +12,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/annotation.smk"
+include: "workflow/rules/training.smk"
 
 
 rule all:
@@ -20,3 +21,4 @@ rule all:
         expand(rules.write_pseudo_masks.output.masks, fold=config["folds"]),
         expand(rules.inspect_pseudo_masks.output.figure, fold=config["folds"]),
         expand(rules.inspect_prototypes.output.figure, fold=config["folds"]),
+        expand(rules.train.output.model, fold=config["folds"], shot=config["shots"]),

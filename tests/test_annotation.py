@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import zarr
 from PIL import Image
 
-from conftest import cli, params
+from conftest import ANNOTATION, ENCODER, cli, params
 from latentfss import store
 from latentfss.clustering import ClusterConfig, fold_background, spherical_kmeans
 from latentfss.datasets.images import read_mask
@@ -92,34 +92,6 @@ def test_fold_background_takes_in_hidden_classes_by_mass():
 
 
 # --- the stages on a tiny synthetic dataset ---
-
-ENCODER = params(arch="resnet18", weights="none", calibration_images=8)
-ANNOTATION = params(input_size=64, batch_size=5)
-
-
-@pytest.fixture(scope="module")
-def annotated(tiny_root, tmp_path_factory):
-    """prepare -> extract-features -> pool-prototypes -> cluster (folds 0, 1) -> pseudo masks."""
-    out = tmp_path_factory.mktemp("annotated")
-    steps = [
-        ("prepare", "--out", out / "dataset", "--params", params(root=str(tiny_root))),
-        ("extract-features", "--index", out / "dataset", "--out", out / "features.zarr",
-         "--encoder-out", out / "encoder_init.pt", "--encoder", ENCODER, "--params", ANNOTATION),
-        ("pool-prototypes", "--index", out / "dataset", "--features", out / "features.zarr",
-         "--out", out / "prototypes.zarr"),
-    ]  # fmt: skip
-    for fold in (0, 1):
-        steps += [
-            ("cluster", "--index", out / "dataset", "--prototypes", out / "prototypes.zarr",
-             "--fold", fold, "--out", out / f"fold{fold}/clusters.zarr", "--params",
-             params(k=3, nredo=2), "--seed", "0"),
-            ("write-pseudo-masks", "--index", out / "dataset", "--features",
-             out / "features.zarr", "--clusters", out / f"fold{fold}/clusters.zarr",
-             "--out", out / f"fold{fold}/pseudo_masks.zarr"),
-        ]  # fmt: skip
-    for step in steps:
-        assert cli(*step)[0] == 0, step
-    return out
 
 
 def test_features_store(annotated, tiny_root):

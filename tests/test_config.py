@@ -15,7 +15,9 @@ from latentfss.datasets.synthetic import SyntheticConfig
 from latentfss.encoder import EncoderConfig
 from latentfss.episodes import ProtocolConfig
 from latentfss.errors import InputError
+from latentfss.model import ModelConfig
 from latentfss.stages.extract_features import AnnotationConfig
+from latentfss.stages.train import TrainConfig
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 SECTIONS = {
@@ -23,6 +25,8 @@ SECTIONS = {
     "protocol": ProtocolConfig,
     "synthetic": SyntheticConfig,
     "encoder": EncoderConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
     "annotation": AnnotationConfig,
     "cluster": ClusterConfig,
 }
@@ -45,7 +49,8 @@ def test_config_yaml_equals_the_schema_defaults():
 @pytest.mark.parametrize("section", SECTIONS)
 def test_stage_dataclass_defaults_equal_the_config(section):
     config = validate({}, SCHEMA)
-    defaults = dataclasses.asdict(SECTIONS[section]())
+    defaults = {k: list(v) if isinstance(v, tuple) else v  # YAML lists are frozen as tuples
+                for k, v in dataclasses.asdict(SECTIONS[section]()).items()}  # fmt: skip
     stage_keys = {k: v for k, v in config[section].items()
                   if k not in WORKFLOW_ONLY.get(section, set())}  # fmt: skip
     assert defaults == stage_keys
@@ -56,7 +61,9 @@ def test_presets_carry_the_papers_settings():
     for cfg, k, episodes in ((pascal, 5, 1000), (coco, 15, 4000)):
         assert (cfg["encoder"]["arch"], cfg["encoder"]["weights"]) == ("resnet50", "imagenet")
         assert cfg["annotation"]["input_size"] == 473
-        assert cfg["train"]["crop"] == 473
+        assert cfg["train"]["crop"] == 473 and cfg["train"]["iterations"] == 6000
+        assert (cfg["train"]["batch_episodes"], cfg["train"]["batch_pseudo"]) == (4, 32)
+        assert cfg["train"]["lr"] == 1e-3 and cfg["model"]["sigma"] == 20
         assert cfg["cluster"]["k"] == k
         assert cfg["evaluate"] == {"episodes": episodes, "seeds": [0, 1, 2, 3, 4]}
         assert cfg["protocol"]["min_support_pixels"] == 2 * 32 * 32

@@ -16,11 +16,13 @@ from test_readers import make_coco
 
 TINY_CONFIG = {
     "folds": [0, 1],
-    "shots": [1, 5],
-    "synthetic": {"num_train": 16, "num_val": 8, "min_size": 48, "max_size": 64},
+    "shots": [1, 2],
+    "synthetic": {"num_train": 24, "num_val": 8, "min_size": 48, "max_size": 64},
+    "protocol": {"min_support_pixels": 30},
     "encoder": {"calibration_images": 8},
     "annotation": {"input_size": 64},
     "cluster": {"k": 3, "nredo": 2},
+    "train": {"iterations": 2, "batch_episodes": 2, "batch_pseudo": 2, "crop": 48, "workers": 0},
 }
 
 
@@ -64,9 +66,10 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     code, out = snakemake(tmp_path, config=TINY_CONFIG)
     assert code == 0, out
     results = tmp_path / "results/synthetic"
-    assert (results / "dataset/images.csv").read_text().count("\n") == 1 + 16 + 8
+    assert (results / "dataset/images.csv").read_text().count("\n") == 1 + 24 + 8
     for path in ("features.zarr", "encoder_init.pt", "prototypes.zarr", "fold0/clusters.zarr",
-                 "fold1/pseudo_masks.zarr", "benchmarks/prepare.tsv"):  # fmt: skip
+                 "fold1/pseudo_masks.zarr", "benchmarks/prepare.tsv", "fold0/shot2/model.pt",
+                 "fold1/shot1/train.csv", "fold1/pseudo_masks.png"):  # fmt: skip
         assert (results / path).exists(), path
     assert not (results / "fold2").exists()  # only the configured folds
     assert (tmp_path / "logs/write_pseudo_masks/synthetic_fold1.log").is_file()
@@ -74,10 +77,13 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
     assert code == 0 and "Nothing to be done" in out, out
 
-    # a section no built rule reads changes nothing; the generator's section re-runs both
-    edited = {**TINY_CONFIG, "protocol": {"min_support_pixels": 50}}
+    # editing a section re-runs exactly the jobs that read it
+    edited = {**TINY_CONFIG, "evaluate": {"episodes": 7}}  # no built stage reads it yet
     code, out = snakemake(tmp_path, "-n", config=edited)
     assert code == 0 and "Nothing to be done" in out, out
+    edited = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "iterations": 3}}
+    code, out = snakemake(tmp_path, "-n", config=edited)
+    assert code == 0 and "train" in out and "cluster" not in out, out
     edited = {**TINY_CONFIG, "cluster": {"k": 2, "nredo": 2}}
     code, out = snakemake(tmp_path, "-n", config=edited)
     assert code == 0 and "cluster" in out and "write_pseudo_masks" in out, out

@@ -24,7 +24,7 @@ STAGES = {
         "write_pseudo_masks",
         "Eq. 3: dense pseudo labels for every train image",
     ),
-    "train": (None, "episodic training with the mining branch (Eq. 1, 4-7)"),
+    "train": ("train", "episodic training with the mining branch (Eq. 1, 4-7)"),
     "build-bank": (None, "image embeddings and region prototypes for rectification"),
     "evaluate": (None, "test episodes with rectified prototypes (Eq. 7-9): mIoU, FB-IoU"),
     "summarize": (None, "the paper's tables from every fold and shot"),

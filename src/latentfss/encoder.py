@@ -82,6 +82,7 @@ class Encoder(nn.Module):
 
     def __init__(self, arch: str) -> None:
         super().__init__()
+        self.arch = arch
         net = getattr(torchvision.models, arch)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3

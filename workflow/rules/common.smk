@@ -29,6 +29,7 @@ GPU_ENV = "../../envs/latentfss-gpu.yaml"
 
 wildcard_constraints:
     fold="[0-3]",
+    shot="[1-9][0-9]*",
 
 
 def section(name, keep=None, drop=()):

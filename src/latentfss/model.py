@@ -1,0 +1,142 @@
+"""The network (sections 3.3.2, 3.4): cosine matching against support prototypes (Eq. 4-5), the
+global background prototype (Eq. 6-7) and the mining head on layer3 features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentfss.encoder import Encoder
+from latentfss.episodes import IGNORE
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Matching and rectification settings (config section `model`)."""
+
+    sigma: float = 20.0  # cosine scale in Eq. 5: 20 in the paper, 10 in the reference code
+    mine: bool = True  # the mining branch (paper Table 3, "Mine")
+    bg_rectify: bool = True  # Eq. 6-7 global background prototype (Table 3, "BG")
+    bg_momentum: float = 0.999  # m in Eq. 6
+    bg_fusion: float = 0.9  # w in Eq. 7
+    head_channels: int = 256  # width of the mining head's hidden convolutions
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.bg_momentum < 1 and 0 <= self.bg_fusion <= 1 and self.sigma > 0):
+            raise ValueError("need 0 <= bg_momentum < 1, 0 <= bg_fusion <= 1 and sigma > 0")
+
+
+def mask_weights(masks: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground and background area weights on the feature grid of binary episode masks.
+
+    masks (N, H, W) with 1 = class, 0 = background, IGNORE elsewhere -> two (N, h, w) tensors:
+    the fraction of each feature cell the class (background) covers, as in Eq. 2's pooling.
+    """
+    both = torch.stack([masks == 1, masks == 0], dim=1).float()  # (N, 2, H, W)
+    pooled = F.adaptive_avg_pool2d(both, grid)
+    return pooled[:, 0], pooled[:, 1]
+
+
+def pool(feats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 with soft masks: feats (N, C, h, w), weights (N, h, w) -> (N, C)."""
+    sums = torch.einsum("nchw,nhw->nc", feats, weights)
+    return sums / weights.sum(dim=(1, 2)).clamp_min(1e-6)[:, None]
+
+
+def cosine_logits(feats: torch.Tensor, prototypes: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Eq. 5 before the softmax: sigma * cos(F(x,y), p^c).
+
+    feats (B, C, h, w), prototypes (B, P, C) -> logits (B, P, h, w).
+    """
+    return sigma * torch.einsum(
+        "bchw,bpc->bphw", F.normalize(feats, dim=1), F.normalize(prototypes, dim=2)
+    )
+
+
+class MiningHead(nn.Sequential):
+    """Three convolutions on layer3 features predicting the K+1 pseudo classes (section 4.1):
+    conv3x3-BN-ReLU, conv3x3-BN-ReLU, conv1x1."""
+
+    def __init__(self, in_channels: int, classes: int, hidden: int = 256) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True), nn.Conv2d(hidden, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, classes, 1),
+        )  # fmt: skip
+
+
+class MatchingNet(nn.Module):
+    """Encoder + non-parametric matching; the mining head exists only when `cfg.mine`.
+
+    `bg_global` (C,) is Eq. 6's moving average of support background prototypes, a buffer
+    saved with the model; `bg_seen` records whether it has been set yet.
+    """
+
+    def __init__(self, encoder: Encoder, cfg: ModelConfig, pseudo_classes: int | None) -> None:
+        super().__init__()
+        self.encoder, self.cfg = encoder, cfg
+        self.head = (
+            MiningHead(encoder.channels, pseudo_classes, cfg.head_channels)
+            if cfg.mine and pseudo_classes
+            else None
+        )
+        self.register_buffer("bg_global", torch.zeros(encoder.channels))
+        self.register_buffer("bg_seen", torch.tensor(False))
+
+    def support_prototypes(self, feats: torch.Tensor, masks: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """K-shot prototypes: feats (B, K, C, h, w), masks (B, K, H, W) -> fg, bg (B, C), each
+        the mean over the K shots of their Eq. 2 prototypes."""
+        b, k, c, h, w = feats.shape
+        fg_w, bg_w = mask_weights(masks.flatten(0, 1), (h, w))
+        flat = feats.flatten(0, 1)
+        fg = pool(flat, fg_w).view(b, k, c).mean(dim=1)
+        bg = pool(flat, bg_w).view(b, k, c).mean(dim=1)
+        return fg, bg
+
+    def background(self, current: torch.Tensor) -> torch.Tensor:
+        """Eq. 7: w * p_global + (1 - w) * p_current (the current one alone before any update
+        or without bg_rectify). current (B, C) -> (B, C)."""
+        if not self.cfg.bg_rectify or not bool(self.bg_seen):
+            return current
+        w = self.cfg.bg_fusion
+        return w * self.bg_global.to(current.dtype) + (1 - w) * current
+
+    @torch.no_grad()
+    def update_background(self, current: torch.Tensor) -> None:
+        """Eq. 6: p_global <- m p_global + (1 - m) p_current, with the batch's mean current
+        background prototype; the first update sets p_global to it."""
+        mean = current.detach().float().mean(dim=0)
+        if not bool(self.bg_seen):
+            self.bg_global.copy_(mean)
+            self.bg_seen.fill_(True)
+        else:
+            self.bg_global.mul_(self.cfg.bg_momentum).add_((1 - self.cfg.bg_momentum) * mean)
+
+    def match(self, query_feats: torch.Tensor, support_feats: torch.Tensor,
+              support_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Eq. 4-5 logits of an episode batch: (B, 2, h, w) with channel 0 = background, 1 = the
+        support class; also the current background prototypes (B, C) for Eq. 6."""
+        fg, bg = self.support_prototypes(support_feats, support_masks)
+        prototypes = torch.stack([self.background(bg), fg], dim=1)  # (B, 2, C)
+        return cosine_logits(query_feats, prototypes, self.cfg.sigma), bg
+
+    def forward(self, query: torch.Tensor, supports: torch.Tensor,
+                support_masks: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Inference: query (B, 3, H, W), supports (B, K, 3, H', W'), masks (B, K, H', W') ->
+        logits (B, 2, h, w) on the feature grid."""
+        b, k = supports.shape[:2]
+        support_feats = self.encoder(supports.flatten(0, 1))
+        support_feats = support_feats.view(b, k, *support_feats.shape[1:])
+        return self.match(self.encoder(query), support_feats, support_masks)[0]
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of grid logits (B, P, h, w) upsampled to the labels (B, H, W), 255 ignored
+    (Eq. 4 for episodes; L_pseudo for the mining branch)."""
+    up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear",
+                       align_corners=False)  # fmt: skip
+    return F.cross_entropy(up, labels.long(), ignore_index=IGNORE)

@@ -1,0 +1,212 @@
+"""Training: Eq. 4-7 in the model, the EMA, augmentation, sampling, the loop and its resume."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import cli, params
+from latentfss.augment import scale_crop_flip, strong_photometric
+from latentfss.datasets.index import read_index
+from latentfss.datasets.training import EpisodeSamples, PseudoSamples
+from latentfss.ema import ModelEMA
+from latentfss.encoder import Encoder
+from latentfss.episodes import IGNORE, ProtocolConfig, base_classes, class_image_lists
+from latentfss.model import MatchingNet, ModelConfig, cosine_logits, segmentation_loss
+from latentfss.stages.train import TrainConfig, learning_rate, train
+
+
+def small_model(**overrides) -> MatchingNet:
+    torch.manual_seed(0)
+    return MatchingNet(Encoder("resnet18"), ModelConfig(**overrides), pseudo_classes=4)
+
+
+def test_global_background_moves_by_eq6_and_fuses_by_eq7():
+    model = small_model(bg_momentum=0.9, bg_fusion=0.75)
+    first, second = torch.randn(3, 256), torch.randn(2, 256)
+    current = torch.randn(5, 256)
+    assert torch.equal(model.background(current), current)  # nothing learnt yet: current alone
+    model.update_background(first)
+    torch.testing.assert_close(model.bg_global, first.mean(0))  # the first update sets it
+    model.update_background(second)
+    expected = 0.9 * first.mean(0) + 0.1 * second.mean(0)  # Eq. 6
+    torch.testing.assert_close(model.bg_global, expected)
+    torch.testing.assert_close(model.background(current), 0.75 * expected + 0.25 * current)
+    off = small_model(bg_rectify=False)
+    off.update_background(first)
+    assert torch.equal(off.background(current), current)
+
+
+def test_matching_logits_are_sigma_times_cosine():
+    feats, protos = torch.randn(2, 8, 3, 4), torch.randn(2, 2, 8)
+    logits = cosine_logits(feats, protos, sigma=20)
+    f = feats[1, :, 2, 3]
+    expected = 20 * torch.nn.functional.cosine_similarity(f, protos[1, 1], dim=0)
+    torch.testing.assert_close(logits[1, 1, 2, 3], expected)
+
+
+def test_k_shot_prototypes_average_the_shots():
+    model = small_model()
+    feats = torch.randn(1, 2, 256, 4, 4)
+    masks = torch.zeros(1, 2, 4, 4, dtype=torch.uint8)
+    masks[0, 0, :2] = 1  # shot 0: top half is the class
+    masks[0, 1, :, :1] = 1  # shot 1: first column
+    masks[0, 1, 3, 3] = IGNORE
+    fg, bg = model.support_prototypes(feats, masks)
+    shot0 = feats[0, 0][:, :2].mean(dim=(1, 2))
+    shot1 = feats[0, 1][:, :, 0].mean(dim=1)
+    torch.testing.assert_close(fg[0], (shot0 + shot1) / 2)
+    bg1 = (feats[0, 1][:, :, 1:].sum(dim=(1, 2)) - feats[0, 1][:, 3, 3]) / 11
+    torch.testing.assert_close(bg[0], (feats[0, 0][:, 2:].mean(dim=(1, 2)) + bg1) / 2)
+
+
+def test_no_mining_means_no_head():
+    assert small_model(mine=False).head is None
+    assert small_model().head is not None
+
+
+def test_ema_update_is_exact():
+    model = torch.nn.Linear(3, 2)
+    ema = ModelEMA(model, decay=0.99)
+    before = ema.model.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=5)
+    d = min(0.99, 6 / 15)
+    torch.testing.assert_close(ema.model.weight, d * before + (1 - d) * model.weight)
+    assert ema.rate(10_000) == 0.99
+
+
+def test_learning_rate_drops_at_a_third_and_two_thirds():
+    cfg = TrainConfig(iterations=6000, lr=1e-3)
+    assert [learning_rate(cfg, s) for s in (0, 1999, 2000, 3999, 4000, 5999)] == pytest.approx(
+        [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
+    )
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
+    model = small_model(mine=False)
+    images = torch.randn(4, 3, 64, 64)
+    masks = torch.zeros(4, 64, 64, dtype=torch.uint8)
+    masks[:, 16:48, 16:48] = 1
+    images[:, :, 16:48, 16:48] += 2.0  # the "object" differs from its surround
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    model.train()
+    for _ in range(6):
+        feats = model.encoder(images)
+        logits, _ = model.match(feats[:2], feats[2:].view(2, 1, *feats.shape[1:]), masks[2:, None])
+        loss = segmentation_loss(logits, masks[:2])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_joint_crop_pads_masks_with_ignore_and_keeps_labels():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[5:15, 10:30] = 1
+    out_image, out_mask = scale_crop_flip(image, mask, rng, crop=64, scale=(1.0, 1.0))
+    assert out_image.shape == (64, 64, 3) and out_mask.shape == (64, 64)
+    assert set(np.unique(out_mask)) == {0, 1, IGNORE}
+    assert (out_mask == 1).sum() == (mask == 1).sum()  # scale 1: every pixel kept
+    assert (out_image[out_mask == IGNORE] == 0).all()  # padding
+
+
+def test_strong_photometric_is_per_image_seeded_and_in_range():
+    images = torch.rand(6, 3, 32, 32)
+    a = strong_photometric(images, torch.Generator().manual_seed(3))
+    b = strong_photometric(images, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == images.shape
+    assert a.min() >= 0 and a.max() <= 1
+    assert not torch.allclose(a, images)
+
+
+def test_episodes_follow_the_protocol(annotated):
+    index = read_index(annotated / "dataset")
+    train_ids = index.split("train").index
+    pixels = index.pixels[index.pixels["image_id"].isin(train_ids)]
+    lists = class_image_lists(pixels, base_classes(0, 20), 50)
+    data = EpisodeSamples(index.images, lists, tuple(range(1, 6)), 20, shots=2, crop=48,
+                          scale=(1.0, 1.0), seed=0)  # fmt: skip
+    for k in range(5):
+        sample = data[k]
+        assert sample["supports"].shape == (2, 3, 48, 48)
+        assert set(sample["query_mask"].unique().tolist()) <= {0, 1, IGNORE}
+        again = data[k]
+        assert torch.equal(sample["query"], again["query"])  # sample k is always the same
+    pseudo = PseudoSamples(annotated / "fold0/pseudo_masks.zarr", index.images, 48, (1.0, 1.0), 0)
+    sample = pseudo[3]
+    assert (
+        sample["image"].shape == (3, 48, 48)
+        and sample["mask"].max() <= 3
+        or (sample["mask"].max() == IGNORE)
+    )
+
+
+def train_args(annotated, out, shot=1) -> argparse.Namespace:
+    return argparse.Namespace(
+        index=annotated / "dataset", encoder_init=annotated / "encoder_init.pt",
+        pseudo_masks=annotated / "fold0/pseudo_masks.zarr", fold=0, shot=shot,
+        out=out / "model.pt", log_csv=out / "train.csv", seed=0, threads=1,
+    )  # fmt: skip
+
+
+TINY_TRAIN = TrainConfig(iterations=6, batch_episodes=2, batch_pseudo=2, crop=48, log_every=2,
+                         checkpoint_every=2, workers=0)  # fmt: skip
+PROTOCOL = ProtocolConfig(min_support_pixels=50)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(annotated, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(train_args(annotated, whole), TINY_TRAIN, ModelConfig(), PROTOCOL)
+    train(train_args(annotated, resumed), TINY_TRAIN, ModelConfig(), PROTOCOL, stop_at=3)
+    assert (resumed / "train_state.pt").is_file() and not (resumed / "model.pt").exists()
+    train(train_args(annotated, resumed), TINY_TRAIN, ModelConfig(), PROTOCOL)  # from step 2
+    assert not (resumed / "train_state.pt").exists()
+    a, b = torch.load(whole / "model.pt"), torch.load(resumed / "model.pt")
+    assert a["step"] == b["step"] == 6
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, msg=key)
+    assert pd.read_csv(whole / "train.csv").equals(pd.read_csv(resumed / "train.csv"))
+
+
+def test_model_file_and_training_log(annotated, tmp_path):
+    cfg = TrainConfig(**{**TINY_TRAIN.__dict__, "workers": 1})
+    train(train_args(annotated, tmp_path, shot=2), cfg, ModelConfig(), PROTOCOL)
+    saved = torch.load(tmp_path / "model.pt")
+    assert not any(k.startswith("head.") for k in saved["state_dict"])  # dropped at test time
+    assert "bg_global" in saved["state_dict"] and saved["state_dict"]["bg_seen"]
+    assert saved["arch"] == "resnet18" and saved["shot"] == 2 and saved["code_version"]
+    assert saved["config"]["train"]["iterations"] == 6
+    log = pd.read_csv(tmp_path / "train.csv")
+    assert log.columns.tolist() == ["step", "loss_gt", "loss_pseudo", "lr"]
+    assert log["step"].tolist() == [2, 4, 6] and (log["loss_pseudo"] > 0).all()
+
+
+def test_training_without_mining_logs_no_pseudo_loss(annotated, tmp_path, capsys):
+    code, err = cli("train", "--index", annotated / "dataset", "--encoder-init",
+                    annotated / "encoder_init.pt", "--pseudo-masks",
+                    annotated / "fold0/pseudo_masks.zarr", "--fold", "0", "--shot", "1",
+                    "--out", tmp_path / "model.pt", "--log-csv", tmp_path / "train.csv",
+                    "--params", params(iterations=2, batch_episodes=2, crop=48, log_every=1,
+                                       workers=0),
+                    "--model", params(mine=False), "--protocol", params(min_support_pixels=50),
+                    capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    assert (pd.read_csv(tmp_path / "train.csv")["loss_pseudo"] == 0).all()
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_training_steps(annotated, tmp_path):
+    train(train_args(annotated, tmp_path), TINY_TRAIN, ModelConfig(), PROTOCOL)
+    log = pd.read_csv(tmp_path / "train.csv")
+    assert np.isfinite(log[["loss_gt", "loss_pseudo"]].to_numpy()).all()
+    assert torch.load(tmp_path / "model.pt")["step"] == 6
