@@ -13,6 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/annotation.smk"
 include: "workflow/rules/training.smk"
+include: "workflow/rules/evaluation.smk"
 
 
 rule all:
@@ -21,4 +22,4 @@ rule all:
         expand(rules.write_pseudo_masks.output.masks, fold=config["folds"]),
         expand(rules.inspect_pseudo_masks.output.figure, fold=config["folds"]),
         expand(rules.inspect_prototypes.output.figure, fold=config["folds"]),
-        expand(rules.train.output.model, fold=config["folds"], shot=config["shots"]),
+        rules.summarize.output.md,

@@ -27,7 +27,8 @@ def test_stage_help_shows_its_arguments():
 def test_a_stage_not_built_says_so_in_one_line():
     built = {name for name, (module, _) in STAGES.items() if module}
     assert built == {"make-synthetic", "prepare", "extract-features", "pool-prototypes",
-                     "cluster", "write-pseudo-masks", "inspect", "train"}  # fmt: skip
-    done = run_latentfss("evaluate", "--fold", "0")
+                     "cluster", "write-pseudo-masks", "inspect", "train", "build-bank",
+                     "evaluate", "summarize"}  # fmt: skip
+    done = run_latentfss("segment", "--model", "m.pt")
     assert done.returncode == 2
-    assert done.stderr.splitlines() == ["ERROR: `latentfss evaluate` is not built yet"]
+    assert done.stderr.splitlines() == ["ERROR: `latentfss segment` is not built yet"]

@@ -65,7 +65,14 @@ def test_presets_carry_the_papers_settings():
         assert (cfg["train"]["batch_episodes"], cfg["train"]["batch_pseudo"]) == (4, 32)
         assert cfg["train"]["lr"] == 1e-3 and cfg["model"]["sigma"] == 20
         assert cfg["cluster"]["k"] == k
-        assert cfg["evaluate"] == {"episodes": episodes, "seeds": [0, 1, 2, 3, 4]}
+        assert cfg["evaluate"]["episodes"] == episodes and cfg["evaluate"]["seeds"] == [
+            0,
+            1,
+            2,
+            3,
+            4,
+        ]
+        assert cfg["evaluate"]["input_size"] == 473
         assert cfg["protocol"]["min_support_pixels"] == 2 * 32 * 32
     assert pascal["dataset"]["name"] == "pascal" and pascal["dataset"]["train_list"] == "voc_sbd"
     assert coco["dataset"]["name"] == "coco"

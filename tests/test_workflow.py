@@ -3,6 +3,7 @@ run, caching, and config errors as one line."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -17,12 +18,13 @@ from test_readers import make_coco
 TINY_CONFIG = {
     "folds": [0, 1],
     "shots": [1, 2],
-    "synthetic": {"num_train": 24, "num_val": 8, "min_size": 48, "max_size": 64},
+    "synthetic": {"num_train": 24, "num_val": 24, "min_size": 48, "max_size": 64},
     "protocol": {"min_support_pixels": 30},
     "encoder": {"calibration_images": 8},
     "annotation": {"input_size": 64},
     "cluster": {"k": 3, "nredo": 2},
     "train": {"iterations": 2, "batch_episodes": 2, "batch_pseudo": 2, "crop": 48, "workers": 0},
+    "evaluate": {"episodes": 4, "seeds": [0], "input_size": 64, "batch_size": 4, "workers": 0},
 }
 
 
@@ -38,6 +40,11 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, presets=())
         cmd += ["--configfile", *files]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=tool_env())
     return done.returncode, done.stdout + done.stderr
+
+
+def jobs(out: str) -> set[str]:
+    """The rules a (dry) run lists as jobs."""
+    return set(re.findall(r"^rule (\w+):", out, re.MULTILINE)) - {"all"}
 
 
 def test_lint_and_format_are_clean():
@@ -66,10 +73,11 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     code, out = snakemake(tmp_path, config=TINY_CONFIG)
     assert code == 0, out
     results = tmp_path / "results/synthetic"
-    assert (results / "dataset/images.csv").read_text().count("\n") == 1 + 24 + 8
+    assert (results / "dataset/images.csv").read_text().count("\n") == 1 + 24 + 24
     for path in ("features.zarr", "encoder_init.pt", "prototypes.zarr", "fold0/clusters.zarr",
                  "fold1/pseudo_masks.zarr", "benchmarks/prepare.tsv", "fold0/shot2/model.pt",
-                 "fold1/shot1/train.csv", "fold1/pseudo_masks.png"):  # fmt: skip
+                 "fold1/shot1/train.csv", "fold1/pseudo_masks.png", "fold1/shot2/bank",
+                 "fold0/shot1/eval/episodes_seed0.csv", "summary.csv", "summary.md"):  # fmt: skip
         assert (results / path).exists(), path
     assert not (results / "fold2").exists()  # only the configured folds
     assert (tmp_path / "logs/write_pseudo_masks/synthetic_fold1.log").is_file()
@@ -78,19 +86,19 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     assert code == 0 and "Nothing to be done" in out, out
 
     # editing a section re-runs exactly the jobs that read it
-    edited = {**TINY_CONFIG, "evaluate": {"episodes": 7}}  # no built stage reads it yet
-    code, out = snakemake(tmp_path, "-n", config=edited)
-    assert code == 0 and "Nothing to be done" in out, out
-    edited = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "iterations": 3}}
-    code, out = snakemake(tmp_path, "-n", config=edited)
-    assert code == 0 and "train" in out and "cluster" not in out, out
-    edited = {**TINY_CONFIG, "cluster": {"k": 2, "nredo": 2}}
-    code, out = snakemake(tmp_path, "-n", config=edited)
-    assert code == 0 and "cluster" in out and "write_pseudo_masks" in out, out
-    assert "extract_features" not in out and "pool_prototypes" not in out, out
+    after = ["build_bank", "evaluate", "summarize"]
+    for section, edit, expected in [
+        ("evaluate", {"episodes": 7}, {"evaluate", "summarize"}),
+        ("train", {"iterations": 3}, {"train", *after}),
+        ("cluster", {"k": 2}, {"cluster", "write_pseudo_masks", "inspect_pseudo_masks",
+                              "inspect_prototypes", "train", *after}),
+    ]:  # fmt: skip
+        edited = {**TINY_CONFIG, section: {**TINY_CONFIG.get(section, {}), **edit}}
+        code, out = snakemake(tmp_path, "-n", config=edited)
+        assert code == 0 and jobs(out) == expected, (section, jobs(out))
     edited = {**TINY_CONFIG, "synthetic": {**TINY_CONFIG["synthetic"], "num_val": 9}}
     code, out = snakemake(tmp_path, "-n", config=edited)
-    assert code == 0 and "make_synthetic" in out and "prepare" in out, out
+    assert code == 0 and {"make_synthetic", "prepare"} <= jobs(out), out
 
 
 def test_temporary_features_are_deleted_once_used(tmp_path):

@@ -25,9 +25,9 @@ STAGES = {
         "Eq. 3: dense pseudo labels for every train image",
     ),
     "train": ("train", "episodic training with the mining branch (Eq. 1, 4-7)"),
-    "build-bank": (None, "image embeddings and region prototypes for rectification"),
-    "evaluate": (None, "test episodes with rectified prototypes (Eq. 7-9): mIoU, FB-IoU"),
-    "summarize": (None, "the paper's tables from every fold and shot"),
+    "build-bank": ("build_bank", "image embeddings and region prototypes for rectification"),
+    "evaluate": ("evaluate", "test episodes with rectified prototypes (Eq. 7-9): mIoU, FB-IoU"),
+    "summarize": ("summarize", "the paper's tables from every fold and shot"),
     "inspect": ("inspect", "render and describe any artifact"),
     "segment": (None, "segment your own images from K annotated shots"),
 }

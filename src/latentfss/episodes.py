@@ -78,3 +78,30 @@ def binary_mask(mask: np.ndarray, class_id: int) -> np.ndarray:
     out = (mask == class_id).astype(np.uint8)
     out[mask == IGNORE] = IGNORE
     return out
+
+
+def sample_test_episodes(class_lists: dict[int, np.ndarray], shots: int, count: int,
+                         seed: int) -> pd.DataFrame:  # fmt: skip
+    """`count` test episodes, following PFENet's protocol: a query image holding a novel class
+    (with at least min_support_pixels of it, as in `class_lists`), the class drawn among those
+    it holds, and `shots` distinct support images of the class other than the query.
+
+    -> columns episode, query, class_id, supports (image_ids separated by spaces).
+    """
+    usable = {c: ids for c, ids in class_lists.items() if len(ids) > shots}
+    if not usable:
+        raise ValueError(f"no novel class has {shots + 1} images to make an episode")
+    holders: dict[int, list[int]] = {}
+    for class_id, ids in sorted(usable.items()):
+        for image in ids.tolist():
+            holders.setdefault(image, []).append(class_id)
+    queries = np.array(sorted(holders))
+    rng = np.random.default_rng([seed, shots])
+    rows = []
+    for episode in range(count):
+        query = int(queries[rng.integers(len(queries))])
+        class_id = holders[query][rng.integers(len(holders[query]))]
+        others = usable[class_id][usable[class_id] != query]
+        supports = rng.choice(others, shots, replace=False)
+        rows.append((episode, query, class_id, " ".join(map(str, supports.tolist()))))
+    return pd.DataFrame(rows, columns=["episode", "query", "class_id", "supports"])

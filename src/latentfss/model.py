@@ -140,3 +140,21 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear",
                        align_corners=False)  # fmt: skip
     return F.cross_entropy(up, labels.long(), ignore_index=IGNORE)
+
+
+def load_model(path) -> tuple[MatchingNet, dict]:
+    """A trained model (model.pt, without the mining head) and its checkpoint's metadata."""
+    from latentfss.errors import InputError
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: model not found; run `latentfss train` first") from None
+    except Exception as e:
+        raise InputError(f"{path}: not a latentfss model ({type(e).__name__})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise InputError(f"{path}: not a latentfss model (no state_dict)")
+    cfg = ModelConfig(**checkpoint["config"]["model"])
+    model = MatchingNet(Encoder(checkpoint["arch"]), cfg, pseudo_classes=None)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint

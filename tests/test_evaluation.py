@@ -1,0 +1,157 @@
+"""Evaluation: metrics by hand, the episode protocol, Eq. 8-9 by hand, faiss, the stages."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import cli, params
+from latentfss.episodes import IGNORE, sample_test_episodes
+from latentfss.metrics import IoUMeter
+from latentfss.region_bank import RegionBank, inner_product_index
+
+
+def test_a_perfect_prediction_scores_one_and_background_zero():
+    label = np.array([[0, 1, 1], [0, 1, IGNORE]])
+    meter = IoUMeter([3])
+    meter.update(np.where(label == IGNORE, 0, label), label, 3)
+    assert meter.miou() == 1.0 and meter.fbiou() == 1.0
+    empty = IoUMeter([3])
+    empty.update(np.zeros_like(label), label, 3)
+    assert empty.miou() == 0.0 and empty.per_class()[3] == 0.0
+
+
+def test_ignored_pixels_count_for_nothing():
+    label = np.array([[1, IGNORE], [0, 0]])
+    meter = IoUMeter([1])
+    meter.update(np.array([[1, 1], [0, 0]]), label, 1)  # wrong only where ignored
+    assert meter.miou() == 1.0 and meter.fbiou() == 1.0
+
+
+def test_accumulation_over_episodes_and_classes_by_hand():
+    meter = IoUMeter([1, 2])
+    # class 1, episode a: fg inter 2, union 4; bg inter 1, union 3
+    meter.update(np.array([1, 1, 1, 0, 0]), np.array([1, 1, 0, 1, 0]), 1)
+    # class 1, episode b: fg inter 1, union 1; bg inter 2, union 2
+    meter.update(np.array([1, 0, 0]), np.array([1, 0, 0]), 1)
+    # class 2: fg inter 0, union 2; bg inter 1, union 3
+    meter.update(np.array([1, 0, 0]), np.array([0, 1, 0]), 2)
+    assert meter.per_class() == {1: 3 / 5, 2: 0.0}  # summed before dividing, per class
+    assert meter.miou() == pytest.approx(0.3)
+    assert meter.fbiou() == pytest.approx((4 / 8 + 3 / 7) / 2)  # bg: 4/8, fg: 3/7
+
+
+def test_test_episodes_follow_the_protocol_and_repeat():
+    lists = {1: np.array([3, 5, 7, 9]), 2: np.array([5, 11]), 3: np.array([4])}
+    episodes = sample_test_episodes(lists, shots=2, count=50, seed=0)
+    assert len(episodes) == 50
+    for _, e in episodes.iterrows():
+        supports = [int(s) for s in e["supports"].split()]
+        assert e["class_id"] == 1  # the only class with 3 images
+        assert e["query"] in lists[1] and set(supports) <= set(lists[1].tolist())
+        assert e["query"] not in supports and len(set(supports)) == 2
+    assert episodes.equals(sample_test_episodes(lists, 2, 50, 0))
+    assert not episodes.equals(sample_test_episodes(lists, 2, 50, 1))
+    with pytest.raises(ValueError, match="no novel class has 6 images"):
+        sample_test_episodes(lists, shots=5, count=1, seed=0)
+
+
+def test_faiss_returns_a_vector_as_its_own_nearest_neighbour():
+    vectors = F.normalize(torch.randn(50, 16), dim=1).numpy()
+    _, nearest = inner_product_index(vectors).search(vectors, 1)
+    assert nearest[:, 0].tolist() == list(range(50))
+
+
+def test_rectification_is_eq8_and_eq9_by_hand():
+    torch.manual_seed(0)
+    embeddings = F.normalize(torch.randn(3, 8), dim=1)
+    regions = torch.randn(5, 8)  # image 0: rows 0-1, image 1: rows 2-4, image 2: none
+    bank = RegionBank(inner_product_index(embeddings.numpy()), regions, np.array([0, 2, 5, 5]))
+    p_s = torch.randn(1, 8)
+    out = bank.rectify(p_s, embeddings[1:2], top_n=2, beta=0.2)
+    nearest = bank.nearest_images(embeddings[1:2], 2)[0]
+    assert nearest[0] == 1  # the support's embedding finds its own image first
+    picked = []
+    for image in nearest:
+        rows = regions[bank.offsets[image] : bank.offsets[image + 1]]
+        if len(rows):  # an image without sub-cluster regions offers none
+            cos = F.cosine_similarity(rows, p_s, dim=1)
+            picked.append((rows[cos.argmax()], cos.max()))
+    mu = torch.stack([c for _, c in picked]) / sum(c for _, c in picked)  # Eq. 9
+    expected = 0.8 * p_s[0] + 0.2 * sum(m * r for m, (r, _) in zip(mu, picked, strict=True))
+    torch.testing.assert_close(out[0], expected)
+
+
+@pytest.fixture(scope="module")
+def evaluated(annotated, tmp_path_factory):
+    """train (3 steps) -> build-bank -> evaluate (2 seeds) -> summarize, fold 0, 1-shot."""
+    out = tmp_path_factory.mktemp("evaluated")
+    model, bank, eval_dir = out / "model.pt", out / "bank", out / "eval"
+    steps = [
+        ("train", "--index", annotated / "dataset", "--encoder-init", annotated / "encoder_init.pt",
+         "--pseudo-masks", annotated / "fold0/pseudo_masks.zarr", "--fold", "0", "--shot", "1",
+         "--out", model, "--log-csv", out / "train.csv", "--protocol",
+         params(min_support_pixels=30),
+         "--params", params(iterations=3, batch_episodes=2, batch_pseudo=2, crop=48, workers=0)),
+        ("build-bank", "--index", annotated / "dataset", "--model", model, "--pseudo-masks",
+         annotated / "fold0/pseudo_masks.zarr", "--out", bank, "--params", params(input_size=64)),
+        ("evaluate", "--index", annotated / "dataset", "--model", model, "--bank", bank,
+         "--fold", "0", "--shot", "1", "--out", eval_dir, "--protocol",
+         params(min_support_pixels=30),
+         "--params", params(episodes=12, seeds=[0, 1], input_size=64, batch_size=5, workers=0)),
+        ("summarize", eval_dir / "metrics.json", "--csv", out / "summary.csv", "--md",
+         out / "summary.md"),
+    ]  # fmt: skip
+    for step in steps:
+        assert cli(*step)[0] == 0, step
+    return out
+
+
+def test_bank_holds_every_train_image_and_its_regions(evaluated, annotated):
+    index = faiss.read_index(str(evaluated / "bank/images.faiss"))
+    assert index.ntotal == 24
+    import zarr
+
+    regions = zarr.open_group(str(evaluated / "bank/regions.zarr"), mode="r")
+    labels, images = regions["label"][:], regions["image"][:]
+    assert regions["prototypes"].shape == (len(labels), 256)
+    assert set(labels.tolist()) <= {1, 2, 3} and (np.diff(images) >= 0).all()
+    masks = zarr.open_group(str(annotated / "fold0/pseudo_masks.zarr"), mode="r")
+    first = masks["masks"][0, : masks["height"][0], : masks["width"][0]]
+    assert sorted(labels[images == 0].tolist()) == sorted(set(first[first > 0].tolist()))
+
+
+def test_evaluation_outputs_and_replay(evaluated, annotated, capsys):
+    metrics = json.loads((evaluated / "eval/metrics.json").read_text())
+    assert set(metrics["runs"]) == {"seed0", "seed1"}
+    assert 0 <= metrics["miou"] <= 1 and 0 <= metrics["fbiou"] <= 1
+    assert metrics["miou"] == pytest.approx(np.mean([r["miou"] for r in metrics["runs"].values()]))
+    assert set(metrics["per_class"]) <= {"1", "2", "3", "4", "5"} and metrics["parameters"] > 0
+    episodes = pd.read_csv(evaluated / "eval/episodes_seed1.csv")
+    assert episodes.columns.tolist() == ["episode", "query", "class_id", "supports"]
+    assert len(episodes) == 12 and episodes["class_id"].between(1, 5).all()
+    replay = evaluated / "replay"
+    code, err = cli("evaluate", "--index", annotated / "dataset", "--model",
+                    evaluated / "model.pt", "--bank", evaluated / "bank", "--fold", "0",
+                    "--shot", "1", "--out", replay, "--episodes",
+                    evaluated / "eval/episodes_seed1.csv", "--params",
+                    params(input_size=64, batch_size=3, workers=0), capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    again = json.loads((replay / "metrics.json").read_text())["runs"]["episodes_seed1"]
+    assert again["miou"] == pytest.approx(metrics["runs"]["seed1"]["miou"])
+    assert again["fbiou"] == pytest.approx(metrics["runs"]["seed1"]["fbiou"])
+    per_class = pd.read_csv(evaluated / "eval/per_class.csv")
+    assert per_class.columns.tolist() == ["class_id", "class_name", "iou"]
+
+
+def test_summary_tables(evaluated):
+    text = (evaluated / "summary.md").read_text()
+    assert "1-shot fold0" in text and "1-shot mean" in text and "episodes/s" in text
+    table = pd.read_csv(evaluated / "summary.csv")
+    assert table[["shot", "fold"]].values.tolist() == [[1, 0]]
