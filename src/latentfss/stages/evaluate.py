@@ -112,6 +112,12 @@ def evaluate_episodes(model, episodes: pd.DataFrame, index, cfg: EvaluateConfig,
     return meter, len(episodes) / (time.perf_counter() - start)
 
 
+def _mean_of_seen(values: list[float]) -> float | None:
+    """Mean over the runs in which a class was drawn; None (JSON null) if it never was."""
+    seen = [v for v in values if not np.isnan(v)]
+    return float(np.mean(seen)) if seen else None
+
+
 def run(args: argparse.Namespace) -> None:
     cfg = from_params(EvaluateConfig, args.params, "evaluate")
     protocol = from_params(ProtocolConfig, args.protocol, "protocol")
@@ -153,7 +159,7 @@ def run(args: argparse.Namespace) -> None:
     metrics = {
         "fold": args.fold, "shot": args.shot, "miou": float(np.mean(mious)),
         "miou_std": float(np.std(mious)), "fbiou": float(np.mean(fbious)),
-        "per_class": {str(c): float(np.nanmean([p[c] for p in per_class])) for c in novel},
+        "per_class": {str(c): _mean_of_seen([p[c] for p in per_class]) for c in novel},
         "runs": per_run, "episodes_per_s": float(np.mean(speeds)), "device": str(device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "evaluate": dataclasses.asdict(cfg), "model": str(args.model),
