@@ -24,11 +24,5 @@ def test_stage_help_shows_its_arguments():
     assert done.returncode == 0 and "--out" in done.stdout and "--params" in done.stdout
 
 
-def test_a_stage_not_built_says_so_in_one_line():
-    built = {name for name, (module, _) in STAGES.items() if module}
-    assert built == {"make-synthetic", "prepare", "extract-features", "pool-prototypes",
-                     "cluster", "write-pseudo-masks", "inspect", "train", "build-bank",
-                     "evaluate", "summarize"}  # fmt: skip
-    done = run_latentfss("segment", "--model", "m.pt")
-    assert done.returncode == 2
-    assert done.stderr.splitlines() == ["ERROR: `latentfss segment` is not built yet"]
+def test_every_stage_is_built():
+    assert all(module for module, _ in STAGES.values())

@@ -155,3 +155,52 @@ def test_summary_tables(evaluated):
     assert "1-shot fold0" in text and "1-shot mean" in text and "episodes/s" in text
     table = pd.read_csv(evaluated / "summary.csv")
     assert table[["shot", "fold"]].values.tolist() == [[1, 0]]
+
+
+def support_files(tiny_root, tmp_path, name="val_00001"):
+    """A val image and a 0/255 mask of one of its classes, as a user would bring them."""
+    from PIL import Image
+
+    labels = np.array(Image.open(tiny_root / f"SegmentationClassAug/{name}.png"))
+    class_id = next(c for c in np.unique(labels) if 0 < c < IGNORE)
+    Image.fromarray(((labels == class_id) * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    return tiny_root / f"JPEGImages/{name}.jpg", tmp_path / "mask.png"
+
+
+def test_segment_writes_a_mask_and_an_overlay_per_query(evaluated, tiny_root, tmp_path, capsys):
+    from PIL import Image
+
+    image, mask = support_files(tiny_root, tmp_path)
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for name in ("val_00001", "val_00004"):
+        (queries / f"{name}.jpg").write_bytes((tiny_root / f"JPEGImages/{name}.jpg").read_bytes())
+    code, err = cli("segment", "--model", evaluated / "model.pt", "--support", image, mask,
+                    "--support", image, mask, "--query", queries, "--out", tmp_path / "out",
+                    "--bank", evaluated / "bank", "--input-size", "64", capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    for name in ("val_00001", "val_00004"):
+        source = Image.open(queries / f"{name}.jpg")
+        predicted = Image.open(tmp_path / f"out/{name}_mask.png")
+        assert predicted.size == source.size and Image.open(
+            tmp_path / f"out/{name}_overlay.png").size == source.size  # fmt: skip
+        assert set(np.unique(np.array(predicted))) <= {0, 255}
+
+
+def test_segment_refuses_bad_supports_in_one_line(evaluated, tiny_root, tmp_path, capsys):
+    from PIL import Image
+
+    image, mask = support_files(tiny_root, tmp_path)
+    other = tiny_root / "JPEGImages/val_00002.jpg"
+    Image.new("L", Image.open(image).size).save(tmp_path / "empty.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    cases = [
+        ((other, mask), "mask.png: mask is"),
+        ((image, tmp_path / "empty.png"), "the support mask is empty"),
+        ((tmp_path / "broken.jpg", mask), "broken.jpg: not a readable image"),
+    ]
+    for (support_image, support_mask), needle in cases:
+        code, err = cli("segment", "--model", evaluated / "model.pt", "--support",
+                        support_image, support_mask, "--query", image, "--out",
+                        tmp_path / "out", capsys=capsys)  # fmt: skip
+        assert code == 2 and err.startswith("ERROR: ") and needle in err and err.count("\n") == 1

@@ -29,7 +29,7 @@ STAGES = {
     "evaluate": ("evaluate", "test episodes with rectified prototypes (Eq. 7-9): mIoU, FB-IoU"),
     "summarize": ("summarize", "the paper's tables from every fold and shot"),
     "inspect": ("inspect", "render and describe any artifact"),
-    "segment": (None, "segment your own images from K annotated shots"),
+    "segment": ("segment", "segment your own images from K annotated shots"),
 }
 
 
