@@ -204,3 +204,12 @@ def test_segment_refuses_bad_supports_in_one_line(evaluated, tiny_root, tmp_path
                         support_image, support_mask, "--query", image, "--out",
                         tmp_path / "out", capsys=capsys)  # fmt: skip
         assert code == 2 and err.startswith("ERROR: ") and needle in err and err.count("\n") == 1
+
+
+def test_rectification_without_a_bank_is_one_line(evaluated, annotated, tmp_path, capsys):
+    code, err = cli("evaluate", "--index", annotated / "dataset", "--model",
+                    evaluated / "model.pt", "--fold", "0", "--shot", "1", "--out",
+                    tmp_path / "eval", capsys=capsys)  # fmt: skip
+    assert code == 2
+    assert err.strip() == "ERROR: evaluate.fg_rectify needs --bank (run `latentfss build-bank`)"
+    assert not (tmp_path / "eval").exists()

@@ -127,9 +127,9 @@ def run(args: argparse.Namespace) -> None:
     novel = novel_classes(args.fold, index.num_classes, protocol.class_split)
     model, checkpoint = load_model(args.model)
     model = model.to(device).to(memory_format=torch.channels_last)
-    bank = load_bank(args.bank) if cfg.fg_rectify else None
     if cfg.fg_rectify and args.bank is None:
         raise InputError("evaluate.fg_rectify needs --bank (run `latentfss build-bank`)")
+    bank = load_bank(args.bank) if cfg.fg_rectify else None
     val = index.split("val").index
     lists = class_image_lists(index.pixels[index.pixels["image_id"].isin(val)], novel,
                               protocol.min_support_pixels)  # fmt: skip
