@@ -46,6 +46,21 @@ class EncoderConfig:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}")
 
 
+class Normalise:
+    """uint8 (..., 3, H, W) on the host -> ImageNet-normalised float on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
+
+    def unit(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, non_blocking=True).float() / 255
+
+    def __call__(self, unit_images: torch.Tensor) -> torch.Tensor:
+        return (unit_images - self.mean) / self.std
+
+
 def feature_size(size: int) -> int:
     """Side of the feature grid for an input side: conv1, maxpool and layer2 halve it (ceil)."""
     for _ in range(3):

@@ -11,6 +11,7 @@ from torch import nn
 
 from latentfss.encoder import Encoder
 from latentfss.episodes import IGNORE
+from latentfss.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,6 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 def load_model(path) -> tuple[MatchingNet, dict]:
     """A trained model (model.pt, without the mining head) and its checkpoint's metadata."""
-    from latentfss.errors import InputError
-
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

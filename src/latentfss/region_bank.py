@@ -10,11 +10,14 @@ found; in each, the region most similar to the support prototype p_s; then
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from latentfss import store
 
 
 def image_embedding(feats: torch.Tensor) -> torch.Tensor:
@@ -67,10 +70,6 @@ class RegionBank:
 
 def load_bank(path) -> RegionBank:
     """A bank written by `latentfss build-bank`: images.faiss and regions.zarr."""
-    from pathlib import Path
-
-    from latentfss import store
-
     path = Path(path)
     group = store.open_group(path / "regions.zarr", "build-bank")
     index = faiss.read_index(str(path / "images.faiss"))

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from latentfss.config import from_params
 from latentfss.datasets.evaluation import TestEpisodes, collate
 from latentfss.datasets.index import read_index
+from latentfss.encoder import Normalise
 from latentfss.episodes import (
     ProtocolConfig,
     class_image_lists,
@@ -37,7 +38,6 @@ from latentfss.model import MatchingNet, cosine_logits, load_model
 from latentfss.progress import progress
 from latentfss.region_bank import RegionBank, image_embedding, load_bank
 from latentfss.runtime import autocast, pick_device
-from latentfss.stages.train import Normalise
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,10 @@ from latentfss.config import from_params
 from latentfss.datasets.images import resized_batches
 from latentfss.datasets.index import read_index
 from latentfss.encoder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     STRIDE,
     Encoder,
     EncoderConfig,
+    Normalise,
     build_encoder,
     calibrate_batchnorm,
     feature_size,
@@ -65,11 +64,10 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 def normalised_batches(paths: Sequence[str], cfg: AnnotationConfig, device: torch.device,
                        threads: int) -> Iterator[torch.Tensor]:  # fmt: skip
     """(B, 3, S, S) ImageNet-normalised float images on `device`, resized to cfg.input_size."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+    normalise = Normalise(device)
     for batch in resized_batches(paths, cfg.input_size, cfg.batch_size, threads):
-        images = torch.from_numpy(batch).to(device, non_blocking=True).float()
-        yield ((images - mean) / std).contiguous(memory_format=torch.channels_last)
+        images = normalise(normalise.unit(torch.from_numpy(batch)))
+        yield images.contiguous(memory_format=torch.channels_last)
 
 
 @torch.inference_mode()

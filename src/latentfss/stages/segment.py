@@ -19,12 +19,12 @@ from PIL import Image
 
 from latentfss.datasets.evaluation import resized
 from latentfss.datasets.images import read_image
+from latentfss.encoder import Normalise
 from latentfss.errors import InputError
 from latentfss.model import load_model
 from latentfss.region_bank import load_bank
 from latentfss.runtime import pick_device
 from latentfss.stages.evaluate import EvaluateConfig, predict
-from latentfss.stages.train import Normalise
 from latentfss.stages.write_pseudo_masks import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)

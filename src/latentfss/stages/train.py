@@ -27,7 +27,7 @@ from latentfss.config import from_params
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
 from latentfss.ema import ModelEMA
-from latentfss.encoder import IMAGENET_MEAN, IMAGENET_STD, load_encoder
+from latentfss.encoder import Normalise, load_encoder
 from latentfss.episodes import ProtocolConfig, base_classes, class_image_lists, novel_classes
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file
@@ -89,21 +89,6 @@ def batches(dataset, batch_size: int, start: int, workers: int, pin: bool) -> It
     indices = range(start, 2**62)
     return iter(DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
                            pin_memory=pin, persistent_workers=workers > 0))  # fmt: skip
-
-
-class Normalise:
-    """uint8 (..., 3, H, W) on the host -> ImageNet-normalised float on the device."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
-
-    def unit(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device, non_blocking=True).float() / 255
-
-    def __call__(self, unit_images: torch.Tensor) -> torch.Tensor:
-        return (unit_images - self.mean) / self.std
 
 
 def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
