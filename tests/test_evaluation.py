@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -155,6 +156,42 @@ def test_summary_tables(evaluated):
     assert "1-shot fold0" in text and "1-shot mean" in text and "episodes/s" in text
     table = pd.read_csv(evaluated / "summary.csv")
     assert table[["shot", "fold"]].values.tolist() == [[1, 0]]
+
+
+def write_metrics(path: Path, fold: int, miou: float, fg: bool, bg: bool, mine: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {"fold": fold, "shot": 1, "miou": miou, "miou_std": 0.01, "fbiou": 0.6,
+               "episodes_per_s": 10.0, "parameters": 1000, "device": "cpu",
+               "evaluate": {"fg_rectify": fg},
+               "model_config": {"bg_rectify": bg, "mine": mine}}  # fmt: skip
+    path.write_text(json.dumps(metrics))
+    return path
+
+
+def test_ablation_table_has_a_row_per_set_of_switches_in_the_papers_order(tmp_path, capsys):
+    runs = {(1, 1, 1): (0.60, 0.70), (0, 0, 0): (0.40, 0.50), (0, 1, 0): (0.45, 0.55),
+            (1, 0, 0): (0.42, 0.52)}  # fmt: skip
+    paths = {switches: [write_metrics(tmp_path / "".join(map(str, switches)) / f"{fold}.json",
+                                      fold, miou, *map(bool, switches))
+                        for fold, miou in enumerate(mious)]
+             for switches, mious in runs.items()}  # fmt: skip
+    main, ablations = paths.pop((1, 1, 1)), [p for ps in paths.values() for p in ps]
+    code, err = cli("summarize", *main, "--ablations", *ablations, "--csv", tmp_path / "s.csv",
+                    "--md", tmp_path / "s.md", capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    text = (tmp_path / "s.md").read_text()
+    table = text[text.index("| FG | BG | Mine") :].split("\n\n")[0].splitlines()[2:]
+    assert table == ["|  |  |  | 1 | 40.0 | 50.0 | **45.0** |",
+                     "| ✓ |  |  | 1 | 42.0 | 52.0 | **47.0** |",
+                     "|  | ✓ |  | 1 | 45.0 | 55.0 | **50.0** |",
+                     "| ✓ | ✓ | ✓ | 1 | 60.0 | 70.0 | **65.0** |"]  # fmt: skip
+    assert "| 1-shot fold0 | 1-shot fold1 | 1-shot mean |" in text  # Table 1: the main run only
+    assert "**65.0**" in text.split("## Ablations")[0]
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 8
+
+
+def test_no_ablation_table_without_ablation_runs(evaluated):
+    assert "Ablations" not in (evaluated / "summary.md").read_text()
 
 
 def support_files(tiny_root, tmp_path, name="val_00001"):

@@ -17,14 +17,15 @@ from test_readers import make_coco
 
 TINY_CONFIG = {
     "folds": [0, 1],
-    "shots": [1, 2],
-    "synthetic": {"num_train": 24, "num_val": 24, "min_size": 48, "max_size": 64},
+    "shots": [1, 5],  # 5-shot episodes need 6 images of a class: hence 48 + 64 images
+    "synthetic": {"num_train": 48, "num_val": 64, "min_size": 48, "max_size": 64},
     "protocol": {"min_support_pixels": 30},
     "encoder": {"calibration_images": 8},
     "annotation": {"input_size": 64},
     "cluster": {"k": 3, "nredo": 2},
     "train": {"iterations": 2, "batch_episodes": 2, "batch_pseudo": 2, "crop": 48, "workers": 0},
     "evaluate": {"episodes": 4, "seeds": [0], "input_size": 64, "batch_size": 4, "workers": 0},
+    "ablations": [{"fg_rectify": False, "bg_rectify": False, "mine": False}],
 }
 
 
@@ -73,25 +74,30 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     code, out = snakemake(tmp_path, config=TINY_CONFIG)
     assert code == 0, out
     results = tmp_path / "results/synthetic"
-    assert (results / "dataset/images.csv").read_text().count("\n") == 1 + 24 + 24
+    assert (results / "dataset/images.csv").read_text().count("\n") == 1 + 48 + 64
     for path in ("features.zarr", "encoder_init.pt", "prototypes.zarr", "fold0/clusters.zarr",
-                 "fold1/pseudo_masks.zarr", "benchmarks/prepare.tsv", "fold0/shot2/model.pt",
-                 "fold1/shot1/train.csv", "fold1/pseudo_masks.png", "fold1/shot2/bank",
-                 "fold0/shot1/eval/episodes_seed0.csv", "summary.csv", "summary.md"):  # fmt: skip
+                 "fold1/pseudo_masks.zarr", "benchmarks/prepare.tsv", "fold0/shot5/model.pt",
+                 "fold1/shot1/train.csv", "fold1/pseudo_masks.png", "fold1/shot5/bank",
+                 "fold0/shot1/eval/episodes_seed0.csv", "summary.csv", "summary.md",
+                 "ablations/bg0_mine0/fold1/shot5/model.pt",
+                 "ablations/fg0_bg0_mine0/fold0/shot1/eval/metrics.json"):  # fmt: skip
         assert (results / path).exists(), path
     assert not (results / "fold2").exists()  # only the configured folds
+    assert not (results / "ablations/bg0_mine0/fold0/shot1/bank").exists()  # fg off: no bank
+    summary = (results / "summary.md").read_text()
+    assert "5-shot mean" in summary and "## Ablations" in summary
     assert (tmp_path / "logs/write_pseudo_masks/synthetic_fold1.log").is_file()
 
     code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
     assert code == 0 and "Nothing to be done" in out, out
 
     # editing a section re-runs exactly the jobs that read it
-    after = ["build_bank", "evaluate", "summarize"]
+    after = ["build_bank", "evaluate", "evaluate_ablation", "summarize"]
     for section, edit, expected in [
-        ("evaluate", {"episodes": 7}, {"evaluate", "summarize"}),
-        ("train", {"iterations": 3}, {"train", *after}),
+        ("evaluate", {"episodes": 7}, {"evaluate", "evaluate_ablation", "summarize"}),
+        ("train", {"iterations": 3}, {"train", "train_ablation", *after}),
         ("cluster", {"k": 2}, {"cluster", "write_pseudo_masks", "inspect_pseudo_masks",
-                              "inspect_prototypes", "train", *after}),
+                              "inspect_prototypes", "train", "train_ablation", *after}),
     ]:  # fmt: skip
         edited = {**TINY_CONFIG, section: {**TINY_CONFIG.get(section, {}), **edit}}
         code, out = snakemake(tmp_path, "-n", config=edited)
@@ -102,8 +108,8 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
 
 
 def test_temporary_features_are_deleted_once_used(tmp_path):
-    config = {**TINY_CONFIG, "folds": [2], "annotation": {"input_size": 64,
-              "temporary_features": True}}  # fmt: skip
+    config = {**TINY_CONFIG, "folds": [2], "shots": [1], "ablations": [],
+              "annotation": {"input_size": 64, "temporary_features": True}}  # fmt: skip
     code, out = snakemake(tmp_path, config=config)
     assert code == 0, out
     results = tmp_path / "results/synthetic"
@@ -136,6 +142,17 @@ def test_pascal_preset_dry_run_on_a_voc_root(tiny_root, tmp_path):
                           presets=["workflow/presets/pascal.yaml"])  # fmt: skip
     assert code == 0, out
     assert "prepare" in out and "make_synthetic" not in out
+
+
+def test_table3_preset_adds_one_run_per_row_and_trains_only_new_models(tmp_path):
+    code, out = snakemake(tmp_path, "-n", "--quiet", "rules",
+                          presets=["config.yaml", "workflow/presets/table3.yaml"])  # fmt: skip
+    assert code == 0, out
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
+    assert counts["train"] == "4" and counts["evaluate"] == "4"  # 4 folds, 1-shot
+    assert counts["train_ablation"] == "12"  # (bg, mine) = 00, 10, 01 per fold
+    assert counts["evaluate_ablation"] == "20"  # 5 rows per fold
+    assert counts["build_bank_ablation"] == "8"  # rows with FG on a new model: 100, 110
 
 
 def test_coco_preset_dry_run_on_a_coco_root(tmp_path):

@@ -27,11 +27,22 @@ rule build_bank:
         " --params {params.evaluate:q} --threads {threads} > {log:q} 2>&1"
 
 
-rule evaluate:
+use rule build_bank as build_bank_ablation with:
     input:
         images=rules.prepare.output.images,
-        model=rules.train.output.model,
-        bank=rules.build_bank.output.bank,
+        model=rules.train_ablation.output.model,
+        pseudo_masks=rules.write_pseudo_masks.output.masks,
+    output:
+        bank=directory(f"{ABLATION_MODEL}/bank"),
+    log:
+        f"logs/build_bank/{DATASET}_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_bank_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.tsv"
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
     output:
         metrics=f"{RESULTS}/fold{{fold}}/shot{{shot}}/eval/metrics.json",
         per_class=f"{RESULTS}/fold{{fold}}/shot{{shot}}/eval/per_class.csv",
@@ -52,13 +63,32 @@ rule evaluate:
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         out=lambda wildcards, output: Path(output.metrics).parent,
-        evaluate=section("evaluate"),
+        evaluate=evaluate_params,
         protocol=section("protocol"),
+        bank=lambda wildcards, input: (
+            f"--bank {shlex.quote(input.bank)}" if "bank" in input.keys() else ""
+        ),
     shell:
-        "latentfss evaluate --index {params.index:q} --model {input.model:q} --bank {input.bank:q}"
+        "latentfss evaluate --index {params.index:q} --model {input.model:q} {params.bank}"
         " --fold {wildcards.fold} --shot {wildcards.shot} --out {params.out:q}"
         " --params {params.evaluate:q} --protocol {params.protocol:q} --threads {threads}"
         " > {log:q} 2>&1"
+
+
+# A Table 3 row: evaluation with its switches (its model from train or train_ablation).
+use rule evaluate as evaluate_ablation with:
+    output:
+        metrics=f"{ABLATION_EVAL}/metrics.json",
+        per_class=f"{ABLATION_EVAL}/per_class.csv",
+        episodes=expand(
+            f"{ABLATION_EVAL}/episodes_seed{{seed}}.csv",
+            seed=config["evaluate"]["seeds"],
+            allow_missing=True,
+        ),
+    log:
+        f"logs/evaluate/{DATASET}_fg{{fg}}_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_fg{{fg}}_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.tsv"
 
 
 rule summarize:
@@ -66,6 +96,7 @@ rule summarize:
         metrics=expand(
             rules.evaluate.output.metrics, fold=config["folds"], shot=config["shots"]
         ),
+        ablations=ablation_metrics(),
     output:
         csv=report(
             f"{RESULTS}/summary.csv",
@@ -80,5 +111,6 @@ rule summarize:
     params:
         title=f"latentfss ({DATASET}, {config['encoder']['arch']})",
     shell:
-        "latentfss summarize {input.metrics:q} --csv {output.csv:q} --md {output.md:q}"
+        "latentfss summarize {input.metrics:q} --ablations {input.ablations:q}"
+        " --csv {output.csv:q} --md {output.md:q}"
         " --title {params.title:q} > {log:q} 2>&1"

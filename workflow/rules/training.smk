@@ -22,7 +22,7 @@ rule train:
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         train=section("train"),
-        model=section("model"),
+        model=model_params,
         protocol=section("protocol"),
         seed=config["seed"],
     shell:
@@ -31,3 +31,14 @@ rule train:
         " --out {output.model:q} --log-csv {output.log_csv:q} --params {params.train:q}"
         " --model {params.model:q} --protocol {params.protocol:q} --seed {params.seed}"
         " --threads {threads} > {log:q} 2>&1"
+
+
+# A Table 3 row's model: the same training with its bg_rectify and mine.
+use rule train as train_ablation with:
+    output:
+        model=f"{ABLATION_MODEL}/model.pt",
+        log_csv=f"{ABLATION_MODEL}/train.csv",
+    log:
+        f"logs/train/{DATASET}_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.tsv"

@@ -1,5 +1,6 @@
 """The results tables (rule summarize): mIoU per fold and shot with the mean, laid out like the
-paper's Table 1, and inference speed and parameters like its Table 7."""
+paper's Table 1; with ablation runs, one row per set of switches like its Table 3; inference
+speed and parameters like its Table 7."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ log = logging.getLogger(__name__)
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("metrics", nargs="+", type=Path, help="fold*/shot*/eval/metrics.json")
+    parser.add_argument(
+        "--ablations",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="metrics.json of runs with other switches (Table 3 rows)",
+    )
     parser.add_argument("--csv", required=True, type=Path, help="summary.csv to write")
     parser.add_argument("--md", required=True, type=Path, help="summary.md to write")
     parser.add_argument("--title", default="latentfss", help="row label (method, dataset)")
@@ -32,7 +40,9 @@ def read_metrics(paths: list[Path]) -> pd.DataFrame:
             raise InputError(
                 f"{path}: missing or not valid JSON; run `latentfss evaluate`"
             ) from None
-        rows.append({"shot": m["shot"], "fold": m["fold"], "miou": 100 * m["miou"],
+        rows.append({"shot": m["shot"], "fold": m["fold"], "fg": m["evaluate"]["fg_rectify"],
+                     "bg": m["model_config"]["bg_rectify"], "mine": m["model_config"]["mine"],
+                     "miou": 100 * m["miou"],
                      "miou_std": 100 * m["miou_std"], "fbiou": 100 * m["fbiou"],
                      "episodes_per_s": m["episodes_per_s"], "parameters": m["parameters"],
                      "device": m["device"]})  # fmt: skip
@@ -52,6 +62,25 @@ def table1(results: pd.DataFrame, title: str) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in (header, rule, cells))
 
 
+SWITCHES = {"fg": "FG", "bg": "BG", "mine": "Mine"}
+
+
+def table3(results: pd.DataFrame) -> str:
+    """One row per set of switches and shot, in the paper's order: fewest switches first."""
+    folds = sorted(results["fold"].unique())
+    lines = ["| FG | BG | Mine | shot | " + " | ".join(f"fold{f}" for f in folds) + " | Mean |",
+             "|:-:|:-:|:-:|---:|" + "---:|" * (len(folds) + 1)]  # fmt: skip
+    rows = results.groupby(["shot", *SWITCHES])
+    order = sorted(rows.groups, key=lambda k: (k[0], sum(k[1:]), [not s for s in k[1:]]))
+    for key in order:
+        group = rows.get_group(key).set_index("fold")["miou"]
+        marks = ["✓" if on else "" for on in key[1:]]
+        cells = [f"{group[f]:.1f}" if f in group else "–" for f in folds]
+        lines.append(f"| {' | '.join(marks)} | {key[0]} | {' | '.join(cells)} "
+                     f"| **{group.mean():.1f}** |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def table7(results: pd.DataFrame) -> str:
     lines = ["| shot | episodes/s (mean over folds) | FB-IoU mean | parameters | device |",
              "|---:|---:|---:|---:|---|"]  # fmt: skip
@@ -63,12 +92,25 @@ def table7(results: pd.DataFrame) -> str:
 
 def run(args: argparse.Namespace) -> None:
     results = read_metrics(args.metrics)
+    ablations = read_metrics(args.ablations) if args.ablations else results.iloc[:0]
     with atomic_file(args.csv) as tmp:
-        results.to_csv(tmp, index=False, float_format="%.4f")
-    text = (f"# Results: {args.title}\n\nMean IoU (%) of 1-way episodes on each fold's novel "
-            "classes, mean over seeds (paper Table 1 layout).\n\n" + table1(results, args.title)
-            + "\n\nPer fold and shot, with the spread over seeds and FB-IoU: see summary.csv.\n\n"
-            "## Speed (paper Table 7 layout)\n\n" + table7(results) + "\n")  # fmt: skip
+        pd.concat([results, ablations]).to_csv(tmp, index=False, float_format="%.4f")
+    text = (
+        f"# Results: {args.title}\n\nMean IoU (%) of 1-way episodes on each fold's novel "
+        "classes, mean over seeds (paper Table 1 layout).\n\n"
+        + table1(results, args.title)
+        + "\n\nPer fold and shot, with the spread over seeds and FB-IoU: see summary.csv.\n\n"
+    )
+    if len(ablations):
+        text += (
+            "## Ablations (paper Table 3 layout)\n\nmIoU (%) with each component on (✓) or "
+            "off. FG: foreground rectification (Eq. 8-9); BG: global background prototype "
+            "(Eq. 6-7); Mine: the mining branch (Eq. 1).\n\n"
+            + table3(pd.concat([results, ablations]))
+            + "\n\n"
+        )
+    text += "## Speed (paper Table 7 layout)\n\n" + table7(results) + "\n"  # fmt: skip
     with atomic_file(args.md) as tmp:
         tmp.write_text(text)
-    log.info("summary of %d runs -> %s, %s", len(results), args.csv, args.md)
+    log.info("summary of %d runs (+%d ablation runs) -> %s, %s", len(results), len(ablations),
+             args.csv, args.md)  # fmt: skip
