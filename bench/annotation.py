@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,19 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe, machine
+
 # Only the standard library is imported before the stages run: a forked child's peak RSS
 # (ru_maxrss) counts the pages it shares with its parent, so the parent must stay small.
 REPO = Path(__file__).resolve().parents[1]
-
-
-def machine() -> dict:
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": torch.cuda.is_available()}  # fmt: skip
 
 
 def timed_stage(stage: str, **flags) -> dict:
@@ -150,8 +141,7 @@ def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [
         "## Offline annotation (`bench/annotation.py`)", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {r['threads']} threads, "
-        f"{'CUDA' if m['cuda'] else 'no GPU'}; torch {m['torch']}. Synthetic benchmark at the "
+        f"Machine: {describe(m)}; {r['threads']} threads. Synthetic benchmark at the "
         f"default config ({r['config']['encoder']['arch']}, input "
         f"{r['config']['annotation']['input_size']}).", "",
         "| stage | images | seconds | images/s | peak RSS (MB) |", "|---|---:|---:|---:|---:|",

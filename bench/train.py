@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import yaml
+from machine import describe, machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,15 +60,8 @@ def main() -> None:
         for shot in (1, 5):
             runs.append(timed_train(args.results, Path(tmp) / f"shot{shot}", shot, params,
                                     args.threads))  # fmt: skip
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    results = {"machine": {"cpu": cpu, "cores": os.cpu_count(), "device": device,
-                           "torch": torch.__version__}, "threads": args.threads,
-               "train": config["train"], "runs": runs}  # fmt: skip
+    results = {"machine": machine(), "threads": args.threads, "train": config["train"],
+               "runs": runs}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
@@ -80,8 +73,8 @@ def markdown(r: dict) -> str:
     t, m = r["train"], r["machine"]
     lines = [
         "## Training (`bench/train.py`)", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {r['threads']} threads, device {m['device']}; "
-        f"torch {m['torch']}. Default synthetic config: ResNet-18, crop {t['crop']}, "
+        f"Machine: {describe(m)}; {r['threads']} threads. Default synthetic config: ResNet-18, "
+        f"crop {t['crop']}, "
         f"B = {t['batch_episodes']} episodes + M = {t['batch_pseudo']} pseudo-labelled images "
         "per iteration, fold 0. Seconds include process start, data loading and saving; "
         "peak RSS is the training process's own (its data-loader worker is a process of its own; "
