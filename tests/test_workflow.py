@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -35,7 +36,7 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, presets=())
     if config is not None:
         (workdir / "test.yaml").write_text(yaml.safe_dump(config))
         files.append(str(workdir / "test.yaml"))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"),
            "--directory", str(workdir), "--cores", "2", *args]  # fmt: skip
     if files:
         cmd += ["--configfile", *files]
@@ -52,7 +53,7 @@ def test_lint_and_format_are_clean():
     done = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
                           capture_output=True, text=True, env=tool_env())  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    fmt = subprocess.run(["snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO,
+    fmt = subprocess.run(["snakefmt", "--check", "workflow"], cwd=REPO,
                          capture_output=True, text=True, env=tool_env())  # fmt: skip
     assert fmt.returncode == 0, fmt.stderr
 
@@ -86,18 +87,29 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     assert not (results / "ablations/bg0_mine0/fold0/shot1/bank").exists()  # fg off: no bank
     summary = (results / "summary.md").read_text()
     assert "5-shot mean" in summary and "## Ablations" in summary
+    assert (results / "training.png").stat().st_size > 0
+    benchmarks = pd.read_csv(results / "benchmarks.csv")
+    jobs_timed = set(benchmarks["job"])
+    assert {"prepare", "train_fold1_shot5", "train_bg0_mine0_fold0_shot1",
+            "evaluate_fg0_bg0_mine0_fold1_shot5", "total (sequential)"} <= jobs_timed  # fmt: skip
+    assert "results table results/synthetic/summary.md" in out  # the closing message
+    report = tmp_path / "report.html"
+    code, out = snakemake(tmp_path, "--report", str(report), config=TINY_CONFIG)
+    assert code == 0 and report.stat().st_size > 0, out
     assert (tmp_path / "logs/write_pseudo_masks/synthetic_fold1.log").is_file()
 
     code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
     assert code == 0 and "Nothing to be done" in out, out
 
-    # editing a section re-runs exactly the jobs that read it
-    after = ["build_bank", "evaluate", "evaluate_ablation", "summarize"]
+    # editing a section re-runs exactly the jobs that read it (and the tables that list them)
+    tables = {"summarize", "inspect_benchmarks"}
+    after = {"build_bank", "evaluate", "evaluate_ablation", *tables}
+    trained = {"train", "train_ablation", "inspect_training", *after}
     for section, edit, expected in [
-        ("evaluate", {"episodes": 7}, {"evaluate", "evaluate_ablation", "summarize"}),
-        ("train", {"iterations": 3}, {"train", "train_ablation", *after}),
+        ("evaluate", {"episodes": 7}, {"evaluate", "evaluate_ablation", *tables}),
+        ("train", {"iterations": 3}, trained),
         ("cluster", {"k": 2}, {"cluster", "write_pseudo_masks", "inspect_pseudo_masks",
-                              "inspect_prototypes", "train", "train_ablation", *after}),
+                              "inspect_prototypes", *trained}),
     ]:  # fmt: skip
         edited = {**TINY_CONFIG, section: {**TINY_CONFIG.get(section, {}), **edit}}
         code, out = snakemake(tmp_path, "-n", config=edited)
@@ -105,6 +117,12 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     edited = {**TINY_CONFIG, "synthetic": {**TINY_CONFIG["synthetic"], "num_val": 9}}
     code, out = snakemake(tmp_path, "-n", config=edited)
     assert code == 0 and {"make_synthetic", "prepare"} <= jobs(out), out
+
+    # deleting one artifact re-runs only what depends on it
+    shutil.rmtree(results / "fold1/shot5/bank")
+    code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
+    assert code == 0 and jobs(out) == {"build_bank", "evaluate", *tables}, jobs(out)
+    assert out.count("rule build_bank:") == 1 and "fold1/shot5/bank" in out
 
 
 def test_temporary_features_are_deleted_once_used(tmp_path):
@@ -153,6 +171,65 @@ def test_table3_preset_adds_one_run_per_row_and_trains_only_new_models(tmp_path)
     assert counts["train_ablation"] == "12"  # (bg, mine) = 00, 10, 01 per fold
     assert counts["evaluate_ablation"] == "20"  # 5 rows per fold
     assert counts["build_bank_ablation"] == "8"  # rows with FG on a new model: 100, 110
+
+
+def test_default_profile_queues_gpu_jobs_one_at_a_time(tmp_path):
+    profile = yaml.safe_load((REPO / "workflow/profiles/default/config.yaml").read_text())
+    assert profile["resources"] == {"gpu": 1}
+    code, out = snakemake(tmp_path, "-n", presets=["config.yaml"])
+    assert code == 0 and "workflow/profiles/default" in out, out
+
+
+def test_slurm_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(tmp_path):
+    profile = str(REPO / "workflow/profiles/slurm")
+    code, out = snakemake(tmp_path, "-n", "--workflow-profile", profile, presets=["config.yaml"])
+    assert code == 0, out
+    resources = dict(re.findall(r"^rule (\w+):.*?resources: ([^\n]*)", out, re.M | re.S))
+    for rule in ("extract_features", "train", "build_bank", "evaluate"):
+        assert "slurm_partition=gpu" in resources[rule] and "gpu=1" in resources[rule], rule
+    for rule in ("prepare", "cluster", "write_pseudo_masks", "summarize"):
+        assert "slurm_partition=cpu" in resources[rule] and "gpu=" not in resources[rule], rule
+    assert "runtime=720" in resources["train"]
+
+
+def test_every_rule_declares_what_a_scheduler_needs():
+    rules = "".join(p.read_text() for p in sorted((REPO / "workflow/rules").glob("*.smk")))
+    blocks = re.split(r"\n(?= *rule | *use rule )", rules)[1:]
+    assert len(blocks) == 17
+    for block in blocks:
+        if block.lstrip().startswith("use rule"):
+            continue  # inherits the directives it does not override
+        for directive in ("log:", "benchmark:", "conda:", "threads:", "mem_mb=", "runtime="):
+            assert directive in block, (block.split(":")[0], directive)
+
+
+def test_conda_envs_install_latentfss_and_one_faiss(tmp_path):
+    for kind, faiss in (("cpu", "faiss-cpu"), ("gpu", "faiss-gpu")):
+        env = yaml.safe_load((REPO / f"envs/latentfss-{kind}.yaml").read_text())
+        names = {dep.split("=")[0] for dep in env["dependencies"]}
+        assert faiss in names and not {"faiss-cpu", "faiss-gpu"} - {faiss} & names
+        assert (REPO / f"envs/latentfss-{kind}.post-deploy.sh").is_file()
+    script = REPO / "envs/latentfss-gpu.post-deploy.sh"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text('#!/bin/sh\necho "python $*" > "$CALLED"\n')
+    (fake / "python").chmod(0o755)
+    env = {**tool_env(), "PATH": f"{fake}:/usr/bin:/bin", "CALLED": str(tmp_path / "called")}
+    done = subprocess.run(["bash", str(script)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "called").read_text().split() == [
+        "python",
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--editable",
+        ".",
+    ]
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 1 and "from the latentfss checkout" in done.stderr
 
 
 def test_coco_preset_dry_run_on_a_coco_root(tmp_path):

@@ -18,6 +18,7 @@ rule extract_features:
     resources:
         gpu=1,
         mem_mb=8000,
+        runtime=240,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         encoder=section("encoder"),
@@ -44,6 +45,7 @@ rule pool_prototypes:
     threads: 2
     resources:
         mem_mb=4000,
+        runtime=120,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
     shell:
@@ -66,6 +68,7 @@ rule cluster:
     threads: 2
     resources:
         mem_mb=4000,
+        runtime=60,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         cluster=section("cluster"),
@@ -94,6 +97,7 @@ rule write_pseudo_masks:
     threads: 2
     resources:
         mem_mb=4000,
+        runtime=120,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         unlabeled=config["mining"]["unlabeled"],
@@ -117,8 +121,14 @@ rule inspect_pseudo_masks:
         ),
     log:
         f"logs/inspect_pseudo_masks/{DATASET}_fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/inspect_pseudo_masks_fold{{fold}}.tsv"
     conda:
         CPU_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         results=lambda wildcards, input: Path(input.images).parents[1],
     shell:
@@ -139,8 +149,14 @@ rule inspect_prototypes:
         ),
     log:
         f"logs/inspect_prototypes/{DATASET}_fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/inspect_prototypes_fold{{fold}}.tsv"
     conda:
         CPU_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         results=lambda wildcards, input: Path(input.prototypes).parent,
     shell:

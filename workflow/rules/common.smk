@@ -74,6 +74,14 @@ ABLATIONS = sorted(
     - {tuple(MAIN.values())}
 )
 
+# (bg, mine) of the models the ablations train, and of those whose region bank they use
+ABLATION_MODELS = sorted(
+    {(bg, mine) for _, bg, mine in ABLATIONS} - {(MAIN["bg"], MAIN["mine"])}
+)
+ABLATION_BANKS = sorted(
+    {(bg, mine) for fg, bg, mine in ABLATIONS if fg} & set(ABLATION_MODELS)
+)
+
 
 def switch(wildcards, name):
     """A switch (0/1) from an ablation job's wildcards, else the main run's."""
@@ -114,4 +122,64 @@ def ablation_metrics():
         for fg, bg, mine in ABLATIONS
         for fold in config["folds"]
         for shot in config["shots"]
+    ]
+
+
+# Every job of the DAG, for rule all and the benchmark table (deleting any artifact re-runs
+# its job and everything downstream, because rule all asks for each of them).
+def jobs():
+    """(rule, the wildcards of each of its jobs) for every job but all and inspect_benchmarks."""
+    folds, shots = config["folds"], config["shots"]
+    once, per_fold = [{}], [{"fold": f} for f in folds]
+    runs = [{"fold": f, "shot": k} for f in folds for k in shots]
+    steps = [(rules.make_synthetic, once)] if DATASET == "synthetic" else []
+    steps += [(rules.prepare, once), (rules.extract_features, once)]
+    steps += [(rules.pool_prototypes, once)]
+    steps += [(rules.cluster, per_fold), (rules.write_pseudo_masks, per_fold)]
+    steps += [
+        (rules.inspect_pseudo_masks, per_fold),
+        (rules.inspect_prototypes, per_fold),
+    ]
+    steps += [(rules.train, runs), (rules.evaluate, runs)]
+    steps += [(rules.build_bank, runs)] if MAIN["fg"] else []
+    for step, pairs in (
+        (rules.train_ablation, ABLATION_MODELS),
+        (rules.build_bank_ablation, ABLATION_BANKS),
+    ):
+        steps.append(
+            (step, [{"bg": b, "mine": m, **r} for b, m in pairs for r in runs])
+        )
+    variants = [
+        {"fg": f, "bg": b, "mine": m, **r} for f, b, m in ABLATIONS for r in runs
+    ]
+    steps.append((rules.evaluate_ablation, variants))
+    steps += [(rules.summarize, once), (rules.inspect_training, once)]
+    return steps
+
+
+def artifacts():
+    """Every output of every job (features.zarr only when it is kept)."""
+    files = [
+        pattern.format(**wildcards)
+        for step, wildcard_sets in jobs()
+        for pattern in step.output
+        for wildcards in wildcard_sets
+    ]
+    if config["annotation"]["temporary_features"]:
+        files.remove(f"{RESULTS}/features.zarr")
+    return files
+
+
+def benchmark_files(wildcards):
+    return [step.benchmark.format(**w) for step, sets in jobs() for w in sets]
+
+
+def training_logs():
+    """train.csv of every model: the main runs and the ablations' own models."""
+    trained = (rules.train, rules.train_ablation)
+    return [
+        step.output.log_csv.format(**w)
+        for step, sets in jobs()
+        if step in trained
+        for w in sets
     ]

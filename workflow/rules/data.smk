@@ -12,6 +12,10 @@ if DATASET == "synthetic":
             f"{RESULTS}/benchmarks/make_synthetic.tsv"
         conda:
             CPU_ENV
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
         params:
             synthetic=section("synthetic"),
         shell:
@@ -35,6 +39,7 @@ rule prepare:
     threads: 4
     resources:
         mem_mb=16000 if DATASET == "coco" else 4000,  # COCO: the train JSON in memory
+        runtime=120,
     params:
         out=lambda wildcards, output: Path(output.images).parent,
         dataset=section("dataset"),

@@ -18,6 +18,7 @@ rule build_bank:
     resources:
         gpu=1,
         mem_mb=4000,
+        runtime=120,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         evaluate=section("evaluate", keep=["input_size", "batch_size"]),
@@ -60,6 +61,7 @@ rule evaluate:
     resources:
         gpu=1,
         mem_mb=4000,
+        runtime=240,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         out=lambda wildcards, output: Path(output.metrics).parent,
@@ -106,8 +108,14 @@ rule summarize:
         md=f"{RESULTS}/summary.md",
     log:
         f"logs/summarize/{DATASET}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summarize.tsv"
     conda:
         CPU_ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         title=f"latentfss ({DATASET}, {config['encoder']['arch']})",
     shell:

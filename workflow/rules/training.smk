@@ -19,6 +19,7 @@ rule train:
     resources:
         gpu=1,
         mem_mb=8000,
+        runtime=720,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         train=section("train"),

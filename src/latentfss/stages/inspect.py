@@ -1,17 +1,21 @@
-"""Render and describe artifacts (`latentfss inspect pseudo-masks | prototypes | summary`)."""
+"""Render and describe artifacts
+(`latentfss inspect pseudo-masks | prototypes | training | benchmarks | summary`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw
 
 from latentfss import store
 from latentfss.datasets.images import read_image, read_mask, voc_palette
 from latentfss.datasets.index import read_index
+from latentfss.fs import atomic_file
 
 # pseudo-label colours: 0 = background (black), 1..K distinct hues, 255 = padding (grey)
 PSEUDO_COLOURS = [
@@ -26,6 +30,8 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     views = parser.add_subparsers(dest="view", required=True, metavar="VIEW")
     masks = views.add_parser("pseudo-masks", help="PNG grid: image | ground truth | pseudo mask")
     protos = views.add_parser("prototypes", help="PNG: 2-D PCA of fg prototypes by cluster")
+    training = views.add_parser("training", help="PNG: loss curves of train.csv files")
+    benchmarks = views.add_parser("benchmarks", help="CSV: time and memory of every job")
     summary = views.add_parser("summary", help="print every artifact's arrays and attrs")
     for view in (masks, protos, summary):
         view.add_argument("--results", type=Path, default=Path("results/synthetic"),
@@ -34,15 +40,20 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
         view.add_argument("--fold", type=int, required=True, choices=range(4))
         view.add_argument("--out", type=Path, required=True, help="PNG to write")
     masks.add_argument("--count", type=int, default=12, help="images in the grid")
+    training.add_argument("logs", nargs="+", type=Path, help="train.csv files")
+    training.add_argument("--out", type=Path, required=True, help="PNG to write")
+    benchmarks.add_argument("files", nargs="+", type=Path, help="Snakemake benchmark .tsv files")
+    benchmarks.add_argument("--out", type=Path, required=True, help="CSV to write")
 
 
 def run(args: argparse.Namespace) -> None:
     if args.view == "summary":
         print(summary(args.results))
         return
-    figure = pseudo_mask_grid if args.view == "pseudo-masks" else prototype_projection
+    views = {"pseudo-masks": pseudo_mask_grid, "prototypes": prototype_projection,
+             "training": training_curves, "benchmarks": benchmark_table}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure(args)
+    views[args.view](args)
 
 
 def colourise(labels: np.ndarray, colours: list[tuple[int, int, int]]) -> np.ndarray:
@@ -112,6 +123,49 @@ def prototype_projection(args: argparse.Namespace) -> None:
     fig.tight_layout()
     fig.savefig(args.out)
     plt.close(fig)
+
+
+def run_labels(paths: list[Path]) -> list[str]:
+    """Each file's folder with the folders all of them share removed: fold0/shot1, ..."""
+    parents = [path.resolve().parent for path in paths]
+    common = Path(os.path.commonpath(parents)) if len(parents) > 1 else parents[0].parent
+    return [str(parent.relative_to(common)) for parent in parents]
+
+
+def training_curves(args: argparse.Namespace) -> None:
+    """The window-mean losses of every run, L_gt and L_pseudo side by side (Eq. 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, sharex=True)
+    for path, label in zip(args.logs, run_labels(args.logs), strict=True):
+        log = pd.read_csv(path)
+        for ax, column in zip(axes, ("loss_gt", "loss_pseudo"), strict=True):
+            ax.plot(log["step"], log[column], label=label, linewidth=1.2)
+    axes[0].set(title="L_gt (support-query episodes)", xlabel="step", ylabel="loss")
+    axes[1].set(title="L_pseudo (mining branch; 0 without it)", xlabel="step")
+    axes[1].legend(fontsize=6, ncol=2, loc="best")
+    fig.tight_layout()
+    with atomic_file(args.out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def benchmark_table(args: argparse.Namespace) -> None:
+    """One row per job from Snakemake's benchmark files: wall and CPU seconds, peak memory."""
+    rows = []
+    for path in args.files:
+        bench = pd.read_csv(path, sep="\t").iloc[-1]  # the last repeat if there were several
+        rows.append({"job": path.stem, "seconds": bench["s"], "cpu_seconds": bench["cpu_time"],
+                     "max_rss_mb": bench["max_rss"], "mean_load": bench["mean_load"]})  # fmt: skip
+    table = pd.DataFrame(rows)
+    total = {"job": "total (sequential)", "seconds": table["seconds"].sum(),
+             "cpu_seconds": table["cpu_seconds"].sum(), "max_rss_mb": table["max_rss_mb"].max(),
+             "mean_load": float("nan")}  # fmt: skip
+    with atomic_file(args.out) as tmp:
+        pd.concat([table, pd.DataFrame([total])]).to_csv(tmp, index=False, float_format="%.1f")
 
 
 def summary(results: Path) -> str:

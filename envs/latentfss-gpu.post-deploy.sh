@@ -1,0 +1,1 @@
+latentfss-cpu.post-deploy.sh
