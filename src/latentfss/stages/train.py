@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Optimisation and batches (config section `train`)."""
 
-    iterations: int = 120  # paper: 6000
+    iterations: int = 100  # paper: 6000
     batch_episodes: int = 4  # B support-query pairs per iteration (paper: 4)
     batch_pseudo: int = 8  # M extra images with pseudo masks per iteration (paper: 32)
     crop: int = 96  # paper: 473
