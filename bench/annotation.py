@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import describe, machine
+from record import describe, machine, save
 
 # Only the standard library is imported before the stages run: a forked child's peak RSS
 # (ru_maxrss) counts the pages it shares with its parent, so the parent must stay small.
@@ -131,10 +131,7 @@ def main() -> None:
         "kmeans_pascal_sized_stand_in": compare_kmeans(stand_in.astype(np.float32), cluster["k"],
                                                        cluster["niter"], cluster["nredo"]),
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "annotation.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "annotation.md").write_text(markdown(results))
-    print(markdown(results))
+    save(results, markdown(results), args.out, "annotation")
 
 
 def markdown(r: dict) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from machine import describe, machine
+from record import describe, machine, save
 from torch.utils.data import DataLoader
 
 from latentfss.datasets.evaluation import TestEpisodes, collate
@@ -129,11 +128,7 @@ def main() -> None:
         rows += measure(args.results, shot, args.episodes, args.repeats, config, device)
     results = {"machine": machine(), "threads": args.threads, "device": str(device),
                "evaluate": config["evaluate"], "runs": rows}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "inference.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = markdown(results)
-    (args.out / "inference.md").write_text(text)
-    print(text)
+    save(results, markdown(results), args.out, "inference")
 
 
 def markdown(r: dict) -> str:

@@ -9,12 +9,12 @@ Writes bench/results/random_features.json and .md. Needs a prepared synthetic da
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from record import save
 
 from latentfss.datasets.index import read_index
 from latentfss.encoder import EncoderConfig, build_encoder, calibrate_batchnorm
@@ -60,8 +60,6 @@ def main() -> None:
     after = statistics(encoder, paths, cfg, device)
     result = {"arch": config["encoder"]["arch"], "input_size": cfg.input_size,
               "images": len(paths), "random_init": before, "calibrated": after}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "random_features.json").write_text(json.dumps(result, indent=2) + "\n")
     text = "\n".join([
         "## Random weights and BatchNorm calibration (`bench/random_features.py`)", "",
         f"{result['arch']} layer3 features of {len(paths)} synthetic train images at input "
@@ -73,8 +71,7 @@ def main() -> None:
         f"| random init + calibrated BN | {after['positional_variance']} | "
         f"{after['cosine_to_mean']} |", "",
     ])  # fmt: skip
-    (args.out / "random_features.md").write_text(text)
-    print(text)
+    save(result, text, args.out, "random_features")
 
 
 if __name__ == "__main__":

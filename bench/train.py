@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import yaml
-from machine import describe, machine
+from record import describe, machine, save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,11 +62,7 @@ def main() -> None:
                                     args.threads))  # fmt: skip
     results = {"machine": machine(), "threads": args.threads, "train": config["train"],
                "runs": runs}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = markdown(results)
-    (args.out / "train.md").write_text(text)
-    print(text)
+    save(results, markdown(results), args.out, "train")
 
 
 def markdown(r: dict) -> str:

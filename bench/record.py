@@ -1,7 +1,8 @@
-"""The machine a benchmark ran on, recorded with every results file."""
+"""What every benchmark records: the machine it ran on, and its results files."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -21,3 +22,11 @@ def machine() -> dict:
 def describe(m: dict) -> str:
     device = m["gpu"] or "no GPU"
     return f"{m['cpu']}, {m['cores']} cores, {device}; Python {m['python']}, torch {m['torch']}"
+
+
+def save(results: dict, text: str, out: Path, name: str) -> None:
+    """bench/results/{name}.json (raw) and {name}.md (assembled into BENCHMARKS.md)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text)
+    print(text)
