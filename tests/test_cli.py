@@ -1,8 +1,10 @@
-"""The `latentfss` console script: every stage listed, unbuilt stages say so."""
+"""The `latentfss` console script: every stage listed; usage and write errors in one line."""
 
 from __future__ import annotations
 
-from conftest import run_latentfss
+import pytest
+
+from conftest import cli, params, run_latentfss, write_metrics
 from latentfss.cli import STAGES
 
 RULE_NAMES = [
@@ -24,5 +26,46 @@ def test_stage_help_shows_its_arguments():
     assert done.returncode == 0 and "--out" in done.stdout and "--params" in done.stdout
 
 
-def test_every_stage_is_built():
-    assert all(module for module, _ in STAGES.values())
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["cluster", "--index", "x", "--prototypes", "y", "--fold", "7", "--out", "z"],
+         "ERROR: latentfss cluster: argument --fold: invalid choice: 7 (choose from 0, 1, 2, 3)"),
+        (["evaluate", "--index", "x"], "ERROR: latentfss evaluate: the following arguments are "
+         "required: --model, --fold, --shot, --out"),
+        (["nosuch"], "ERROR: latentfss: argument STAGE: invalid choice: 'nosuch'"),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_one_line_with_exit_code_2(argv, message):
+    done = run_latentfss(*argv)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith(message), done.stderr
+
+
+@pytest.mark.parametrize("stage", ["prepare", "summarize"])
+def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_survives(
+    stage, tiny_root, tmp_path, monkeypatch, capsys
+):
+    """prepare writes a directory (atomic_dir), summarize files (atomic_file); the disk fills
+    up while the new output is written, over an older output."""
+    import errno
+
+    import pandas as pd
+
+    out = tmp_path / "out"
+    argv = {"prepare": ["prepare", "--out", out, "--params", params(root=str(tiny_root))],
+            "summarize": ["summarize", write_metrics(tmp_path / "m.json", 0, 0.5, True, True,
+                          True), "--csv", out, "--md", tmp_path / "s.md"]}[stage]  # fmt: skip
+    assert cli(*argv)[0] == 0
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    code, err = cli(*argv, capsys=capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"ERROR: {out}: cannot write (No space left on device); nothing was written"
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no temporary left behind

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cli, params
+from conftest import cli, params, write_metrics
 from latentfss.episodes import IGNORE, sample_test_episodes
 from latentfss.metrics import IoUMeter
 from latentfss.region_bank import RegionBank, inner_product_index
@@ -156,16 +155,6 @@ def test_summary_tables(evaluated):
     assert "1-shot fold0" in text and "1-shot mean" in text and "episodes/s" in text
     table = pd.read_csv(evaluated / "summary.csv")
     assert table[["shot", "fold"]].values.tolist() == [[1, 0]]
-
-
-def write_metrics(path: Path, fold: int, miou: float, fg: bool, bg: bool, mine: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metrics = {"fold": fold, "shot": 1, "miou": miou, "miou_std": 0.01, "fbiou": 0.6,
-               "episodes_per_s": 10.0, "parameters": 1000, "device": "cpu",
-               "evaluate": {"fg_rectify": fg},
-               "model_config": {"bg_rectify": bg, "mine": mine}}  # fmt: skip
-    path.write_text(json.dumps(metrics))
-    return path
 
 
 def test_ablation_table_has_a_row_per_set_of_switches_in_the_papers_order(tmp_path, capsys):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -125,6 +126,32 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     assert out.count("rule build_bank:") == 1 and "fold1/shot5/bank" in out
 
 
+def test_the_same_seed_gives_the_same_artifacts(tmp_path):
+    """Two runs from scratch in two folders: identical pseudo masks, training logs and episode
+    lists, equal metrics (CPU)."""
+    import json
+
+    import zarr
+
+    config = {**TINY_CONFIG, "folds": [0], "shots": [1], "ablations": []}
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        run.mkdir()
+        code, out = snakemake(run, config=config)
+        assert code == 0, out
+    a, b = (run / "results/synthetic" for run in runs)
+    masks = [
+        zarr.open_group(str(r / "fold0/pseudo_masks.zarr"), mode="r")["masks"][:] for r in (a, b)
+    ]
+    assert np.array_equal(*masks)
+    for name in ("fold0/shot1/train.csv", "fold0/shot1/eval/episodes_seed0.csv",
+                 "dataset/pixels.csv"):  # fmt: skip
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    metrics = [json.loads((r / "fold0/shot1/eval/metrics.json").read_text()) for r in (a, b)]
+    assert [m["miou"] for m in metrics] == [metrics[0]["miou"]] * 2
+    assert metrics[0]["per_class"] == metrics[1]["per_class"]
+
+
 def test_temporary_features_are_deleted_once_used(tmp_path):
     config = {**TINY_CONFIG, "folds": [2], "shots": [1], "ablations": [],
               "annotation": {"input_size": 64, "temporary_features": True}}  # fmt: skip
@@ -173,16 +200,29 @@ def test_table3_preset_adds_one_run_per_row_and_trains_only_new_models(tmp_path)
     assert counts["build_bank_ablation"] == "8"  # rows with FG on a new model: 100, 110
 
 
-def test_default_profile_queues_gpu_jobs_one_at_a_time(tmp_path):
-    profile = yaml.safe_load((REPO / "workflow/profiles/default/config.yaml").read_text())
-    assert profile["resources"] == {"gpu": 1}
+@pytest.mark.parametrize("gpu", [True, False])
+def test_default_profile_queues_gpu_jobs_one_at_a_time_on_a_gpu_machine(tmp_path, gpu):
+    import yte
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if gpu:  # what the profile looks for
+        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", str(bin_dir))
+        with open(REPO / "workflow/profiles/default/config.yaml") as f:
+            profile = yte.process_yaml(f, require_use_yte=True)
+    assert profile.get("resources") == ({"gpu": 1} if gpu else None)
+    assert profile["rerun-incomplete"] is True
     code, out = snakemake(tmp_path, "-n", presets=["config.yaml"])
     assert code == 0 and "workflow/profiles/default" in out, out
 
 
 def test_slurm_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(tmp_path):
     profile = str(REPO / "workflow/profiles/slurm")
-    code, out = snakemake(tmp_path, "-n", "--workflow-profile", profile, presets=["config.yaml"])
+    code, out = snakemake(tmp_path, "-n", "--workflow-profile", profile, "--cores", "16",
+                          presets=["config.yaml"])  # fmt: skip
     assert code == 0, out
     resources = dict(re.findall(r"^rule (\w+):.*?resources: ([^\n]*)", out, re.M | re.S))
     for rule in ("extract_features", "train", "build_bank", "evaluate"):
@@ -190,6 +230,7 @@ def test_slurm_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(tmp_path):
     for rule in ("prepare", "cluster", "write_pseudo_masks", "summarize"):
         assert "slurm_partition=cpu" in resources[rule] and "gpu=" not in resources[rule], rule
     assert "runtime=720" in resources["train"]
+    assert re.search(r"rule train:.*?threads: 8", out, re.S)
 
 
 def test_every_rule_declares_what_a_scheduler_needs():

@@ -10,7 +10,7 @@ import sys
 from latentfss import __version__
 from latentfss.errors import InputError
 
-# subcommand -> (module under latentfss.stages, or None while the stage is not built; summary)
+# subcommand -> (module under latentfss.stages, summary)
 STAGES = {
     "make-synthetic": ("make_synthetic", "generate the synthetic VOC-format benchmark"),
     "prepare": ("prepare", "index a dataset: splits, paths, sizes, per-class pixel counts"),
@@ -33,19 +33,22 @@ STAGES = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (`ERROR: latentfss cluster: argument --fold: ...`)."""
+
+    def error(self, message: str):
+        self.exit(2, f"ERROR: {self.prog}: {message} (see --help)\n")
+
+
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     """The parser; only `command`'s stage module is imported, so `--help` and jobs start fast."""
-    parser = argparse.ArgumentParser(
-        prog="latentfss", description="Few-shot segmentation by mining latent classes."
-    )
+    parser = Parser(prog="latentfss", description="Few-shot segmentation by mining latent classes.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for name, (module, summary) in STAGES.items():
-        stage = sub.add_parser(
-            name, help=summary if module else f"{summary} [not built yet]", description=summary
-        )
-        if name == command and module is not None:
+        stage = sub.add_parser(name, help=summary, description=summary)
+        if name == command:
             mod = importlib.import_module(f"latentfss.stages.{module}")
             mod.register_arguments(stage)
             stage.set_defaults(run=mod.run)
@@ -55,9 +58,6 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if a in STAGES), None)
-    if command and STAGES[command][0] is None and not {"-h", "--help"} & set(argv):
-        print(f"ERROR: `latentfss {command}` is not built yet", file=sys.stderr)
-        return 2
     args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

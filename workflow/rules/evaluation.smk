@@ -14,7 +14,7 @@ rule build_bank:
         f"{RESULTS}/benchmarks/build_bank_fold{{fold}}_shot{{shot}}.tsv"
     conda:
         GPU_ENV
-    threads: 2
+    threads: GPU_JOB_THREADS
     resources:
         gpu=1,
         mem_mb=4000,
@@ -57,7 +57,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate_fold{{fold}}_shot{{shot}}.tsv"
     conda:
         GPU_ENV
-    threads: 2
+    threads: GPU_JOB_THREADS
     resources:
         gpu=1,
         mem_mb=4000,

@@ -15,7 +15,7 @@ rule train:
         f"{RESULTS}/benchmarks/train_fold{{fold}}_shot{{shot}}.tsv"
     conda:
         GPU_ENV
-    threads: 2
+    threads: GPU_JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
