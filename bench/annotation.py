@@ -73,51 +73,58 @@ def compare_kmeans(x, k: int, niter: int, nredo: int, repeats: int = 3) -> dict:
     }  # fmt: skip
 
 
+def annotate(config: dict, num_train: int, threads: int, work: Path) -> dict:
+    """Every annotation stage on a synthetic dataset of `num_train` train images (fold 0)."""
+    work.mkdir()
+    synthetic = json.dumps({**config["synthetic"], "num_train": num_train})
+    annotation = json.dumps({k: v for k, v in config["annotation"].items()
+                             if k != "temporary_features"})  # fmt: skip
+    index, features = work / "dataset", work / "features.zarr"
+    run = {
+        "make-synthetic": timed_stage("make-synthetic", out=work / "voc", params=synthetic),
+        "prepare": timed_stage("prepare", out=index, threads=threads,
+                               params=json.dumps({"root": str(work / "voc")})),
+        "extract-features": timed_stage("extract-features", index=index, out=features,
+                                        encoder_out=work / "encoder_init.pt",
+                                        encoder=json.dumps(config["encoder"]), params=annotation,
+                                        threads=threads, seed=config["seed"]),
+        "pool-prototypes": timed_stage("pool-prototypes", index=index, features=features,
+                                       out=work / "prototypes.zarr", threads=threads),
+        "cluster": timed_stage("cluster", index=index, prototypes=work / "prototypes.zarr",
+                               fold=0, out=work / "clusters.zarr",
+                               params=json.dumps(config["cluster"]), threads=threads),
+        "write-pseudo-masks": timed_stage("write-pseudo-masks", index=index, features=features,
+                                          clusters=work / "clusters.zarr",
+                                          out=work / "pseudo_masks.zarr", threads=threads),
+    }  # fmt: skip
+    everything = num_train + config["synthetic"]["num_val"]
+    for name, result in run.items():
+        result["images"] = everything if name in ("make-synthetic", "prepare") else num_train
+        result["images_per_s"] = round(result["images"] / result["seconds"], 1)
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--sizes", type=int, nargs="+", default=[800, 1600],
+                        help="train images; peak memory must not grow with them")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     import yaml  # light: the config is plain YAML with every key written out
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    section = {name: json.dumps(config[name]) for name in ("synthetic", "encoder", "cluster")}
-    annotation = json.dumps({k: v for k, v in config["annotation"].items()
-                             if k != "temporary_features"})  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        index, features, threads = work / "dataset", work / "features.zarr", args.threads
-        run = {
-            "make-synthetic": timed_stage("make-synthetic", out=work / "voc",
-                                          params=section["synthetic"]),
-            "prepare": timed_stage("prepare", out=index, threads=threads,
-                                   params=json.dumps({"root": str(work / "voc")})),
-            "extract-features": timed_stage("extract-features", index=index, out=features,
-                                            encoder_out=work / "encoder_init.pt",
-                                            encoder=section["encoder"], params=annotation,
-                                            threads=threads, seed=config["seed"]),
-            "pool-prototypes": timed_stage("pool-prototypes", index=index, features=features,
-                                           out=work / "prototypes.zarr", threads=threads),
-            "cluster": timed_stage("cluster", index=index, prototypes=work / "prototypes.zarr",
-                                   fold=0, out=work / "clusters.zarr", params=section["cluster"],
-                                   threads=threads),
-            "write-pseudo-masks": timed_stage("write-pseudo-masks", index=index,
-                                              features=features, clusters=work / "clusters.zarr",
-                                              out=work / "pseudo_masks.zarr", threads=threads),
-        }  # fmt: skip
-        train = config["synthetic"]["num_train"]
-        images = {"make-synthetic": train + config["synthetic"]["num_val"],
-                  "prepare": train + config["synthetic"]["num_val"]}  # fmt: skip
-        for name, result in run.items():
-            result["images"] = images.get(name, train)
-            result["images_per_s"] = round(result["images"] / result["seconds"], 1)
-        import numpy as np
+        works = {n: Path(tmp) / str(n) for n in args.sizes}
+        sizes = {n: annotate(config, n, args.threads, work) for n, work in works.items()}
+        import numpy as np  # only now: the stages' processes have all been measured
         import zarr
 
+        work = works[args.sizes[0]]  # the K-Means comparison runs on these prototypes
         protos = zarr.open_group(str(work / "prototypes.zarr"), mode="r")
         members = zarr.open_group(str(work / "clusters.zarr"), mode="r")["member"][:]
         prototypes = protos["fg"][:][members]
-        features_mb = sum(f.stat().st_size for f in (work / "features.zarr").rglob("*")) / 2**20
+        features_mb = sum(f.stat().st_size for f in (work / "features.zarr").rglob("*"))
     cluster = config["cluster"]
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(40, 1024))
@@ -125,7 +132,7 @@ def main() -> None:
     results = {
         "machine": machine(), "threads": args.threads,
         "config": {k: config[k] for k in ("synthetic", "encoder", "annotation", "cluster")},
-        "stages": run, "features_zarr_mb": round(features_mb, 1),
+        "sizes": sizes, "features_zarr_mb": round(features_mb / 2**20, 1),
         "kmeans_synthetic_fold0": compare_kmeans(prototypes, cluster["k"], cluster["niter"],
                                                  cluster["nredo"]),
         "kmeans_pascal_sized_stand_in": compare_kmeans(stand_in.astype(np.float32), cluster["k"],
@@ -140,13 +147,20 @@ def markdown(r: dict) -> str:
         "## Offline annotation (`bench/annotation.py`)", "",
         f"Machine: {describe(m)}; {r['threads']} threads. Synthetic benchmark at the "
         f"default config ({r['config']['encoder']['arch']}, input "
-        f"{r['config']['annotation']['input_size']}).", "",
-        "| stage | images | seconds | images/s | peak RSS (MB) |", "|---|---:|---:|---:|---:|",
+        f"{r['config']['annotation']['input_size']}) with "
+        f"{' and '.join(map(str, r['sizes']))} train images: pooling, clustering and "
+        "pseudo-mask writing stream through Zarr, so their peak memory should not grow with "
+        "the dataset.", "",
+        "| stage | train images | images | seconds | images/s | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
-    for name, s in r["stages"].items():
-        lines.append(f"| {name} | {s['images']} | {s['seconds']} | {s['images_per_s']} | "
-                     f"{s['peak_rss_mb']} |")  # fmt: skip
-    lines += ["", f"features.zarr on disk: {r['features_zarr_mb']} MB.", "",
+    for size, stages in r["sizes"].items():
+        for name, s in stages.items():
+            lines.append(f"| {name} | {size} | {s['images']} | {s['seconds']} | "
+                         f"{s['images_per_s']} | {s['peak_rss_mb']} |")  # fmt: skip
+    first = next(iter(r["sizes"]))
+    lines += ["", f"features.zarr on disk at {first} train images: {r['features_zarr_mb']} MB.",
+              "",
               "K-Means, faiss (spherical) against scikit-learn (k-means++, Euclidean on the "
               "L2-normalised vectors), same K, iterations and restarts; median of 3 runs "
               "after a warm-up. "
