@@ -27,8 +27,9 @@ RESULTS = f"results/{DATASET}"
 CPU_ENV = "../../envs/latentfss-cpu.yaml"
 GPU_ENV = "../../envs/latentfss-gpu.yaml"
 # train, build_bank and evaluate: torch's CPU threads (data-loader workers come on top). One,
-# so that on a CPU-only machine two such jobs share 2 cores: measured 31% faster than one
-# job with 2 threads at a time. The slurm profile gives GPU jobs more (set-threads).
+# so that on a CPU-only machine two such jobs share 2 cores: 27% less time than one
+# job with 2 threads at a time (bench/side_by_side.py). The slurm profile gives GPU jobs
+# more (set-threads).
 GPU_JOB_THREADS = 1
 
 
