@@ -119,17 +119,6 @@ def evaluate_inputs(wildcards):
     return {**inputs, "bank": f"{run}/bank"} if switch(wildcards, "fg") else inputs
 
 
-def ablation_metrics():
-    return [
-        f"{ABLATION_EVAL}/metrics.json".format(
-            fg=fg, bg=bg, mine=mine, fold=fold, shot=shot
-        )
-        for fg, bg, mine in ABLATIONS
-        for fold in config["folds"]
-        for shot in config["shots"]
-    ]
-
-
 # Every job of the DAG, for rule all and the benchmark table (deleting any artifact re-runs
 # its job and everything downstream, because rule all asks for each of them).
 def jobs():
@@ -179,12 +168,11 @@ def benchmark_files(wildcards):
     return [step.benchmark.format(**w) for step, sets in jobs() for w in sets]
 
 
-def training_logs():
-    """train.csv of every model: the main runs and the ablations' own models."""
-    trained = (rules.train, rules.train_ablation)
+def outputs(name, *steps):
+    """Output `name` of every job of `steps` (input functions: every rule exists by then)."""
     return [
-        step.output.log_csv.format(**w)
+        getattr(step.output, name).format(**w)
         for step, sets in jobs()
-        if step in trained
+        if step in steps
         for w in sets
     ]

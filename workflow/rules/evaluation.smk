@@ -95,10 +95,8 @@ use rule evaluate as evaluate_ablation with:
 
 rule summarize:
     input:
-        metrics=expand(
-            rules.evaluate.output.metrics, fold=config["folds"], shot=config["shots"]
-        ),
-        ablations=ablation_metrics(),
+        metrics=lambda wildcards: outputs("metrics", rules.evaluate),
+        ablations=lambda wildcards: outputs("metrics", rules.evaluate_ablation),
     output:
         csv=report(
             f"{RESULTS}/summary.csv",

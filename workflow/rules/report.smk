@@ -4,7 +4,7 @@
 
 rule inspect_training:
     input:
-        logs=lambda wildcards: training_logs(),
+        logs=lambda wildcards: outputs("log_csv", rules.train, rules.train_ablation),
     output:
         figure=report(
             f"{RESULTS}/training.png",
