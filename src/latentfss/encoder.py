@@ -4,19 +4,23 @@ Layer3's stride is replaced by dilation 2 (DeepLab/PSPNet style; torchvision's
 `replace_stride_with_dilation=[False, True, True]` with layer4 dropped), so features are
 (B, C, ceil(H/8), ceil(W/8)): C = 256 for ResNet-18, 1024 for ResNet-50/101. The last ReLU is
 removed so features may be negative, as cosine matching wants (paper, "Network structure").
+
+The network is torchvision's ResNet (V1.5: the stride in the 3x3 conv), module for module, so
+its ImageNet weights load by name, and random weights for a seed are torchvision's. It is
+written out here because importing torchvision costs every stage process 1.7 s (it imports
+torch._dynamo), more than some stages compute (bench/limits.py measures start-up).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from latentfss.errors import InputError
 
@@ -26,10 +30,10 @@ ARCHS = ("resnet18", "resnet50", "resnet101")
 STRIDE = 8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_IMAGENET = {  # torchvision's original (V1) weights, as in the FSS literature
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-    "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
+_IMAGENET = {  # torchvision's original (IMAGENET1K_V1) weights, as in the FSS literature
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
 }
 
 
@@ -68,6 +72,66 @@ def feature_size(size: int) -> int:
     return size
 
 
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
+    def without_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output before its final ReLU."""
+        return self.residual(x) + (x if self.downsample is None else self.downsample(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.without_relu(x))
+
+
+class Bottleneck(BasicBlock):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:  # fmt: skip
+        nn.Module.__init__(self)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
+
+
+DEPTHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3)),
+          "resnet101": (Bottleneck, (3, 4, 23, 3))}  # fmt: skip
+
+
+def _layer(block: type[BasicBlock], inplanes: int, planes: int, depth: int,
+           stride: int) -> nn.Sequential:  # fmt: skip
+    """torchvision's ResNet._make_layer: the projection shortcut is built before the blocks."""
+    out = planes * block.expansion
+    downsample = None
+    if stride != 1 or inplanes != out:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False),
+                                   nn.BatchNorm2d(out))  # fmt: skip
+    return nn.Sequential(block(inplanes, planes, stride, downsample),
+                         *(block(out, planes) for _ in range(depth - 1)))  # fmt: skip
+
+
 def _dilate(layer: nn.Sequential) -> None:
     """Turn a stride-2 layer into stride 1 with dilation 2, as torchvision's dilate=True: the
     3x3 conv that carried the stride keeps dilation 1, every later 3x3 conv gets dilation 2."""
@@ -78,40 +142,38 @@ def _dilate(layer: nn.Sequential) -> None:
             module.dilation, module.padding = (2, 2), (2, 2)
 
 
-def _block_without_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A torchvision residual block's forward without its final ReLU."""
-    identity = x if block.downsample is None else block.downsample(x)
-    out = block.relu(block.bn1(block.conv1(x)))
-    if isinstance(block, Bottleneck):
-        out = block.relu(block.bn2(block.conv2(out)))
-        out = block.bn3(block.conv3(out))
-    elif isinstance(block, BasicBlock):
-        out = block.bn2(block.conv2(out))
-    else:
-        raise TypeError(type(block))
-    return out + identity
-
-
 class Encoder(nn.Module):
     """ResNet conv1..layer3. Input (B, 3, H, W) ImageNet-normalised; output (B, C, h, w)."""
 
     def __init__(self, arch: str) -> None:
         super().__init__()
         self.arch = arch
-        net = getattr(torchvision.models, arch)(weights=None)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
+        block, depths = DEPTHS[arch]
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, inplanes = [], 64
+        for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
+            layers.append(_layer(block, inplanes, planes, depth, 1 if i == 0 else 2))
+            inplanes = planes * block.expansion
+        # layer4 and the classifier are built, initialised and dropped only so that this draws
+        # the same random numbers as torchvision's resnet: a seed gives the same weights, and
+        # what is drawn after (the mining head, training) stays the same too.
+        nn.Linear(inplanes, 1000)
+        self.layer1, self.layer2, self.layer3 = layers[:3]
+        for module in itertools.chain(self.modules(), layers[3].modules()):
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         _dilate(self.layer3)
-        self.channels = self.layer3[-1].bn2.num_features * (
-            Bottleneck.expansion if isinstance(self.layer3[-1], Bottleneck) else 1
-        )
+        self.channels = 256 * block.expansion
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         x = self.layer2(self.layer1(x))
         for block in self.layer3[:-1]:
             x = block(x)
-        return _block_without_relu(self.layer3[-1], x)
+        return self.layer3[-1].without_relu(x)
 
     def train(self, mode: bool = True) -> Encoder:
         """BatchNorm stays frozen (eval statistics) in training too, as in the FSS literature."""
@@ -143,16 +205,17 @@ def calibrate_batchnorm(encoder: Encoder, batches: Iterable[torch.Tensor]) -> in
 
 
 def _imagenet_state(arch: str) -> dict:
-    weights = _IMAGENET[arch]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    url = _IMAGENET[arch]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if cached.is_file():
         return torch.load(cached, map_location="cpu", weights_only=True)
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
+        return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True,
+                                                  weights_only=True)  # fmt: skip
     except Exception as e:  # no network: say where the file must go
         raise InputError(
             f"encoder.weights: imagenet weights for {arch} are not in {cached} and could not be "
-            f"downloaded ({type(e).__name__}); place {weights.url} there or give a path"
+            f"downloaded ({type(e).__name__}); place {url} there or give a path"
         ) from None
 
 
