@@ -90,12 +90,12 @@ def run(args: argparse.Namespace) -> None:
             )
         row = 0
         for block in progress(blocks, desc="write-pseudo-masks"):
-            for image_feats in torch.from_numpy(np.asarray(block, dtype=np.float32)):
-                height, width = sizes[row]
+            padded = np.full((len(block), *shape[1:]), IGNORE, dtype=np.uint8)
+            for i, image_feats in enumerate(torch.from_numpy(np.asarray(block, np.float32))):
+                height, width = sizes[row + i]
                 labels = nearest_representative(image_feats[None], reps, (height, width))[0]
-                padded = np.full(shape[1:], IGNORE, dtype=np.uint8)
-                padded[:height, :width] = labels.numpy()
-                masks[row] = padded  # one whole chunk per image
-                row += 1
+                padded[i, :height, :width] = labels.numpy()
+            masks[row : row + len(block)] = padded  # whole chunks, written concurrently
+            row += len(block)
     log.info("fold %s: pseudo masks of %d train + %d unlabelled images -> %s",
              clusters.attrs["fold"], len(image_ids), len(extra), args.out)  # fmt: skip
