@@ -137,12 +137,14 @@ def test_evaluation_outputs_and_replay(evaluated, annotated, capsys):
     assert episodes.columns.tolist() == ["episode", "query", "class_id", "supports"]
     assert len(episodes) == 12 and episodes["class_id"].between(1, 5).all()
     replay = evaluated / "replay"
+    faiss.omp_set_num_threads(2)
     code, err = cli("evaluate", "--index", annotated / "dataset", "--model",
                     evaluated / "model.pt", "--bank", evaluated / "bank", "--fold", "0",
                     "--shot", "1", "--out", replay, "--episodes",
                     evaluated / "eval/episodes_seed1.csv", "--params",
                     params(input_size=64, batch_size=3, workers=0), capsys=capsys)  # fmt: skip
     assert code == 0, err
+    assert faiss.omp_get_max_threads() == 1  # the bank's searches keep to --threads (default 1)
     again = json.loads((replay / "metrics.json").read_text())["runs"]["episodes_seed1"]
     assert again["miou"] == pytest.approx(metrics["runs"]["seed1"]["miou"])
     assert again["fbiou"] == pytest.approx(metrics["runs"]["seed1"]["fbiou"])

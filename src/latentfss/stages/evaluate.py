@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pandas as pd
 import torch
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = from_params(EvaluateConfig, args.params, "evaluate")
     protocol = from_params(ProtocolConfig, args.protocol, "protocol")
     torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)  # the bank's searches
     device = pick_device()
     index = read_index(args.index)
     novel = novel_classes(args.fold, index.num_classes, protocol.class_split)

@@ -13,6 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 from PIL import Image
@@ -79,6 +80,7 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 @torch.inference_mode()
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)  # the bank's searches
     device = pick_device()
     model, checkpoint = load_model(args.model)
     model = model.to(device)
