@@ -13,30 +13,31 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from record import describe, machine, save
+import numpy as np
+import torch
+import yaml
+import zarr
+from limits import (
+    LIMIT_HEADER,
+    add_floors,
+    count_flops,
+    describe_limits,
+    limit_cells,
+    measure,
+    startup_seconds,
+)
+from record import describe, machine, run_stage, save
 
-# Only the standard library is imported before the stages run: a forked child's peak RSS
-# (ru_maxrss) counts the pages it shares with its parent, so the parent must stay small.
+from latentfss.encoder import Encoder
+from latentfss.runtime import pick_device
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def timed_stage(stage: str, **flags) -> dict:
-    """Run `latentfss STAGE --flag value ...` in its own process: seconds and peak memory."""
-    argv = [str(a) for key, value in flags.items() for a in (f"--{key.replace('_', '-')}", value)]
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "latentfss.cli", "--log-level", "WARNING",
-                                stage, *argv], stderr=subprocess.DEVNULL)  # fmt: skip
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"stage failed: {stage}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+STAGES = ("make-synthetic", "prepare", "extract-features", "pool-prototypes", "cluster",
+          "write-pseudo-masks")  # fmt: skip
 
 
 def euclidean_sse(x, assign) -> float:
@@ -46,7 +47,6 @@ def euclidean_sse(x, assign) -> float:
 
 
 def compare_kmeans(x, k: int, niter: int, nredo: int, repeats: int = 3) -> dict:
-    import numpy as np
     from sklearn.cluster import KMeans
 
     from latentfss.clustering import ClusterConfig, spherical_kmeans
@@ -81,19 +81,19 @@ def annotate(config: dict, num_train: int, threads: int, work: Path) -> dict:
                              if k != "temporary_features"})  # fmt: skip
     index, features = work / "dataset", work / "features.zarr"
     run = {
-        "make-synthetic": timed_stage("make-synthetic", out=work / "voc", params=synthetic),
-        "prepare": timed_stage("prepare", out=index, threads=threads,
+        "make-synthetic": run_stage("make-synthetic", out=work / "voc", params=synthetic),
+        "prepare": run_stage("prepare", out=index, threads=threads,
                                params=json.dumps({"root": str(work / "voc")})),
-        "extract-features": timed_stage("extract-features", index=index, out=features,
+        "extract-features": run_stage("extract-features", index=index, out=features,
                                         encoder_out=work / "encoder_init.pt",
                                         encoder=json.dumps(config["encoder"]), params=annotation,
                                         threads=threads, seed=config["seed"]),
-        "pool-prototypes": timed_stage("pool-prototypes", index=index, features=features,
+        "pool-prototypes": run_stage("pool-prototypes", index=index, features=features,
                                        out=work / "prototypes.zarr", threads=threads),
-        "cluster": timed_stage("cluster", index=index, prototypes=work / "prototypes.zarr",
+        "cluster": run_stage("cluster", index=index, prototypes=work / "prototypes.zarr",
                                fold=0, out=work / "clusters.zarr",
                                params=json.dumps(config["cluster"]), threads=threads),
-        "write-pseudo-masks": timed_stage("write-pseudo-masks", index=index, features=features,
+        "write-pseudo-masks": run_stage("write-pseudo-masks", index=index, features=features,
                                           clusters=work / "clusters.zarr",
                                           out=work / "pseudo_masks.zarr", threads=threads),
     }  # fmt: skip
@@ -104,6 +104,26 @@ def annotate(config: dict, num_train: int, threads: int, work: Path) -> dict:
     return run
 
 
+def least_work(config: dict, work: Path, num_train: int, encoder_flops: int) -> dict:
+    """What each stage cannot avoid doing: the encoder's and K-Means's FLOPs; the feature bytes
+    that pooling and pseudo-mask writing read; the image files written, then read."""
+    files = sum(f.stat().st_size for f in (work / "voc").rglob("*") if f.is_file())
+    feature_bytes = zarr.open_group(str(work / "features.zarr"), mode="r")["feats"].nbytes
+    masks = zarr.open_group(str(work / "pseudo_masks.zarr"), mode="r")["masks"].nbytes
+    clusters = zarr.open_group(str(work / "clusters.zarr"), mode="r")
+    (members,), (_, dims) = clusters["member"].shape, clusters["centroids"].shape
+    c = config["cluster"]
+    passes = num_train + min(config["encoder"]["calibration_images"], num_train)
+    return {
+        "make-synthetic": {"disk_bytes": files},
+        "prepare": {"bytes": files},
+        "extract-features": {"flops": passes * encoder_flops},
+        "pool-prototypes": {"bytes": feature_bytes},
+        "cluster": {"flops": 2 * members * c["k"] * dims * c["niter"] * c["nredo"]},
+        "write-pseudo-masks": {"bytes": feature_bytes + masks},
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -111,16 +131,24 @@ def main() -> None:
                         help="train images; peak memory must not grow with them")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
-    import yaml  # light: the config is plain YAML with every key written out
-
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        works = {n: Path(tmp) / str(n) for n in args.sizes}
-        sizes = {n: annotate(config, n, args.threads, work) for n, work in works.items()}
-        import numpy as np  # only now: the stages' processes have all been measured
-        import zarr
-
-        work = works[args.sizes[0]]  # the K-Means comparison runs on these prototypes
+    torch.set_num_threads(args.threads)
+    encoder = Encoder(config["encoder"]["arch"]).eval()
+    size = config["annotation"]["input_size"]
+    with torch.inference_mode():
+        encoder_flops = count_flops(lambda: encoder(torch.zeros(1, 3, size, size)))
+    with tempfile.TemporaryDirectory(dir=REPO) as tmp:  # on the disk the pipeline writes to
+        limits = measure(pick_device(), tmp)
+        startups = {name: startup_seconds(name) for name in STAGES}
+        sizes = {}
+        for n in args.sizes:
+            work = Path(tmp) / str(n)
+            sizes[n] = annotate(config, n, args.threads, work)
+            for name, need in least_work(config, work, n, encoder_flops).items():
+                sizes[n][name].update(work=need, startup=startups[name])
+        limits = measure(pick_device(), tmp, before=limits)
+        add_floors([row for stages in sizes.values() for row in stages.values()], limits)
+        work = Path(tmp) / str(args.sizes[0])  # the K-Means comparison runs on these prototypes
         protos = zarr.open_group(str(work / "prototypes.zarr"), mode="r")
         members = zarr.open_group(str(work / "clusters.zarr"), mode="r")["member"][:]
         prototypes = protos["fg"][:][members]
@@ -130,7 +158,8 @@ def main() -> None:
     centres = rng.normal(size=(40, 1024))
     stand_in = centres[rng.integers(0, 40, 9000)] + rng.normal(0, 2.0, (9000, 1024))
     results = {
-        "machine": machine(), "threads": args.threads,
+        "machine": machine(), "threads": args.threads, "limits": limits,
+        "encoder_flops_per_image": encoder_flops,
         "config": {k: config[k] for k in ("synthetic", "encoder", "annotation", "cluster")},
         "sizes": sizes, "features_zarr_mb": round(features_mb / 2**20, 1),
         "kmeans_synthetic_fold0": compare_kmeans(prototypes, cluster["k"], cluster["niter"],
@@ -142,7 +171,7 @@ def main() -> None:
 
 
 def markdown(r: dict) -> str:
-    m = r["machine"]
+    m, limits = r["machine"], r["limits"]
     lines = [
         "## Offline annotation (`bench/annotation.py`)", "",
         f"Machine: {describe(m)}; {r['threads']} threads. Synthetic benchmark at the "
@@ -150,14 +179,24 @@ def markdown(r: dict) -> str:
         f"{r['config']['annotation']['input_size']}) with "
         f"{' and '.join(map(str, r['sizes']))} train images: pooling, clustering and "
         "pseudo-mask writing stream through Zarr, so their peak memory should not grow with "
-        "the dataset.", "",
-        "| stage | train images | images | seconds | images/s | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "the dataset. Each stage runs as its own process (seconds include its start-up).", "",
+        f"Limits measured in the same run (`bench/limits.py`): {describe_limits(limits)}. "
+        "A stage's floor is its least work over the limit that bounds it: compute = FLOPs "
+        f"counted by torch's FlopCounterMode (the encoder: "
+        f"{r['encoder_flops_per_image'] / 1e9:.2f} GFLOP per image, over every train image "
+        "and the BatchNorm-calibration images; K-Means: 2 n K d per iteration and restart); "
+        "memory = the float16 features read (and masks written); disk = the image files "
+        "written (make-synthetic) or read (prepare). `% of limit` = floor / seconds; `after "
+        "start-up` leaves out the stage's process start-up (Python and its imports: "
+        "`latentfss STAGE --help`).", "",
+        f"| stage | train images | images | seconds | images/s | peak RSS (MB) | {LIMIT_HEADER} |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]  # fmt: skip
     for size, stages in r["sizes"].items():
         for name, s in stages.items():
             lines.append(f"| {name} | {size} | {s['images']} | {s['seconds']} | "
-                         f"{s['images_per_s']} | {s['peak_rss_mb']} |")  # fmt: skip
+                         f"{s['images_per_s']} | {s['peak_rss_mb']} | "
+                         f"{limit_cells(s)} |")  # fmt: skip
     first = next(iter(r["sizes"]))
     lines += ["", f"features.zarr on disk at {first} train images: {r['features_zarr_mb']} MB.",
               "",

@@ -13,8 +13,11 @@ BENCHMARKS.md by bench/report.py). On a CUDA machine the same run measures the G
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +25,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from record import describe, machine, save
+from limits import (
+    LIMIT_HEADER,
+    add_floors,
+    count_flops,
+    describe_limits,
+    limit_cells,
+    measure,
+    startup_seconds,
+)
+from record import describe, machine, run_stage, save
 from torch.utils.data import DataLoader
 
 from latentfss.datasets.evaluation import TestEpisodes, collate
@@ -70,16 +82,25 @@ def baseline_episodes(model, episodes, index, cfg, bank, device, novel) -> tuple
     return meter, len(episodes) / (time.perf_counter() - start)
 
 
-VARIANTS = {  # name: (batch size or None for the baseline loop, fg_rectify)
-    "batched, rectified": (16, True),
-    "batched, not rectified": (16, False),
-    "one at a time, rectified": (1, True),
-    "baseline loop, rectified": (None, True),
+VARIANTS = {  # name: (batch size or None for the baseline loop, fg_rectify, torch.compile)
+    "batched, rectified": (16, True, False),
+    "batched, not rectified": (16, False, False),
+    "one at a time, rectified": (1, True, False),
+    "baseline loop, rectified": (None, True, False),
+    "batched, rectified, torch.compile": (16, True, True),
 }
 
 
-def measure(results: Path, shot: int, episodes: int, repeats: int, config: dict,
-            device) -> list[dict]:  # fmt: skip
+def episode_flops(model, shot: int, size: int, device) -> int:
+    """FLOPs of one episode's encoder passes (the query and its supports); the matching, the
+    rectification and the upsampling are left out (under 1% of it at the default)."""
+    images = torch.zeros(1 + shot, 3, size, size, device=device)
+    with torch.inference_mode():
+        return count_flops(lambda: model.encoder(images))
+
+
+def measure_variants(results: Path, shot: int, episodes: int, repeats: int, config: dict,
+                     device) -> list[dict]:  # fmt: skip
     run = results / f"fold0/shot{shot}"
     model, _ = load_model(run / "model.pt")
     model = model.to(device)
@@ -90,21 +111,57 @@ def measure(results: Path, shot: int, episodes: int, repeats: int, config: dict,
     lists = class_image_lists(val, novel, config["protocol"]["min_support_pixels"])
     episode_list = sample_test_episodes(lists, shot, episodes, seed=0)
     base = EvaluateConfig(**{**config["evaluate"], "seeds": tuple(config["evaluate"]["seeds"])})
+    flops = episode_flops(model, shot, base.input_size, device)
     rows = []
-    for name, (batch_size, rectify) in VARIANTS.items():
+    for name, (batch_size, rectify, compiled) in VARIANTS.items():
         cfg = dataclasses.replace(base, batch_size=batch_size or 1, fg_rectify=rectify)
         loop = baseline_episodes if batch_size is None else evaluate_episodes
-        model.to(memory_format=torch.contiguous_format if batch_size is None
-                 else torch.channels_last)  # fmt: skip
+        layout = torch.contiguous_format if batch_size is None else torch.channels_last
+        variant = copy.deepcopy(model).to(memory_format=layout)
+        first_run, use_bank = None, bank if rectify else None
+        if compiled:
+            variant.encoder = torch.compile(variant.encoder)
+            start = time.perf_counter()  # compiles for the full and the last, smaller batch
+            loop(variant, episode_list, index, cfg, use_bank, device, novel)
+            first_run = round(time.perf_counter() - start, 2)
         speeds = []
         for _ in range(repeats):
-            meter, speed = loop(model, episode_list, index, cfg, bank if rectify else None,
-                                device, novel)  # fmt: skip
+            meter, speed = loop(variant, episode_list, index, cfg, use_bank, device, novel)
             speeds.append(speed)
+        speed = float(np.median(speeds))
         rows.append({"shot": shot, "variant": name, "episodes": episodes, "repeats": repeats,
-                     "episodes_per_s": round(float(np.median(speeds)), 2),
-                     "miou": round(100 * meter.miou(), 2)})  # fmt: skip
+                     "episodes_per_s": round(speed, 2), "miou": round(100 * meter.miou(), 2),
+                     "compile_and_first_run_seconds": first_run,
+                     "seconds": round(episodes / speed, 3),
+                     "work": {"flops": episodes * flops}})  # fmt: skip
         print(rows[-1], flush=True)
+    return rows
+
+
+def measure_stages(results: Path, shot: int, config: dict, threads: int, tmp: Path) -> list[dict]:
+    """build-bank and evaluate (every seed) of fold 0 as the workflow runs them, each in its
+    own process, against the encoder FLOPs they cannot avoid."""
+    run, e = results / f"fold0/shot{shot}", config["evaluate"]
+    model, _ = load_model(run / "model.pt")
+    image_flops = episode_flops(model, 0, e["input_size"], torch.device("cpu"))
+    train_images = len(read_index(results / "dataset").split("train"))
+    bank = run_stage("build-bank", index=results / "dataset", model=run / "model.pt",
+                     pseudo_masks=results / "fold0/pseudo_masks.zarr", out=tmp / "bank",
+                     params=json.dumps({k: e[k] for k in ("input_size", "batch_size")}),
+                     threads=threads)  # fmt: skip
+    evaluate = run_stage("evaluate", index=results / "dataset", model=run / "model.pt",
+                         bank=run / "bank", fold=0, shot=shot, out=tmp / "eval",
+                         params=json.dumps(e), protocol=json.dumps(config["protocol"]),
+                         threads=threads)  # fmt: skip
+    episodes = e["episodes"] * len(e["seeds"])
+    work = {"build-bank": train_images * image_flops,
+            "evaluate": episodes * (1 + shot) * image_flops}  # fmt: skip
+    rows = []
+    for name, timed, items in (("build-bank", bank, train_images), ("evaluate", evaluate,
+                                                                      episodes)):  # fmt: skip
+        rows.append({"stage": name, "shot": shot, "items": items, **timed,
+                     "per_s": round(items / timed["seconds"], 1),
+                     "work": {"flops": work[name]}, "startup": startup_seconds(name)})  # fmt: skip
     return rows
 
 
@@ -123,11 +180,19 @@ def main() -> None:
                              "models and region banks)")  # fmt: skip
     torch.set_num_threads(args.threads)
     device = pick_device()
-    rows = []
-    for shot in (1, 5):
-        rows += measure(args.results, shot, args.episodes, args.repeats, config, device)
+    rows, stages = [], []
+    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+        limits = measure(device, tmp)
+        for shot in (1, 5):
+            stages += measure_stages(args.results, shot, config, args.threads,
+                                     Path(tmp) / str(shot))  # fmt: skip
+            rows += measure_variants(args.results, shot, args.episodes, args.repeats, config,
+                                     device)  # fmt: skip
+        limits = measure(device, tmp, before=limits)
+    add_floors(rows + stages, limits)
     results = {"machine": machine(), "threads": args.threads, "device": str(device),
-               "evaluate": config["evaluate"], "runs": rows}  # fmt: skip
+               "limits": limits, "evaluate": config["evaluate"], "runs": rows,
+               "stages": stages}  # fmt: skip
     save(results, markdown(results), args.out, "inference")
 
 
@@ -137,15 +202,28 @@ def markdown(r: dict) -> str:
         "## Inference (`bench/inference.py`)", "",
         f"Machine: {describe(r['machine'])}; {r['threads']} threads, device {r['device']}. "
         f"Default synthetic config: ResNet-18 (the trained fold-0 models), input "
-        f"{e['input_size']}, top-N {e['top_n']}, beta {e['beta']}; the same "
-        f"{r['runs'][0]['episodes']} episodes (seed 0) for every variant, each run "
-        f"{r['runs'][0]['repeats']} times: the median episodes/s is shown. Episodes/s include "
-        "loading and resizing the images (data-loader workers: "
+        f"{e['input_size']}, top-N {e['top_n']}, beta {e['beta']}.", "",
+        f"Limits measured in the same run (`bench/limits.py`): {describe_limits(r['limits'])}. "
+        "The floor: the encoder's FLOPs (FlopCounterMode) over the matrix-multiply rate; for "
+        "an episode, the query and its supports.", "",
+        "The stages as the workflow runs them (fold 0, each its own process; evaluate: "
+        f"{e['episodes']} episodes x {len(e['seeds'])} seeds, rectified):", "",
+        f"| stage | shot | images or episodes | seconds | per s | peak RSS (MB) | {LIMIT_HEADER} |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for s in r["stages"]:
+        lines.append(f"| {s['stage']} | {s['shot']} | {s['items']} | {s['seconds']} | "
+                     f"{s['per_s']} | {s['peak_rss_mb']} | {limit_cells(s)} |")  # fmt: skip
+    lines += [
+        "", f"Evaluation's variants, in one process on the same {r['runs'][0]['episodes']} "
+        f"episodes (seed 0), each run {r['runs'][0]['repeats']} times: the median episodes/s is "
+        "shown. Episodes/s include loading and resizing the images (data-loader workers: "
         f"{e['workers']}) and scoring. The baseline loop is the shape of the authors' code: one "
         "episode at a time, fp32, autograd on (no_grad, not inference_mode), query and each "
-        "support through the encoder in separate calls.", "",
-        "| shot | variant | episodes/s | vs baseline loop | mIoU (%) |",
-        "|---:|---|---:|---:|---:|",
+        "support through the encoder in separate calls. torch.compile compiles the encoder "
+        "(default mode); its compilation and first run are timed apart.", "",
+        "| shot | variant | episodes/s | vs baseline loop | mIoU (%) | % of limit |",
+        "|---:|---|---:|---:|---:|---:|",
     ]  # fmt: skip
     for shot in (1, 5):
         runs = [run for run in r["runs"] if run["shot"] == shot]
@@ -153,7 +231,11 @@ def markdown(r: dict) -> str:
         for run in runs:
             ratio = run["episodes_per_s"] / baseline["episodes_per_s"]
             lines.append(f"| {shot} | {run['variant']} | {run['episodes_per_s']} | "
-                         f"{ratio:.2f}x | {run['miou']} |")  # fmt: skip
+                         f"{ratio:.2f}x | {run['miou']} | {run['of_limit_pct']} |")  # fmt: skip
+    compiled = [run for run in r["runs"] if run["compile_and_first_run_seconds"]]
+    timings = (f"{run['compile_and_first_run_seconds']} s ({run['shot']}-shot)"
+               for run in compiled)  # fmt: skip
+    lines += ["", f"torch.compile's compilation and first run: {', '.join(timings)}."]
     if r["device"] == "cpu":
         lines += ["", "Not measured yet: the PASCAL preset (ResNet-50, input 473) on a GPU; no "
                   "GPU was lent to the task that built this.", ""]  # fmt: skip

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
+
+import torch
 
 
 def machine() -> dict:
-    import torch  # imported here: bench/annotation.py keeps its parent process small
-
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo
                 if line.startswith("model name")), platform.processor())  # fmt: skip
@@ -30,3 +32,25 @@ def save(results: dict, text: str, out: Path, name: str) -> None:
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{name}.md").write_text(text)
     print(text)
+
+
+# A stage process's peak RSS (ru_maxrss) counts its parent's at the time it was spawned (Linux
+# carries it over exec), so stages are spawned from this small shim, which reports on its child.
+_SHIM = """import os, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+print(time.perf_counter() - start, usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))"""
+
+
+def run_stage(stage: str, **flags) -> dict:
+    """Run `latentfss STAGE --flag value ...` in its own process: wall seconds (process start
+    included) and the process's peak RSS."""
+    argv = [str(a) for key, value in flags.items() for a in (f"--{key.replace('_', '-')}", value)]
+    command = [sys.executable, "-m", "latentfss.cli", "--log-level", "WARNING", stage, *argv]
+    done = subprocess.run([sys.executable, "-c", _SHIM, *command], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"stage failed: {' '.join(command)}")
+    seconds, maxrss_kb = done.stdout.split()
+    return {"seconds": round(float(seconds), 2), "peak_rss_mb": round(int(maxrss_kb) / 1024)}

@@ -1,0 +1,131 @@
+"""What every stage is measured against: the least work it must do (FLOPs counted by torch's
+FlopCounterMode, or bytes it must read and write) over the rate this machine can do that work
+at (matrix multiplies, memory copies and disk writes, measured here with the benchmark's own
+threads). work / rate is the stage's floor: no implementation on this machine can beat it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _best_rate(step, work: float, device: torch.device, repeats: int = 10) -> float:
+    """work / (fastest of `repeats` timed calls of step), after one untimed warm-up call."""
+
+    def timed() -> float:
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    timed()
+    return work / min(timed() for _ in range(repeats))
+
+
+def matmul_rate(device: torch.device) -> tuple[float, str]:
+    """FLOP/s of a large square matrix multiply in the precision the stages compute in (fp32 on
+    the CPU, bf16 autocast on CUDA: runtime.autocast)."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return _best_rate(lambda: a @ b, 2 * n**3, device), str(dtype).removeprefix("torch.")
+
+
+def memory_bandwidth(device: torch.device, mib: int = 512) -> float:
+    """Bytes/s of copying a `mib` MiB tensor (counting the bytes read and the bytes written)."""
+    src = torch.empty(mib * 2**18, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    return _best_rate(lambda: dst.copy_(src), 2 * src.nbytes, device)
+
+
+def disk_write_rate(directory: str, mib: int = 256) -> float:
+    """Bytes/s of writing `mib` MiB to a file in `directory` and fsync-ing it."""
+    block = os.urandom(2**20)
+    with tempfile.NamedTemporaryFile(dir=directory) as f:
+        start = time.perf_counter()
+        for _ in range(mib):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+        return mib * 2**20 / (time.perf_counter() - start)
+
+
+def startup_seconds(stage: str, repeats: int = 3) -> float:
+    """A stage process's fixed cost: starting Python and importing what the stage imports
+    (`latentfss STAGE --help`; the fastest of `repeats`, warm page cache)."""
+    command = [sys.executable, "-m", "latentfss.cli", stage, "--help"]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return round(min(times), 2)
+
+
+def measure(device: torch.device, directory: str, before: dict | None = None) -> dict:
+    """The machine's rates with the current torch thread count: matrix multiplies on `device`
+    (where the encoder runs), memory copies on the host (where the byte-bound stages run).
+    A shared machine's rates dip while its other tenants work, so benchmarks measure them
+    before and after their runs and keep the best (`before`)."""
+    flops, dtype = matmul_rate(device)
+    rates = {"matmul_flop_per_s": flops,
+             "memory_bytes_per_s": memory_bandwidth(torch.device("cpu")),
+             "disk_write_bytes_per_s": disk_write_rate(directory)}  # fmt: skip
+    if before is not None:
+        rates = {key: max(rate, before[key]) for key, rate in rates.items()}
+    return {**rates, "matmul_dtype": dtype, "threads": torch.get_num_threads(),
+            "device": str(device)}  # fmt: skip
+
+
+def count_flops(step) -> int:
+    """FLOPs torch executes in step() (convolutions and matrix multiplies: 2 per multiply-add;
+    the backward pass too when step runs one)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def describe_limits(limits: dict) -> str:
+    return (f"{limits['matmul_flop_per_s'] / 1e9:.0f} GFLOP/s ({limits['matmul_dtype']} "
+            f"matrix multiply), host memory {limits['memory_bytes_per_s'] / 1e9:.1f} GB/s (copy), "
+            f"disk {limits['disk_write_bytes_per_s'] / 1e6:.0f} MB/s (fsync-ed write), "
+            f"{limits['threads']} threads on {limits['device']}")  # fmt: skip
+
+
+def add_floors(rows: list[dict], limits: dict) -> None:
+    """Each row's `seconds` against the floor of its `work` ({"flops": F}, {"bytes": B} read
+    and written in memory, or {"disk_bytes": D} written to disk); for a stage run as its own
+    process, also without its `startup` seconds (left out where start-up is, within 0.1 s,
+    all of the time)."""
+    for row in rows:
+        work, seconds, startup = row.pop("work"), row["seconds"], row.pop("startup", None)
+        if "flops" in work:
+            least, bound = work["flops"] / limits["matmul_flop_per_s"], "compute"
+        elif "disk_bytes" in work:
+            least, bound = work["disk_bytes"] / limits["disk_write_bytes_per_s"], "disk"
+        else:
+            least, bound = work["bytes"] / limits["memory_bytes_per_s"], "memory"
+        row.update(work, bound=bound, floor_seconds=round(least, 4),
+                   of_limit_pct=round(100 * least / seconds, 2))  # fmt: skip
+        if startup is not None:
+            after = seconds - startup
+            row.update(startup_seconds=startup,
+                       of_limit_after_startup_pct=round(100 * least / after, 2) if after > 0.1
+                       else None)  # fmt: skip
+
+
+LIMIT_HEADER = "bound | floor s | % of limit | start-up s | % after start-up"
+
+
+def limit_cells(row: dict) -> str:
+    """The LIMIT_HEADER columns of a row that against_floor filled, as Markdown cells."""
+    cells = [row["bound"], row["floor_seconds"], row["of_limit_pct"],
+             row.get("startup_seconds"), row.get("of_limit_after_startup_pct")]  # fmt: skip
+    return " | ".join("-" if cell is None else str(cell) for cell in cells)
