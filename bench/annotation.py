@@ -1,5 +1,6 @@
-"""Offline-annotation benchmark: throughput and peak memory of each stage on the synthetic
-benchmark at the default config, and faiss K-Means against scikit-learn's on the same prototypes.
+"""Offline-annotation benchmark: throughput, peak memory and distance to the floor
+(bench/limits.py) of each stage on the synthetic benchmark at the default config, at two dataset
+sizes, and faiss K-Means against scikit-learn's on the same prototypes.
 
     python bench/annotation.py [--threads 2] [--out bench/results]
 

@@ -1,7 +1,9 @@
 """Inference benchmark: episodes/s of `latentfss evaluate` 1-shot and 5-shot, with and without
 foreground rectification, batched against one episode at a time, and against the shape of the
 authors' baseline loop (one episode at a time, fp32, autograd on, query and each support
-encoded by its own forward pass), on the models and banks of an existing run (fold 0).
+encoded by its own forward pass), and with torch.compile, on the models and banks of an existing
+run (fold 0); and build-bank and evaluate as the workflow runs them. Every figure is set against
+its floor (bench/limits.py).
 
     python bench/inference.py [--results results/synthetic] [--episodes 200] [--repeats 3]
 

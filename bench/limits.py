@@ -125,7 +125,7 @@ LIMIT_HEADER = "bound | floor s | % of limit | start-up s | % after start-up"
 
 
 def limit_cells(row: dict) -> str:
-    """The LIMIT_HEADER columns of a row that against_floor filled, as Markdown cells."""
+    """The LIMIT_HEADER columns of a row that add_floors filled, as Markdown cells."""
     cells = [row["bound"], row["floor_seconds"], row["of_limit_pct"],
              row.get("startup_seconds"), row.get("of_limit_after_startup_pct")]  # fmt: skip
     return " | ".join("-" if cell is None else str(cell) for cell in cells)

@@ -1,5 +1,6 @@
-"""Training benchmark: iterations/s and peak memory of `latentfss train` at the default config,
-1-shot and 5-shot, on the annotation artifacts of an existing run (results/synthetic by default).
+"""Training benchmark: iterations/s, peak memory and distance to the floor (bench/limits.py) of
+`latentfss train` at the default config, 1-shot and 5-shot, on the annotation artifacts of an
+existing run (results/synthetic by default).
 
     python bench/train.py [--results results/synthetic] [--iterations 40] [--threads 2]
 
