@@ -72,9 +72,25 @@ def feature_size(size: int) -> int:
     return size
 
 
-class BasicBlock(nn.Module):
-    expansion = 1
+class _Residual(nn.Module):
+    """A residual block: ReLU(residual(x) + shortcut(x)), the shortcut a projection or x."""
 
+    expansion = 1
+    relu: nn.ReLU
+    downsample: nn.Module | None
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def without_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output before its final ReLU."""
+        return self.residual(x) + (x if self.downsample is None else self.downsample(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.without_relu(x))
+
+
+class BasicBlock(_Residual):
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None) -> None:  # fmt: skip
         super().__init__()
@@ -88,20 +104,13 @@ class BasicBlock(nn.Module):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
-    def without_relu(self, x: torch.Tensor) -> torch.Tensor:
-        """The block's output before its final ReLU."""
-        return self.residual(x) + (x if self.downsample is None else self.downsample(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.without_relu(x))
-
-
-class Bottleneck(BasicBlock):
+class Bottleneck(_Residual):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None) -> None:  # fmt: skip
-        nn.Module.__init__(self)
+        super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
@@ -120,7 +129,7 @@ DEPTHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4
           "resnet101": (Bottleneck, (3, 4, 23, 3))}  # fmt: skip
 
 
-def _layer(block: type[BasicBlock], inplanes: int, planes: int, depth: int,
+def _layer(block: type[_Residual], inplanes: int, planes: int, depth: int,
            stride: int) -> nn.Sequential:  # fmt: skip
     """torchvision's ResNet._make_layer: the projection shortcut is built before the blocks."""
     out = planes * block.expansion
