@@ -18,19 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import limits
 import numpy as np
 import torch
 import yaml
 import zarr
-from limits import (
-    LIMIT_HEADER,
-    add_floors,
-    count_flops,
-    describe_limits,
-    limit_cells,
-    measure,
-    startup_seconds,
-)
 from record import describe, machine, run_stage, save
 
 from latentfss.encoder import Encoder
@@ -137,18 +129,18 @@ def main() -> None:
     encoder = Encoder(config["encoder"]["arch"]).eval()
     size = config["annotation"]["input_size"]
     with torch.inference_mode():
-        encoder_flops = count_flops(lambda: encoder(torch.zeros(1, 3, size, size)))
+        encoder_flops = limits.count_flops(lambda: encoder(torch.zeros(1, 3, size, size)))
     with tempfile.TemporaryDirectory(dir=REPO) as tmp:  # on the disk the pipeline writes to
-        limits = measure(pick_device(), tmp)
-        startups = {name: startup_seconds(name) for name in STAGES}
+        rates = limits.measure(pick_device(), tmp)
+        startups = {name: limits.startup_seconds(name) for name in STAGES}
         sizes = {}
         for n in args.sizes:
             work = Path(tmp) / str(n)
             sizes[n] = annotate(config, n, args.threads, work)
             for name, need in least_work(config, work, n, encoder_flops).items():
                 sizes[n][name].update(work=need, startup=startups[name])
-        limits = measure(pick_device(), tmp, before=limits)
-        add_floors([row for stages in sizes.values() for row in stages.values()], limits)
+        rates = limits.measure(pick_device(), tmp, before=rates)
+        limits.add_floors([row for stages in sizes.values() for row in stages.values()], rates)
         work = Path(tmp) / str(args.sizes[0])  # the K-Means comparison runs on these prototypes
         protos = zarr.open_group(str(work / "prototypes.zarr"), mode="r")
         members = zarr.open_group(str(work / "clusters.zarr"), mode="r")["member"][:]
@@ -159,7 +151,7 @@ def main() -> None:
     centres = rng.normal(size=(40, 1024))
     stand_in = centres[rng.integers(0, 40, 9000)] + rng.normal(0, 2.0, (9000, 1024))
     results = {
-        "machine": machine(), "threads": args.threads, "limits": limits,
+        "machine": machine(), "threads": args.threads, "limits": rates,
         "encoder_flops_per_image": encoder_flops,
         "config": {k: config[k] for k in ("synthetic", "encoder", "annotation", "cluster")},
         "sizes": sizes, "features_zarr_mb": round(features_mb / 2**20, 1),
@@ -172,7 +164,7 @@ def main() -> None:
 
 
 def markdown(r: dict) -> str:
-    m, limits = r["machine"], r["limits"]
+    m = r["machine"]
     lines = [
         "## Offline annotation (`bench/annotation.py`)", "",
         f"Machine: {describe(m)}; {r['threads']} threads. Synthetic benchmark at the "
@@ -181,7 +173,7 @@ def markdown(r: dict) -> str:
         f"{' and '.join(map(str, r['sizes']))} train images: pooling, clustering and "
         "pseudo-mask writing stream through Zarr, so their peak memory should not grow with "
         "the dataset. Each stage runs as its own process (seconds include its start-up).", "",
-        f"Limits measured in the same run (`bench/limits.py`): {describe_limits(limits)}. "
+        f"Limits measured in the same run (`bench/limits.py`): {limits.describe(r['limits'])}. "
         "A stage's floor is its least work over the limit that bounds it: compute = FLOPs "
         f"counted by torch's FlopCounterMode (the encoder: "
         f"{r['encoder_flops_per_image'] / 1e9:.2f} GFLOP per image, over every train image "
@@ -190,14 +182,14 @@ def markdown(r: dict) -> str:
         "written (make-synthetic) or read (prepare). `% of limit` = floor / seconds; `after "
         "start-up` leaves out the stage's process start-up (Python and its imports: "
         "`latentfss STAGE --help`).", "",
-        f"| stage | train images | images | seconds | images/s | peak RSS (MB) | {LIMIT_HEADER} |",
+        f"| stage | train images | images | seconds | images/s | peak RSS (MB) | {limits.HEADER} |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]  # fmt: skip
     for size, stages in r["sizes"].items():
         for name, s in stages.items():
             lines.append(f"| {name} | {size} | {s['images']} | {s['seconds']} | "
                          f"{s['images_per_s']} | {s['peak_rss_mb']} | "
-                         f"{limit_cells(s)} |")  # fmt: skip
+                         f"{limits.cells(s)} |")  # fmt: skip
     first = next(iter(r["sizes"]))
     lines += ["", f"features.zarr on disk at {first} train images: {r['features_zarr_mb']} MB.",
               "",

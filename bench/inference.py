@@ -23,19 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import limits
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from limits import (
-    LIMIT_HEADER,
-    add_floors,
-    count_flops,
-    describe_limits,
-    limit_cells,
-    measure,
-    startup_seconds,
-)
 from record import describe, machine, run_stage, save
 from torch.utils.data import DataLoader
 
@@ -98,7 +90,7 @@ def episode_flops(model, shot: int, size: int, device) -> int:
     rectification and the upsampling are left out (under 1% of it at the default)."""
     images = torch.zeros(1 + shot, 3, size, size, device=device)
     with torch.inference_mode():
-        return count_flops(lambda: model.encoder(images))
+        return limits.count_flops(lambda: model.encoder(images))
 
 
 def measure_variants(results: Path, shot: int, episodes: int, repeats: int, config: dict,
@@ -163,7 +155,8 @@ def measure_stages(results: Path, shot: int, config: dict, threads: int, tmp: Pa
                                                                       episodes)):  # fmt: skip
         rows.append({"stage": name, "shot": shot, "items": items, **timed,
                      "per_s": round(items / timed["seconds"], 1),
-                     "work": {"flops": work[name]}, "startup": startup_seconds(name)})  # fmt: skip
+                     "work": {"flops": work[name]},
+                     "startup": limits.startup_seconds(name)})  # fmt: skip
     return rows
 
 
@@ -184,16 +177,16 @@ def main() -> None:
     device = pick_device()
     rows, stages = [], []
     with tempfile.TemporaryDirectory(dir=REPO) as tmp:
-        limits = measure(device, tmp)
+        rates = limits.measure(device, tmp)
         for shot in (1, 5):
             stages += measure_stages(args.results, shot, config, args.threads,
                                      Path(tmp) / str(shot))  # fmt: skip
             rows += measure_variants(args.results, shot, args.episodes, args.repeats, config,
                                      device)  # fmt: skip
-        limits = measure(device, tmp, before=limits)
-    add_floors(rows + stages, limits)
+        rates = limits.measure(device, tmp, before=rates)
+    limits.add_floors(rows + stages, rates)
     results = {"machine": machine(), "threads": args.threads, "device": str(device),
-               "limits": limits, "evaluate": config["evaluate"], "runs": rows,
+               "limits": rates, "evaluate": config["evaluate"], "runs": rows,
                "stages": stages}  # fmt: skip
     save(results, markdown(results), args.out, "inference")
 
@@ -205,17 +198,17 @@ def markdown(r: dict) -> str:
         f"Machine: {describe(r['machine'])}; {r['threads']} threads, device {r['device']}. "
         f"Default synthetic config: ResNet-18 (the trained fold-0 models), input "
         f"{e['input_size']}, top-N {e['top_n']}, beta {e['beta']}.", "",
-        f"Limits measured in the same run (`bench/limits.py`): {describe_limits(r['limits'])}. "
+        f"Limits measured in the same run (`bench/limits.py`): {limits.describe(r['limits'])}. "
         "The floor: the encoder's FLOPs (FlopCounterMode) over the matrix-multiply rate; for "
         "an episode, the query and its supports.", "",
         "The stages as the workflow runs them (fold 0, each its own process; evaluate: "
         f"{e['episodes']} episodes x {len(e['seeds'])} seeds, rectified):", "",
-        f"| stage | shot | images or episodes | seconds | per s | peak RSS (MB) | {LIMIT_HEADER} |",
+        f"| stage | shot | images or episodes | seconds | per s | peak RSS MB | {limits.HEADER} |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]  # fmt: skip
     for s in r["stages"]:
         lines.append(f"| {s['stage']} | {s['shot']} | {s['items']} | {s['seconds']} | "
-                     f"{s['per_s']} | {s['peak_rss_mb']} | {limit_cells(s)} |")  # fmt: skip
+                     f"{s['per_s']} | {s['peak_rss_mb']} | {limits.cells(s)} |")  # fmt: skip
     lines += [
         "", f"Evaluation's variants, in one process on the same {r['runs'][0]['episodes']} "
         f"episodes (seed 0), each run {r['runs'][0]['repeats']} times: the median episodes/s is "

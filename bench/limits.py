@@ -92,7 +92,7 @@ def count_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def describe_limits(limits: dict) -> str:
+def describe(limits: dict) -> str:
     return (f"{limits['matmul_flop_per_s'] / 1e9:.0f} GFLOP/s ({limits['matmul_dtype']} "
             f"matrix multiply), host memory {limits['memory_bytes_per_s'] / 1e9:.1f} GB/s (copy), "
             f"disk {limits['disk_write_bytes_per_s'] / 1e6:.0f} MB/s (fsync-ed write), "
@@ -121,11 +121,11 @@ def add_floors(rows: list[dict], limits: dict) -> None:
                        else None)  # fmt: skip
 
 
-LIMIT_HEADER = "bound | floor s | % of limit | start-up s | % after start-up"
+HEADER = "bound | floor s | % of limit | start-up s | % after start-up"
 
 
-def limit_cells(row: dict) -> str:
-    """The LIMIT_HEADER columns of a row that add_floors filled, as Markdown cells."""
+def cells(row: dict) -> str:
+    """The HEADER columns of a row that add_floors filled, as Markdown cells."""
     cells = [row["bound"], row["floor_seconds"], row["of_limit_pct"],
              row.get("startup_seconds"), row.get("of_limit_after_startup_pct")]  # fmt: skip
     return " | ".join("-" if cell is None else str(cell) for cell in cells)

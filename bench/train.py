@@ -16,18 +16,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import limits
 import torch
 import yaml
 import zarr
-from limits import (
-    LIMIT_HEADER,
-    add_floors,
-    count_flops,
-    describe_limits,
-    limit_cells,
-    measure,
-    startup_seconds,
-)
 from record import describe, machine, run_stage, save
 
 from latentfss.encoder import load_encoder
@@ -65,7 +57,7 @@ def iteration_flops(results: Path, config: dict, shot: int) -> int:
         feats = model.encoder(images)
         (feats[:labelled].sum() + model.head(feats[labelled:]).sum()).backward()
 
-    return count_flops(step)
+    return limits.count_flops(step)
 
 
 def main() -> None:
@@ -82,17 +74,17 @@ def main() -> None:
     params = {**config["train"], "iterations": args.iterations,
               "checkpoint_every": 10 * args.iterations}  # fmt: skip
     torch.set_num_threads(args.threads)
-    startup = startup_seconds("train")
+    startup = limits.startup_seconds("train")
     runs = []
     with tempfile.TemporaryDirectory(dir=REPO) as tmp:
-        limits = measure(pick_device(), tmp)
+        rates = limits.measure(pick_device(), tmp)
         for shot in (1, 5):
             run = timed_train(args.results, Path(tmp) / f"shot{shot}", shot, params, args.threads)
             flops = args.iterations * iteration_flops(args.results, config, shot)
             runs.append({**run, "work": {"flops": flops}, "startup": startup})
-        limits = measure(pick_device(), tmp, before=limits)
-        add_floors(runs, limits)
-    results = {"machine": machine(), "threads": args.threads, "limits": limits,
+        rates = limits.measure(pick_device(), tmp, before=rates)
+        limits.add_floors(runs, rates)
+    results = {"machine": machine(), "threads": args.threads, "limits": rates,
                "train": config["train"], "runs": runs}  # fmt: skip
     save(results, markdown(results), args.out, "train")
 
@@ -107,16 +99,16 @@ def markdown(r: dict) -> str:
         "per iteration, fold 0. Seconds include process start, data loading and saving; "
         "peak RSS is the training process's own (its data-loader worker is a process of its own; "
         "Snakemake's benchmark files count both).", "",
-        f"Limits measured in the same run (`bench/limits.py`): {describe_limits(r['limits'])}. "
+        f"Limits measured in the same run (`bench/limits.py`): {limits.describe(r['limits'])}. "
         "The floor: every iteration's encoder and mining head, forward and backward, counted by "
         "FlopCounterMode, over the matrix-multiply rate.", "",
-        f"| shot | iterations | seconds | iterations/s | peak RSS (MB) | GFLOP | {LIMIT_HEADER} |",
+        f"| shot | iterations | seconds | iterations/s | peak RSS (MB) | GFLOP | {limits.HEADER} |",
         "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]  # fmt: skip
     for run in r["runs"]:
         lines.append(f"| {run['shot']} | {run['iterations']} | {run['seconds']} | "
                      f"{run['iterations_per_s']} | {run['peak_rss_mb']} | "
-                     f"{run['flops'] / 1e9:.0f} | {limit_cells(run)} |")  # fmt: skip
+                     f"{run['flops'] / 1e9:.0f} | {limits.cells(run)} |")  # fmt: skip
     if r["limits"]["device"] == "cpu":
         lines += ["", "Not measured yet: the PASCAL preset (ResNet-50, crop 473, B = 4, M = 32) "
                   "on a GPU; no GPU was lent to the task that built this.", ""]  # fmt: skip

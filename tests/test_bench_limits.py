@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from limits import add_floors, count_flops, limit_cells  # noqa: E402
+from limits import add_floors, cells, count_flops  # noqa: E402
 
 
 def test_flops_of_a_convolution_forward_and_backward_by_hand():
@@ -37,5 +37,5 @@ def test_floors_pick_their_limit_and_leave_start_up_apart():
     assert [memory[c] for c in columns] == ["memory", 0.01, 1]
     assert "work" not in memory and "startup_seconds" not in memory
     assert disk["bound"] == "disk" and disk["of_limit_after_startup_pct"] is None  # all start-up
-    assert limit_cells(disk) == "disk | 0.1 | 10.0 | 0.95 | -"
-    assert limit_cells(memory).endswith("| - | -")
+    assert cells(disk) == "disk | 0.1 | 10.0 | 0.95 | -"
+    assert cells(memory).endswith("| - | -")
