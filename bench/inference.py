@@ -25,54 +25,53 @@ from pathlib import Path
 
 import limits
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 import yaml
+import zarr
 from record import describe, machine, run_stage, save
 from torch.utils.data import DataLoader
 
 from latentfss.datasets.evaluation import TestEpisodes, collate
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise
-from latentfss.episodes import class_image_lists, novel_classes, sample_test_episodes
+from latentfss.episodes import EpisodeSampler, novel_classes, sample_test_episodes
 from latentfss.metrics import IoUMeter
 from latentfss.model import cosine_logits, load_model
 from latentfss.region_bank import image_embedding, load_bank
 from latentfss.runtime import pick_device
-from latentfss.stages.evaluate import EvaluateConfig, evaluate_episodes
+from latentfss.stages.evaluate import EvaluateConfig, at_label, evaluate_episodes
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def baseline_predict(model, batch, normalise, bank, cfg) -> list[np.ndarray]:
+def baseline_predict(model, episode, normalise, bank, cfg) -> np.ndarray:
     """One episode as the authors' baseline code runs it: autograd on (torch.no_grad only),
     fp32, NCHW, the query and every support through the encoder in separate calls."""
     with torch.no_grad():
-        query = model.encoder(normalise(normalise.unit(batch["query"])))
-        shots = batch["supports"].shape[1]
-        support_feats = torch.stack([model.encoder(normalise(normalise.unit(
-            batch["supports"][:, i]))) for i in range(shots)], dim=1)  # fmt: skip
-        masks = batch["support_masks"].to(normalise.device)
-        fg, bg = model.support_prototypes(support_feats, masks)
+        query = model.encoder(normalise(normalise.unit(episode["query"][None])))
+        support_feats = [model.encoder(normalise(normalise.unit(s[None])))[0]
+                         for s in episode["supports"]]  # fmt: skip
+        fg, bg = model.shot_prototypes(support_feats, episode["support_masks"])
         if bank is not None:
-            embedding = F.normalize(image_embedding(support_feats.flatten(0, 1)).mean(0,
-                                    keepdim=True), dim=1)  # fmt: skip
-            fg = bank.rectify(fg, embedding, cfg.top_n, cfg.beta)
-        logits = cosine_logits(query, torch.stack([model.background(bg), fg], dim=1),
-                               model.cfg.sigma)  # fmt: skip
-        label = batch["labels"][0]
-        pred = F.interpolate(logits, size=label.shape, mode="bilinear", align_corners=False)
-        return [pred[0].argmax(0).cpu().numpy()]
+            embedding = torch.cat([image_embedding(f[None]) for f in support_feats]).mean(0)
+            fg = bank.rectify(fg[None], F.normalize(embedding, dim=0)[None], cfg.top_n,
+                              cfg.beta)[0]  # fmt: skip
+        prototypes = torch.stack([model.background(bg[None])[0], fg])[None]
+        logits = cosine_logits(query, prototypes, model.cfg.sigma)
+        return at_label(logits, episode["query"].shape[-2:], episode["covered"],
+                        episode["size"]).argmax(0).cpu().numpy()  # fmt: skip
 
 
 def baseline_episodes(model, episodes, index, cfg, bank, device, novel) -> tuple[IoUMeter, float]:
-    data = TestEpisodes(episodes, index.images, index.num_classes, cfg.input_size)
+    data = TestEpisodes(episodes, index.images, index.num_classes, cfg.resize, cfg.input_size)
     loader = DataLoader(data, batch_size=1, num_workers=cfg.workers, collate_fn=collate)
     meter, normalise = IoUMeter(novel), Normalise(device)
     start = time.perf_counter()
-    for batch in loader:
-        pred = baseline_predict(model, batch, normalise, bank, cfg)[0]
-        meter.update(pred, batch["labels"][0].numpy(), batch["class_ids"][0])
+    for (episode,) in loader:
+        pred = baseline_predict(model, episode, normalise, bank, cfg)
+        meter.update(pred, episode["label"].numpy(), episode["class_id"])
     return meter, len(episodes) / (time.perf_counter() - start)
 
 
@@ -85,13 +84,33 @@ VARIANTS = {  # name: (batch size or None for the baseline loop, fg_rectify, tor
 }
 
 
-def episode_flops(model, shot: int, size: int, device) -> int:
-    """FLOPs of one episode's encoder passes (the query and its supports); the matching, the
-    rectification and the upsampling are left out (by hand, about a MFLOP at the default,
-    against 1.7 GFLOP per image through the encoder)."""
-    images = torch.zeros(1 + shot, 3, size, size, device=device)
-    with torch.inference_mode():
-        return limits.count_flops(lambda: model.encoder(images))
+class EncoderFlops:
+    """FLOPs of one image's encoder pass at the size the network sees it (counted once per
+    size); the matching, the rectification and the upsampling are left out (by hand, about a
+    MFLOP at the default, against 1.7 GFLOP per image through the encoder)."""
+
+    def __init__(self, model, resize: str, size: int, device) -> None:
+        self.encoder, self.resize, self.size, self.device, self.cache = (
+            model.encoder, resize, size, device, {})  # fmt: skip
+
+    def __call__(self, height: int, width: int) -> int:
+        if self.resize != "none":
+            height, width = self.size, self.size
+        if (height, width) not in self.cache:
+            image = torch.zeros(1, 3, height, width, device=self.device)
+            with torch.inference_mode():
+                self.cache[height, width] = limits.count_flops(lambda: self.encoder(image))
+        return self.cache[height, width]
+
+    def of_images(self, index, image_ids) -> int:
+        sizes = index.images.loc[list(image_ids), ["height", "width"]].to_numpy()
+        return sum(self(int(h), int(w)) for h, w in sizes)
+
+    def of_episodes(self, index, episodes) -> int:
+        """The query and supports of every episode."""
+        images = [int(i) for _, e in episodes.iterrows()
+                  for i in [e["query"], *str(e["supports"]).split()]]  # fmt: skip
+        return self.of_images(index, images)
 
 
 def measure_variants(results: Path, shot: int, episodes: int, repeats: int, config: dict,
@@ -103,10 +122,12 @@ def measure_variants(results: Path, shot: int, episodes: int, repeats: int, conf
     index = read_index(results / "dataset")
     novel = novel_classes(0, index.num_classes, config["protocol"]["class_split"])
     val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
-    lists = class_image_lists(val, novel, config["protocol"]["min_support_pixels"])
-    episode_list = sample_test_episodes(lists, shot, episodes, seed=0)
+    sampler = EpisodeSampler.from_pixels(val, novel, config["protocol"]["min_support_pixels"],
+                                         shot)  # fmt: skip
+    episode_list = sample_test_episodes(sampler, episodes, seed=0)
     base = EvaluateConfig(**{**config["evaluate"], "seeds": tuple(config["evaluate"]["seeds"])})
-    flops = episode_flops(model, shot, base.input_size, device)
+    flops = EncoderFlops(model, base.resize, base.input_size, device)
+    flops = flops.of_episodes(index, episode_list)
     rows = []
     for name, (batch_size, rectify, compiled) in VARIANTS.items():
         cfg = dataclasses.replace(base, batch_size=batch_size or 1, fg_rectify=rectify)
@@ -128,7 +149,7 @@ def measure_variants(results: Path, shot: int, episodes: int, repeats: int, conf
                      "episodes_per_s": round(speed, 2), "miou": round(100 * meter.miou(), 2),
                      "compile_and_first_run_seconds": first_run,
                      "seconds": round(episodes / speed, 3),
-                     "work": {"flops": episodes * flops}})  # fmt: skip
+                     "work": {"flops": flops}})  # fmt: skip
         print(rows[-1], flush=True)
     return rows
 
@@ -138,19 +159,22 @@ def measure_stages(results: Path, shot: int, config: dict, threads: int, tmp: Pa
     own process, against the encoder FLOPs they cannot avoid."""
     run, e = results / f"fold0/shot{shot}", config["evaluate"]
     model, _ = load_model(run / "model.pt")
-    image_flops = episode_flops(model, 0, e["input_size"], torch.device("cpu"))
-    train_images = len(read_index(results / "dataset").split("train"))
+    index = read_index(results / "dataset")
+    flops = EncoderFlops(model, e["resize"], e["input_size"], torch.device("cpu"))
+    train_set = zarr.open_group(str(results / "fold0/pseudo_masks.zarr"), mode="r")["image_id"]
+    train_images = train_set.shape[0]
+    keys = ("resize", "input_size", "batch_size", "workers")
     bank = run_stage("build-bank", index=results / "dataset", model=run / "model.pt",
                      pseudo_masks=results / "fold0/pseudo_masks.zarr", out=tmp / "bank",
-                     params=json.dumps({k: e[k] for k in ("input_size", "batch_size")}),
-                     threads=threads)  # fmt: skip
+                     params=json.dumps({k: e[k] for k in keys}), threads=threads)  # fmt: skip
     evaluate = run_stage("evaluate", index=results / "dataset", model=run / "model.pt",
                          bank=run / "bank", fold=0, shot=shot, out=tmp / "eval",
                          params=json.dumps(e), protocol=json.dumps(config["protocol"]),
                          threads=threads)  # fmt: skip
     episodes = e["episodes"] * len(e["seeds"])
-    work = {"build-bank": train_images * image_flops,
-            "evaluate": episodes * (1 + shot) * image_flops}  # fmt: skip
+    lists = [pd.read_csv(tmp / f"eval/episodes_seed{seed}.csv") for seed in e["seeds"]]
+    work = {"build-bank": flops.of_images(index, train_set[:]),
+            "evaluate": sum(flops.of_episodes(index, episodes) for episodes in lists)}  # fmt: skip
     rows = []
     for name, timed, items in (("build-bank", bank, train_images), ("evaluate", evaluate,
                                                                       episodes)):  # fmt: skip
@@ -197,8 +221,9 @@ def markdown(r: dict) -> str:
     lines = [
         "## Inference (`bench/inference.py`)", "",
         f"Machine: {describe(r['machine'])}; {r['threads']} threads, device {r['device']}. "
-        f"Default synthetic config: ResNet-18 (the trained fold-0 models), input "
-        f"{e['input_size']}, top-N {e['top_n']}, beta {e['beta']}.", "",
+        f"Default synthetic config: ResNet-18 (the trained fold-0 models), resize "
+        f"{e['resize']} (input {e['input_size']} unless none), top-N {e['top_n']}, "
+        f"beta {e['beta']}.", "",
         f"Limits measured in the same run (`bench/limits.py`): {limits.describe(r['limits'])}. "
         "The floor: the encoder's FLOPs (FlopCounterMode) over the matrix-multiply rate; for "
         "an episode, the query and its supports.", "",

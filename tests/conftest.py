@@ -48,6 +48,7 @@ def params(**section) -> str:
 
 ENCODER = params(arch="resnet18", weights="none", calibration_images=8)
 ANNOTATION = params(input_size=64, batch_size=5)
+PROTOCOL = params(min_support_pixels=30)  # the tiny images are 48-64 px a side
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +66,7 @@ def annotated(tiny_root, tmp_path_factory):
         steps += [
             ("cluster", "--index", out / "dataset", "--prototypes", out / "prototypes.zarr",
              "--fold", fold, "--out", out / f"fold{fold}/clusters.zarr", "--params",
-             params(k=3, nredo=2), "--seed", "0"),
+             params(k=3, nredo=2), "--protocol", PROTOCOL, "--seed", "0"),
             ("write-pseudo-masks", "--index", out / "dataset", "--features",
              out / "features.zarr", "--clusters", out / f"fold{fold}/clusters.zarr",
              "--out", out / f"fold{fold}/pseudo_masks.zarr"),
@@ -87,12 +88,14 @@ def run_latentfss(*argv: str) -> subprocess.CompletedProcess:
     )
 
 
-def write_metrics(path: Path, fold: int, miou: float, fg: bool, bg: bool, mine: bool) -> Path:
+def write_metrics(path: Path, fold: int, miou: float, fg: bool, bg: bool, mine: bool,
+                  remain: bool = False) -> Path:  # fmt: skip
     """A metrics.json with the keys summarize reads, as evaluate writes them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     metrics = {"fold": fold, "shot": 1, "miou": miou, "miou_std": 0.01, "fbiou": 0.6,
                "episodes_per_s": 10.0, "parameters": 1000, "device": "cpu",
                "evaluate": {"fg_rectify": fg},
-               "model_config": {"bg_rectify": bg, "mine": mine}}  # fmt: skip
+               "model_config": {"bg_rectify": bg, "mine": mine},
+               "mining": {"remain": remain}}  # fmt: skip
     path.write_text(json.dumps(metrics))
     return path

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import zarr
 from PIL import Image
 
-from conftest import ANNOTATION, ENCODER, cli, params
+from conftest import ANNOTATION, ENCODER, PROTOCOL, cli, params
 from latentfss import store
 from latentfss.clustering import ClusterConfig, fold_background, spherical_kmeans
 from latentfss.datasets.images import read_mask
@@ -137,7 +137,13 @@ def test_clusters_use_base_classes_only(annotated, fold):
     clustered = set(protos["fg_class"][:][member].tolist())
     assert clustered <= set(base_classes(fold, 20))
     assert not clustered & set(novel_classes(fold, 20))  # no novel prototype is ever clustered
-    expected_members = np.isin(protos["fg_class"][:], base_classes(fold, 20)).sum()
+    train_set = group["train_set"][:]  # the images holding a base class with >= 30 pixels
+    index = read_index(annotated / "dataset")
+    pixels = index.pixels[index.pixels["image_id"].isin(index.split("train").index)]
+    large = pixels[pixels["class_id"].isin(base_classes(fold, 20)) & (pixels["pixels"] >= 30)]
+    assert train_set.tolist() == sorted(set(large["image_id"]))
+    in_set = np.isin(protos["image_id"][:][protos["fg_image"][:]], train_set)
+    expected_members = (np.isin(protos["fg_class"][:], base_classes(fold, 20)) & in_set).sum()
     assert len(member) == expected_members == group["assign"].shape[0]
     assert group["centroids"].shape == (4, 256) and group["centroids"].dtype == np.float32
     assert set(group["assign"][:].tolist()) <= {0, 1, 2}
@@ -151,15 +157,18 @@ def test_pseudo_masks_are_eq3_recomputed_independently(annotated):
     index = read_index(annotated / "dataset")
     masks, heights, widths = group["masks"], group["height"][:], group["width"][:]
     assert masks.dtype == np.uint8 and masks.chunks == (1, *masks.shape[1:])
-    assert group["image_id"][:].tolist() == features["image_id"][:].tolist()
-    for row in (0, 5, 23):
+    train_set = zarr.open_group(str(annotated / "fold0/clusters.zarr"), mode="r")["train_set"][:]
+    assert group["image_id"][:].tolist() == train_set.tolist()  # the fold's train set only
+    for row in (0, 5, len(train_set) - 1):
         record = index.images.loc[group["image_id"][row]]
         assert (heights[row], widths[row]) == (record["height"], record["width"])
-        f = features["feats"][row].astype(np.float32)
+        feature_row = features["image_id"][:].tolist().index(group["image_id"][row])
+        f = features["feats"][feature_row].astype(np.float32)
         f /= np.linalg.norm(f, axis=0, keepdims=True)
         r = reps / np.linalg.norm(reps, axis=1, keepdims=True)
         cos = torch.from_numpy(np.einsum("chw,kc->khw", f, r))[None]
-        up = F.interpolate(cos, size=(heights[row], widths[row]), mode="bilinear")[0]
+        up = F.interpolate(cos, size=(heights[row], widths[row]), mode="bilinear",
+                           align_corners=True)[0]  # fmt: skip
         labels = masks[row]
         assert np.array_equal(labels[: heights[row], : widths[row]], up.argmax(0).numpy())
         assert (labels[heights[row] :] == IGNORE).all() and (
@@ -176,7 +185,7 @@ def test_rerunning_a_stage_gives_identical_arrays(annotated, tmp_path):
         "fold0/clusters.zarr": ("cluster", "--index", annotated / "dataset", "--prototypes",
                                 annotated / "prototypes.zarr", "--fold", "0", "--out",
                                 tmp_path / "fold0/clusters.zarr", "--params",
-                                params(k=3, nredo=2), "--seed", "0"),
+                                params(k=3, nredo=2), "--protocol", PROTOCOL, "--seed", "0"),
     }  # fmt: skip
     for name, step in steps.items():
         assert cli(*step)[0] == 0
@@ -202,7 +211,8 @@ def test_unlabelled_images_join_the_pseudo_mask_store(annotated, tmp_path, tiny_
     assert group.attrs["unlabeled"] == [str(extra / "x0.jpg"), str(extra / "x1.jpg")]
     assert (group["masks"][-1][:33, :61] <= 3).all()
     labelled = zarr.open_group(str(annotated / "fold0/pseudo_masks.zarr"), mode="r")
-    assert np.array_equal(group["masks"][:24], labelled["masks"][:])
+    rows = labelled["image_id"].shape[0]  # the fold's train set, then the unlabelled images
+    assert np.array_equal(group["masks"][:rows], labelled["masks"][:])
 
 
 def test_zarr_round_trip_with_chunk_aligned_row_writes(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cli, params, write_metrics
-from latentfss.episodes import IGNORE, sample_test_episodes
+from conftest import PROTOCOL, cli, params, write_metrics
+from latentfss.episodes import IGNORE
 from latentfss.metrics import IoUMeter
 from latentfss.region_bank import RegionBank, inner_product_index
 
@@ -45,21 +45,6 @@ def test_accumulation_over_episodes_and_classes_by_hand():
     assert meter.per_class() == {1: 3 / 5, 2: 0.0}  # summed before dividing, per class
     assert meter.miou() == pytest.approx(0.3)
     assert meter.fbiou() == pytest.approx((4 / 8 + 3 / 7) / 2)  # bg: 4/8, fg: 3/7
-
-
-def test_test_episodes_follow_the_protocol_and_repeat():
-    lists = {1: np.array([3, 5, 7, 9]), 2: np.array([5, 11]), 3: np.array([4])}
-    episodes = sample_test_episodes(lists, shots=2, count=50, seed=0)
-    assert len(episodes) == 50
-    for _, e in episodes.iterrows():
-        supports = [int(s) for s in e["supports"].split()]
-        assert e["class_id"] == 1  # the only class with 3 images
-        assert e["query"] in lists[1] and set(supports) <= set(lists[1].tolist())
-        assert e["query"] not in supports and len(set(supports)) == 2
-    assert episodes.equals(sample_test_episodes(lists, 2, 50, 0))
-    assert not episodes.equals(sample_test_episodes(lists, 2, 50, 1))
-    with pytest.raises(ValueError, match="no novel class has 6 images"):
-        sample_test_episodes(lists, shots=5, count=1, seed=0)
 
 
 def test_faiss_returns_a_vector_as_its_own_nearest_neighbour():
@@ -97,13 +82,12 @@ def evaluated(annotated, tmp_path_factory):
         ("train", "--index", annotated / "dataset", "--encoder-init", annotated / "encoder_init.pt",
          "--pseudo-masks", annotated / "fold0/pseudo_masks.zarr", "--fold", "0", "--shot", "1",
          "--out", model, "--log-csv", out / "train.csv", "--protocol",
-         params(min_support_pixels=30),
+         PROTOCOL,
          "--params", params(iterations=3, batch_episodes=2, batch_pseudo=2, crop=48, workers=0)),
         ("build-bank", "--index", annotated / "dataset", "--model", model, "--pseudo-masks",
          annotated / "fold0/pseudo_masks.zarr", "--out", bank, "--params", params(input_size=64)),
         ("evaluate", "--index", annotated / "dataset", "--model", model, "--bank", bank,
-         "--fold", "0", "--shot", "1", "--out", eval_dir, "--protocol",
-         params(min_support_pixels=30),
+         "--fold", "0", "--shot", "1", "--out", eval_dir, "--protocol", PROTOCOL,
          "--params", params(episodes=12, seeds=[0, 1], input_size=64, batch_size=5, workers=0)),
         ("summarize", eval_dir / "metrics.json", "--csv", out / "summary.csv", "--md",
          out / "summary.md"),
@@ -114,11 +98,14 @@ def evaluated(annotated, tmp_path_factory):
 
 
 def test_bank_holds_every_train_image_and_its_regions(evaluated, annotated):
-    index = faiss.read_index(str(evaluated / "bank/images.faiss"))
-    assert index.ntotal == 24
     import zarr
 
+    train_set = zarr.open_group(str(annotated / "fold0/clusters.zarr"), mode="r")["train_set"][:]
+    assert 0 < len(train_set) <= 24
+    index = faiss.read_index(str(evaluated / "bank/images.faiss"))
+    assert index.ntotal == len(train_set)
     regions = zarr.open_group(str(evaluated / "bank/regions.zarr"), mode="r")
+    assert np.array_equal(regions["image_id"][:], train_set)
     labels, images = regions["label"][:], regions["image"][:]
     assert regions["prototypes"].shape == (len(labels), 256)
     assert set(labels.tolist()) <= {1, 2, 3} and (np.diff(images) >= 0).all()

@@ -15,7 +15,7 @@ from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
 from latentfss.ema import ModelEMA
 from latentfss.encoder import Encoder
-from latentfss.episodes import IGNORE, ProtocolConfig, base_classes, class_image_lists
+from latentfss.episodes import IGNORE, EpisodeSampler, ProtocolConfig, base_classes
 from latentfss.model import MatchingNet, ModelConfig, cosine_logits, segmentation_loss
 from latentfss.stages.train import TrainConfig, learning_rate, train
 
@@ -133,16 +133,15 @@ def test_episodes_follow_the_protocol(annotated):
     index = read_index(annotated / "dataset")
     train_ids = index.split("train").index
     pixels = index.pixels[index.pixels["image_id"].isin(train_ids)]
-    lists = class_image_lists(pixels, base_classes(0, 20), 50)
-    data = EpisodeSamples(index.images, lists, tuple(range(1, 6)), 20, shots=2, crop=48,
-                          scale=(1.0, 1.0), seed=0)  # fmt: skip
+    sampler = EpisodeSampler.from_pixels(pixels, base_classes(0, 20), 50, shots=2)
+    data = EpisodeSamples(index.images, sampler, 20, crop=48, scale=(1.0, 1.0), seed=0)
     for k in range(5):
         sample = data[k]
         assert sample["supports"].shape == (2, 3, 48, 48)
         assert set(sample["query_mask"].unique().tolist()) <= {0, 1, IGNORE}
         again = data[k]
         assert torch.equal(sample["query"], again["query"])  # sample k is always the same
-    pseudo = PseudoSamples(annotated / "fold0/pseudo_masks.zarr", index.images, 48, (1.0, 1.0), 0)
+    pseudo = PseudoSamples([annotated / "fold0/pseudo_masks.zarr"], index.images, 48, (1.0, 1.0), 0)
     sample = pseudo[3]
     assert (
         sample["image"].shape == (3, 48, 48)
@@ -155,13 +154,13 @@ def train_args(annotated, out, shot=1) -> argparse.Namespace:
     return argparse.Namespace(
         index=annotated / "dataset", encoder_init=annotated / "encoder_init.pt",
         pseudo_masks=annotated / "fold0/pseudo_masks.zarr", fold=0, shot=shot,
-        out=out / "model.pt", log_csv=out / "train.csv", seed=0, threads=1,
+        out=out / "model.pt", log_csv=out / "train.csv", seed=0, threads=1, remain=None,
     )  # fmt: skip
 
 
 TINY_TRAIN = TrainConfig(iterations=6, batch_episodes=2, batch_pseudo=2, crop=48, log_every=2,
                          checkpoint_every=2, workers=0)  # fmt: skip
-PROTOCOL = ProtocolConfig(min_support_pixels=50)
+PROTOCOL = ProtocolConfig(min_support_pixels=30)  # as the fixture clustered
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(annotated, tmp_path):
@@ -198,7 +197,7 @@ def test_training_without_mining_logs_no_pseudo_loss(annotated, tmp_path, capsys
                     "--out", tmp_path / "model.pt", "--log-csv", tmp_path / "train.csv",
                     "--params", params(iterations=2, batch_episodes=2, crop=48, log_every=1,
                                        workers=0),
-                    "--model", params(mine=False), "--protocol", params(min_support_pixels=50),
+                    "--model", params(mine=False), "--protocol", params(min_support_pixels=30),
                     capsys=capsys)  # fmt: skip
     assert code == 0, err
     assert (pd.read_csv(tmp_path / "train.csv")["loss_pseudo"] == 0).all()

@@ -27,8 +27,9 @@ TINY_CONFIG = {
     "cluster": {"k": 3, "nredo": 2},
     "train": {"iterations": 2, "batch_episodes": 2, "batch_pseudo": 2, "crop": 48, "workers": 0},
     "evaluate": {"episodes": 4, "seeds": [0], "input_size": 64, "batch_size": 4, "workers": 0},
-    "ablations": [{"fg_rectify": False, "bg_rectify": False, "mine": False}],
-}
+    "ablations": [{"fg_rectify": False, "bg_rectify": False, "mine": False},
+                  {"fg_rectify": True, "bg_rectify": True, "mine": True, "remain": True}],
+}  # fmt: skip
 
 
 def snakemake(workdir: Path, *args: str, config: dict | None = None, presets=()) -> tuple[int, str]:
@@ -81,18 +82,22 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
                  "fold1/pseudo_masks.zarr", "benchmarks/prepare.tsv", "fold0/shot5/model.pt",
                  "fold1/shot1/train.csv", "fold1/pseudo_masks.png", "fold1/shot5/bank",
                  "fold0/shot1/eval/episodes_seed0.csv", "summary.csv", "summary.md",
-                 "ablations/bg0_mine0/fold1/shot5/model.pt",
-                 "ablations/fg0_bg0_mine0/fold0/shot1/eval/metrics.json"):  # fmt: skip
+                 "ablations/bg0_mine0_remain0/fold1/shot5/model.pt",
+                 "ablations/fg0_bg0_mine0_remain0/fold0/shot1/eval/metrics.json",
+                 "fold1/remain/pseudo_masks.zarr", "ablations/bg1_mine1_remain1/fold0/shot1/bank",
+                 "ablations/fg1_bg1_mine1_remain1/fold1/shot5/eval/metrics.json"):  # fmt: skip
         assert (results / path).exists(), path
     assert not (results / "fold2").exists()  # only the configured folds
-    assert not (results / "ablations/bg0_mine0/fold0/shot1/bank").exists()  # fg off: no bank
+    assert not (results / "ablations/bg0_mine0_remain0/fold0/shot1/bank").exists()  # fg off
     summary = (results / "summary.md").read_text()
     assert "5-shot mean" in summary and "## Ablations" in summary
+    assert "| Trainset + Remain | 5 |" in summary  # Table 5
     assert (results / "training.png").stat().st_size > 0
     benchmarks = pd.read_csv(results / "benchmarks.csv")
     jobs_timed = set(benchmarks["job"])
-    assert {"prepare", "train_fold1_shot5", "train_bg0_mine0_fold0_shot1",
-            "evaluate_fg0_bg0_mine0_fold1_shot5", "total (sequential)"} <= jobs_timed  # fmt: skip
+    assert {"prepare", "train_fold1_shot5", "train_bg0_mine0_remain0_fold0_shot1",
+            "evaluate_fg0_bg0_mine0_remain0_fold1_shot5", "write_pseudo_masks_fold0_remain",
+            "total (sequential)"} <= jobs_timed  # fmt: skip
     assert "results table results/synthetic/summary.md" in out  # the closing message
     report = tmp_path / "report.html"
     code, out = snakemake(tmp_path, "--report", str(report), config=TINY_CONFIG)
@@ -104,13 +109,13 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
 
     # editing a section re-runs exactly the jobs that read it (and the tables that list them)
     tables = {"summarize", "inspect_benchmarks"}
-    after = {"build_bank", "evaluate", "evaluate_ablation", *tables}
+    after = {"build_bank", "build_bank_ablation", "evaluate", "evaluate_ablation", *tables}
     trained = {"train", "train_ablation", "inspect_training", *after}
     for section, edit, expected in [
         ("evaluate", {"episodes": 7}, {"evaluate", "evaluate_ablation", *tables}),
         ("train", {"iterations": 3}, trained),
-        ("cluster", {"k": 2}, {"cluster", "write_pseudo_masks", "inspect_pseudo_masks",
-                              "inspect_prototypes", *trained}),
+        ("cluster", {"k": 2}, {"cluster", "write_pseudo_masks", "write_pseudo_masks_remain",
+                              "inspect_pseudo_masks", "inspect_prototypes", *trained}),
     ]:  # fmt: skip
         edited = {**TINY_CONFIG, section: {**TINY_CONFIG.get(section, {}), **edit}}
         code, out = snakemake(tmp_path, "-n", config=edited)
@@ -200,6 +205,16 @@ def test_table3_preset_adds_one_run_per_row_and_trains_only_new_models(tmp_path)
     assert counts["build_bank_ablation"] == "8"  # rows with FG on a new model: 100, 110
 
 
+def test_table5_preset_trains_the_none_and_remain_rows(tmp_path):
+    code, out = snakemake(tmp_path, "-n", "--quiet", "rules",
+                          presets=["config.yaml", "workflow/presets/table5.yaml"])  # fmt: skip
+    assert code == 0, out
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
+    assert counts["write_pseudo_masks_remain"] == "4"  # Remain is pseudo-labelled per fold
+    assert counts["train_ablation"] == "8"  # (bg, mine, remain) = 100 and 111 per fold
+    assert counts["build_bank_ablation"] == "4" and counts["evaluate_ablation"] == "8"
+
+
 @pytest.mark.parametrize("gpu", [True, False])
 def test_default_profile_queues_gpu_jobs_one_at_a_time_on_a_gpu_machine(tmp_path, gpu):
     import yte
@@ -236,7 +251,7 @@ def test_slurm_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(tmp_path):
 def test_every_rule_declares_what_a_scheduler_needs():
     rules = "".join(p.read_text() for p in sorted((REPO / "workflow/rules").glob("*.smk")))
     blocks = re.split(r"\n(?= *rule | *use rule )", rules)[1:]
-    assert len(blocks) == 17
+    assert len(blocks) == 18
     for block in blocks:
         if block.lstrip().startswith("use rule"):
             continue  # inherits the directives it does not override

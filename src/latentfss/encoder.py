@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from latentfss.errors import InputError
+from latentfss.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,24 @@ class Encoder(nn.Module):
 
 
 @torch.no_grad()
+def encode_each(encoder: Encoder, images: Sequence[torch.Tensor],
+                normalise: Normalise) -> list[torch.Tensor]:  # fmt: skip
+    """Float32 layer3 features (C, h, w) of each uint8 (3, H, W) image. Images of one size go
+    through the encoder together (bf16 autocast on CUDA), so a batch of episodes whose images
+    differ in size (`evaluate.resize: none`) costs one pass per distinct size."""
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape), []).append(i)
+    feats: list[torch.Tensor] = [torch.empty(0)] * len(images)
+    for members in by_size.values():
+        batch = normalise(normalise.unit(torch.stack([images[i] for i in members])))
+        with autocast(normalise.device):
+            out = encoder(batch.contiguous(memory_format=torch.channels_last)).float()
+        for i, f in zip(members, out, strict=True):
+            feats[i] = f
+    return feats
+
+
 def calibrate_batchnorm(encoder: Encoder, batches: Iterable[torch.Tensor]) -> int:
     """Data-dependent initialisation for random weights: every BatchNorm's running mean and
     variance become the statistics of its input over `batches` (normalised images), so each

@@ -52,56 +52,97 @@ def base_classes(fold: int, num_classes: int, split: str = "consecutive") -> tup
 def class_image_lists(
     pixels: pd.DataFrame, classes: tuple[int, ...] | list[int], min_pixels: int
 ) -> dict[int, np.ndarray]:
-    """For each class, the sorted image indices in which it covers at least `min_pixels` pixels.
+    """For each class, the sorted image ids in which it covers at least `min_pixels` pixels:
+    the images that may serve as its supports.
 
-    `pixels` is the prepared index's long table (columns image_id, class_id, pixels). Following
-    PFENet, an image holds a class for episodes only when the class covers >= 2x32x32 pixels
-    on real data (small objects make supports that carry no signal).
+    `pixels` is the prepared index's long table (columns image_id, class_id, pixels). Both
+    references (PFENet's `make_dataset`, the authors' `FewShot`) take a support only where its
+    class covers >= 2x32x32 pixels on real data, following Shaban et al.
     """
     kept = pixels[pixels["pixels"] >= min_pixels]
     return {c: np.sort(kept.loc[kept["class_id"] == c, "image_id"].to_numpy()) for c in classes}
 
 
-def training_mask(mask: np.ndarray, novel: tuple[int, ...] | list[int]) -> np.ndarray:
-    """A training image's label map with the fold's novel classes turned into background (0).
+def fold_images(pixels: pd.DataFrame, classes: tuple[int, ...] | list[int],
+                min_pixels: int) -> np.ndarray:  # fmt: skip
+    """Sorted ids of the images holding at least one of `classes` with >= `min_pixels` pixels.
 
-    Novel objects stay in the pixels of training images but no label may reveal them: this is
-    the "latent class" the mining branch discovers. IGNORE (255) stays ignored.
+    With a fold's base classes over the train split this is the fold's train set, the only
+    images that training episodes, the mining stream and the region bank use (PFENet's
+    `make_dataset`, the authors' `_filter_ids`); the other train images are the paper's
+    "Remain" (Table 5). With the novel classes over the val split, the test queries.
     """
-    out = mask.copy()
-    out[np.isin(mask, novel)] = 0
-    return out
+    lists = class_image_lists(pixels, classes, min_pixels).values()
+    return np.unique(np.concatenate([np.zeros(0, np.int64), *lists]))
+
+
+@dataclass(frozen=True)
+class EpisodeSampler:
+    """1-way K-shot episodes drawn as both references draw them (the authors' `FewShot`,
+    PFENet's `SemData`), for training and test alike:
+
+    1. the query uniform over the images holding one of the classes with >= min_pixels;
+    2. the class uniform among those classes present in the query, at any size;
+    3. `shots` distinct supports uniform among the other images where it covers >= min_pixels.
+
+    A class with fewer than `shots` such other images cannot be drawn for a query (the
+    references would loop forever; on PASCAL and COCO every class has hundreds).
+    """
+
+    queries: np.ndarray  # (Q,) image ids
+    choices: tuple[np.ndarray, ...]  # per query, the classes it may be drawn with
+    supports: dict[int, np.ndarray]  # per class, the images it may be supported by
+    shots: int
+
+    @classmethod
+    def from_pixels(cls, pixels: pd.DataFrame, classes: tuple[int, ...] | list[int],
+                    min_pixels: int, shots: int) -> EpisodeSampler:  # fmt: skip
+        """`pixels`: the index's long table restricted to one split."""
+        supports = class_image_lists(pixels, classes, min_pixels)
+        present = pixels[pixels["class_id"].isin(classes)]
+        # a class's supports besides the query: its list, less the query where it is listed
+        others = present["class_id"].map({c: len(ids) for c, ids in supports.items()}) - (
+            present["pixels"] >= min_pixels
+        )
+        queries = fold_images(pixels, classes, min_pixels)
+        drawable = present[(others >= shots) & present["image_id"].isin(queries)]
+        by_query = drawable.sort_values(["image_id", "class_id"]).groupby("image_id")
+        choices = {image: group.to_numpy() for image, group in by_query["class_id"]}
+        if not choices:
+            raise ValueError(f"no class has {shots} support images besides a query")
+        queries = np.array(sorted(choices))
+        return cls(queries, tuple(choices[q] for q in queries.tolist()), supports, shots)
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int, list[int]]:
+        """-> (query, class_id, supports) image ids and class."""
+        q = int(rng.integers(len(self.queries)))
+        class_id = int(self.choices[q][rng.integers(len(self.choices[q]))])
+        others = self.supports[class_id][self.supports[class_id] != self.queries[q]]
+        supports = rng.choice(others, self.shots, replace=False)
+        return int(self.queries[q]), class_id, supports.tolist()
 
 
 def binary_mask(mask: np.ndarray, class_id: int) -> np.ndarray:
-    """An episode's label: 1 where `class_id`, 0 elsewhere, IGNORE where the mask ignores."""
+    """An episode's label: 1 where `class_id`, 0 elsewhere, IGNORE where the mask ignores.
+
+    Every other class is background, the fold's novel classes in training images included,
+    as in both references: novel objects stay in the pixels of training images but no label
+    reveals them (the latent classes the mining branch discovers).
+    """
     out = (mask == class_id).astype(np.uint8)
     out[mask == IGNORE] = IGNORE
     return out
 
 
-def sample_test_episodes(class_lists: dict[int, np.ndarray], shots: int, count: int,
-                         seed: int) -> pd.DataFrame:  # fmt: skip
-    """`count` test episodes, following PFENet's protocol: a query image holding a novel class
-    (with at least min_support_pixels of it, as in `class_lists`), the class drawn among those
-    it holds, and `shots` distinct support images of the class other than the query.
+def sample_test_episodes(sampler: EpisodeSampler, count: int, seed: int) -> pd.DataFrame:
+    """`count` test episodes of one seed, drawn in order from one generator (the protocol of
+    the authors' main.py: 1000 / 4000 per seed, seeds 0-4).
 
     -> columns episode, query, class_id, supports (image_ids separated by spaces).
     """
-    usable = {c: ids for c, ids in class_lists.items() if len(ids) > shots}
-    if not usable:
-        raise ValueError(f"no novel class has {shots + 1} images to make an episode")
-    holders: dict[int, list[int]] = {}
-    for class_id, ids in sorted(usable.items()):
-        for image in ids.tolist():
-            holders.setdefault(image, []).append(class_id)
-    queries = np.array(sorted(holders))
-    rng = np.random.default_rng([seed, shots])
+    rng = np.random.default_rng([seed, sampler.shots])
     rows = []
     for episode in range(count):
-        query = int(queries[rng.integers(len(queries))])
-        class_id = holders[query][rng.integers(len(holders[query]))]
-        others = usable[class_id][usable[class_id] != query]
-        supports = rng.choice(others, shots, replace=False)
-        rows.append((episode, query, class_id, " ".join(map(str, supports.tolist()))))
+        query, class_id, supports = sampler.draw(rng)
+        rows.append((episode, query, class_id, " ".join(map(str, supports))))
     return pd.DataFrame(rows, columns=["episode", "query", "class_id", "supports"])

@@ -12,6 +12,7 @@ from torch import nn
 from latentfss.encoder import Encoder
 from latentfss.episodes import IGNORE
 from latentfss.errors import InputError
+from latentfss.prototypes import upsample
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,15 @@ class MatchingNet(nn.Module):
         bg = pool(flat, bg_w).view(b, k, c).mean(dim=1)
         return fg, bg
 
+    def shot_prototypes(self, feats: list[torch.Tensor], masks: list[torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """`support_prototypes` of one episode whose K shots may differ in size: feats K x
+        (C, h_k, w_k), masks K x (H_k, W_k) -> fg, bg (C,)."""
+        shots = [self.support_prototypes(f[None, None], m[None, None].to(f.device))
+                 for f, m in zip(feats, masks, strict=True)]  # fmt: skip
+        fg, bg = (torch.stack([s[i][0] for s in shots]).mean(dim=0) for i in (0, 1))
+        return fg, bg
+
     def background(self, current: torch.Tensor) -> torch.Tensor:
         """Eq. 7: w * p_global + (1 - w) * p_current (the current one alone before any update
         or without bg_rectify). current (B, C) -> (B, C)."""
@@ -138,8 +148,7 @@ class MatchingNet(nn.Module):
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of grid logits (B, P, h, w) upsampled to the labels (B, H, W), 255 ignored
     (Eq. 4 for episodes; L_pseudo for the mining branch)."""
-    up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear",
-                       align_corners=False)  # fmt: skip
+    up = upsample(logits.float(), labels.shape[-2:])
     return F.cross_entropy(up, labels.long(), ignore_index=IGNORE)
 
 

@@ -44,6 +44,12 @@ def nearest_representative(feats: torch.Tensor, reps: torch.Tensor,
     are upsampled bilinearly to (H, W) before the argmax, so labels follow the image's pixels.
     """
     cos = torch.einsum("bchw,kc->bkhw", F.normalize(feats, dim=1), F.normalize(reps, dim=1))
-    if size is not None:
-        cos = F.interpolate(cos, size=size, mode="bilinear", align_corners=False)
-    return cos.argmax(dim=1)
+    return (cos if size is None else upsample(cos, size)).argmax(dim=1)
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Feature-grid maps (B, P, h, w) -> (B, P, H, W), bilinear with align_corners=True, as the
+    authors' code and PFENet upsample logits. The encoder's cell i is centred on pixel 8i
+    (each of its three stride-2 layers centres output j on input 2j), so this is exact for
+    sides 8(h - 1) + 1, such as their 473 (h = 60), and within 7 pixels for any other."""
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)

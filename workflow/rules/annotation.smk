@@ -1,5 +1,5 @@
-# Offline annotation (section 3.3.1): features -> prototypes -> per fold K+1 representatives
-# -> pseudo masks.
+# Offline annotation (section 3.3.1): features -> prototypes -> per fold the train set and its
+# K+1 representatives -> pseudo masks.
 
 
 rule extract_features:
@@ -72,7 +72,7 @@ rule cluster:
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         cluster=section("cluster"),
-        protocol=section("protocol", keep=["class_split"]),
+        protocol=section("protocol"),
         seed=config["seed"],
     shell:
         "latentfss cluster --index {params.index:q} --prototypes {input.prototypes:q}"
@@ -100,12 +100,27 @@ rule write_pseudo_masks:
         runtime=120,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
+        images="train_set",
         unlabeled=config["mining"]["unlabeled"],
     shell:
         "latentfss write-pseudo-masks --index {params.index:q} --features {input.features:q}"
-        " --clusters {input.clusters:q} --out {output.masks:q} --unlabeled {params.unlabeled:q}"
-        " --encoder-init {input.encoder_init:q} --threads {threads}"
-        " > {log:q} 2>&1"
+        " --clusters {input.clusters:q} --out {output.masks:q} --images {params.images}"
+        " --unlabeled {params.unlabeled:q} --encoder-init {input.encoder_init:q}"
+        " --threads {threads} > {log:q} 2>&1"
+
+
+# The fold's Remain (train images without a large base class), for runs with mining.remain.
+use rule write_pseudo_masks as write_pseudo_masks_remain with:
+    output:
+        masks=directory(f"{RESULTS}/fold{{fold}}/remain/pseudo_masks.zarr"),
+    log:
+        f"logs/write_pseudo_masks/{DATASET}_fold{{fold}}_remain.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/write_pseudo_masks_fold{{fold}}_remain.tsv"
+    params:
+        index=lambda wildcards, input: Path(input.images).parent,
+        images="remain",
+        unlabeled=[],
 
 
 rule inspect_pseudo_masks:

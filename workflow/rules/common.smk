@@ -39,6 +39,7 @@ wildcard_constraints:
     fg="[01]",
     bg="[01]",
     mine="[01]",
+    remain="[01]",
 
 
 def section(name, keep=None, drop=()):
@@ -58,34 +59,51 @@ def features_output():
     return temp(store) if config["annotation"]["temporary_features"] else store
 
 
-# Table 3 (ablations): a run is named by its switches fg (evaluate.fg_rectify), bg
-# (model.bg_rectify) and mine (model.mine) as 0/1. bg and mine change training, fg only
-# inference, so runs that differ in fg share a model; the main run is the row of the config's
-# own switches, and its artifacts keep the plain fold{f}/shot{k} paths.
-MAIN = {
-    "fg": int(config["evaluate"]["fg_rectify"]),
-    "bg": int(config["model"]["bg_rectify"]),
-    "mine": int(config["model"]["mine"]),
-}
-ABLATION_MODEL = f"{RESULTS}/ablations/bg{{bg}}_mine{{mine}}/fold{{fold}}/shot{{shot}}"
+# Tables 3 and 5 (ablations): a run is named by its switches fg (evaluate.fg_rectify), bg
+# (model.bg_rectify), mine (model.mine) and remain (mining.remain: Remain joins the mining
+# stream; it means nothing without mining, so it is off there) as 0/1. bg, mine and remain
+# change training, fg only inference, so runs that differ in fg share a model; the main run is
+# the row of the config's own switches, and its artifacts keep the plain fold{f}/shot{k} paths.
+def switches(fg, bg, mine, remain):
+    return (int(fg), int(bg), int(mine), int(remain and mine))
+
+
+MAIN = dict(
+    zip(
+        ("fg", "bg", "mine", "remain"),
+        switches(
+            config["evaluate"]["fg_rectify"],
+            config["model"]["bg_rectify"],
+            config["model"]["mine"],
+            config["mining"]["remain"],
+        ),
+    )
+)
+ABLATION_RUN = "bg{bg}_mine{mine}_remain{remain}"
+ABLATION_MODEL = f"{RESULTS}/ablations/{ABLATION_RUN}/fold{{fold}}/shot{{shot}}"
 ABLATION_EVAL = (
-    f"{RESULTS}/ablations/fg{{fg}}_bg{{bg}}_mine{{mine}}/fold{{fold}}/shot{{shot}}/eval"
+    f"{RESULTS}/ablations/fg{{fg}}_{ABLATION_RUN}/fold{{fold}}/shot{{shot}}/eval"
 )
 ABLATIONS = sorted(
     {
-        (int(a["fg_rectify"]), int(a["bg_rectify"]), int(a["mine"]))
+        switches(
+            a["fg_rectify"],
+            a["bg_rectify"],
+            a["mine"],
+            a.get("remain", config["mining"]["remain"]),
+        )
         for a in config["ablations"]
     }
     - {tuple(MAIN.values())}
 )
 
-# (bg, mine) of the models the ablations train, and of those whose region bank they use
+# (bg, mine, remain) of the models the ablations train, and of those whose region bank they use
 ABLATION_MODELS = sorted(
-    {(bg, mine) for _, bg, mine in ABLATIONS} - {(MAIN["bg"], MAIN["mine"])}
+    {run[1:] for run in ABLATIONS} - {(MAIN["bg"], MAIN["mine"], MAIN["remain"])}
 )
-ABLATION_BANKS = sorted(
-    {(bg, mine) for fg, bg, mine in ABLATIONS if fg} & set(ABLATION_MODELS)
-)
+ABLATION_BANKS = sorted({run[1:] for run in ABLATIONS if run[0]} & set(ABLATION_MODELS))
+# Remain's pseudo masks are made only when a run mines them
+REMAIN = bool(MAIN["remain"] or any(run[3] for run in ABLATIONS))
 
 
 def switch(wildcards, name):
@@ -107,16 +125,39 @@ def evaluate_params(wildcards):
     return json.dumps(values, sort_keys=True)
 
 
+def train_inputs(wildcards):
+    """The fold's annotation and, when the run mines Remain, its pseudo masks."""
+    inputs = {
+        "images": rules.prepare.output.images,
+        "encoder_init": rules.extract_features.output.encoder_init,
+        "pseudo_masks": f"{RESULTS}/fold{wildcards.fold}/pseudo_masks.zarr",
+    }
+    if switch(wildcards, "remain"):
+        inputs["remain"] = f"{RESULTS}/fold{wildcards.fold}/remain/pseudo_masks.zarr"
+    return inputs
+
+
+def run_dir(wildcards):
+    """Where the model (and bank) of the job's bg, mine and remain live."""
+    names = ("bg", "mine", "remain")
+    values = {name: switch(wildcards, name) for name in names}
+    if values == {name: MAIN[name] for name in names}:
+        return f"{RESULTS}/fold{wildcards.fold}/shot{wildcards.shot}"
+    return ABLATION_MODEL.format(**values, fold=wildcards.fold, shot=wildcards.shot)
+
+
 def evaluate_inputs(wildcards):
-    """The model with the job's bg and mine and, when fg is on, its region bank."""
-    bg, mine = switch(wildcards, "bg"), switch(wildcards, "mine")
-    run = f"{RESULTS}/fold{wildcards.fold}/shot{wildcards.shot}"
-    if (bg, mine) != (MAIN["bg"], MAIN["mine"]):
-        run = ABLATION_MODEL.format(
-            bg=bg, mine=mine, fold=wildcards.fold, shot=wildcards.shot
-        )
+    """The model of the job's switches and, when fg is on, its region bank."""
+    run = run_dir(wildcards)
     inputs = {"images": rules.prepare.output.images, "model": f"{run}/model.pt"}
     return {**inputs, "bank": f"{run}/bank"} if switch(wildcards, "fg") else inputs
+
+
+def optional_flag(name):
+    """A params function: `--name PATH` when the job has input `name`, else nothing."""
+    return lambda wildcards, input: (
+        f"--{name} {shlex.quote(input[name])}" if name in input.keys() else ""
+    )
 
 
 # Every job of the DAG, for rule all and the benchmark table (deleting any artifact re-runs
@@ -130,21 +171,31 @@ def jobs():
     steps += [(rules.prepare, once), (rules.extract_features, once)]
     steps += [(rules.pool_prototypes, once)]
     steps += [(rules.cluster, per_fold), (rules.write_pseudo_masks, per_fold)]
+    steps += [(rules.write_pseudo_masks_remain, per_fold)] if REMAIN else []
     steps += [
         (rules.inspect_pseudo_masks, per_fold),
         (rules.inspect_prototypes, per_fold),
     ]
     steps += [(rules.train, runs), (rules.evaluate, runs)]
     steps += [(rules.build_bank, runs)] if MAIN["fg"] else []
-    for step, pairs in (
+    for step, models in (
         (rules.train_ablation, ABLATION_MODELS),
         (rules.build_bank_ablation, ABLATION_BANKS),
     ):
         steps.append(
-            (step, [{"bg": b, "mine": m, **r} for b, m in pairs for r in runs])
+            (
+                step,
+                [
+                    dict(zip(("bg", "mine", "remain"), model), **r)
+                    for model in models
+                    for r in runs
+                ],
+            )
         )
     variants = [
-        {"fg": f, "bg": b, "mine": m, **r} for f, b, m in ABLATIONS for r in runs
+        dict(zip(("fg", "bg", "mine", "remain"), run), **r)
+        for run in ABLATIONS
+        for r in runs
     ]
     steps.append((rules.evaluate_ablation, variants))
     steps += [(rules.summarize, once), (rules.inspect_training, once)]

@@ -21,7 +21,9 @@ rule build_bank:
         runtime=120,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
-        evaluate=section("evaluate", keep=["input_size", "batch_size"]),
+        evaluate=section(
+            "evaluate", keep=["resize", "input_size", "batch_size", "workers"]
+        ),
     shell:
         "latentfss build-bank --index {params.index:q} --model {input.model:q}"
         " --pseudo-masks {input.pseudo_masks:q} --out {output.bank:q}"
@@ -36,9 +38,9 @@ use rule build_bank as build_bank_ablation with:
     output:
         bank=directory(f"{ABLATION_MODEL}/bank"),
     log:
-        f"logs/build_bank/{DATASET}_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.log",
+        f"logs/build_bank/{DATASET}_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/build_bank_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.tsv"
+        f"{RESULTS}/benchmarks/build_bank_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.tsv"
 
 
 rule evaluate:
@@ -67,9 +69,7 @@ rule evaluate:
         out=lambda wildcards, output: Path(output.metrics).parent,
         evaluate=evaluate_params,
         protocol=section("protocol"),
-        bank=lambda wildcards, input: (
-            f"--bank {shlex.quote(input.bank)}" if "bank" in input.keys() else ""
-        ),
+        bank=optional_flag("bank"),
     shell:
         "latentfss evaluate --index {params.index:q} --model {input.model:q} {params.bank}"
         " --fold {wildcards.fold} --shot {wildcards.shot} --out {params.out:q}"
@@ -77,7 +77,7 @@ rule evaluate:
         " > {log:q} 2>&1"
 
 
-# A Table 3 row: evaluation with its switches (its model from train or train_ablation).
+# A Table 3 or 5 row: evaluation with its switches (its model from train or train_ablation).
 use rule evaluate as evaluate_ablation with:
     output:
         metrics=f"{ABLATION_EVAL}/metrics.json",
@@ -88,9 +88,9 @@ use rule evaluate as evaluate_ablation with:
             allow_missing=True,
         ),
     log:
-        f"logs/evaluate/{DATASET}_fg{{fg}}_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.log",
+        f"logs/evaluate/{DATASET}_fg{{fg}}_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_fg{{fg}}_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate_fg{{fg}}_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.tsv"
 
 
 rule summarize:

@@ -3,9 +3,7 @@
 
 rule train:
     input:
-        images=rules.prepare.output.images,
-        encoder_init=rules.extract_features.output.encoder_init,
-        pseudo_masks=rules.write_pseudo_masks.output.masks,
+        unpack(train_inputs),
     output:
         model=f"{RESULTS}/fold{{fold}}/shot{{shot}}/model.pt",
         log_csv=f"{RESULTS}/fold{{fold}}/shot{{shot}}/train.csv",
@@ -25,21 +23,23 @@ rule train:
         train=section("train"),
         model=model_params,
         protocol=section("protocol"),
+        remain=optional_flag("remain"),
         seed=config["seed"],
     shell:
         "latentfss train --index {params.index:q} --encoder-init {input.encoder_init:q}"
-        " --pseudo-masks {input.pseudo_masks:q} --fold {wildcards.fold} --shot {wildcards.shot}"
+        " --pseudo-masks {input.pseudo_masks:q} {params.remain}"
+        " --fold {wildcards.fold} --shot {wildcards.shot}"
         " --out {output.model:q} --log-csv {output.log_csv:q} --params {params.train:q}"
         " --model {params.model:q} --protocol {params.protocol:q} --seed {params.seed}"
         " --threads {threads} > {log:q} 2>&1"
 
 
-# A Table 3 row's model: the same training with its bg_rectify and mine.
+# A Table 3 or 5 row's model: the same training with its bg_rectify, mine and remain.
 use rule train as train_ablation with:
     output:
         model=f"{ABLATION_MODEL}/model.pt",
         log_csv=f"{ABLATION_MODEL}/train.csv",
     log:
-        f"logs/train/{DATASET}_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.log",
+        f"logs/train/{DATASET}_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train_bg{{bg}}_mine{{mine}}_fold{{fold}}_shot{{shot}}.tsv"
+        f"{RESULTS}/benchmarks/train_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.tsv"

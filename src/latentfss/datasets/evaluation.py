@@ -1,5 +1,8 @@
-"""Test episodes as tensors: query and supports resized to the input size, the query's label at
-its original resolution (predictions are scored there, as in the paper)."""
+"""What the network sees at test time (`evaluate.resize`), and test episodes as tensors.
+
+The query's label stays at its original resolution: predictions are scored there, as in the
+paper ("evaluated on their original resolution") and both references.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +13,67 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from latentfss.datasets.images import read_image, read_mask
-from latentfss.episodes import binary_mask
+from latentfss.episodes import IGNORE, binary_mask
+
+RESIZE_MODES = ("none", "pfenet", "square")
 
 
-def resized(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H, W, 3), (H, W) -> (3, S, S) uint8 image (bilinear) and (S, S) mask (nearest)."""
-    image = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
-    mask = Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST)
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1), torch.from_numpy(np.array(mask))
+def _resize(image: np.ndarray, mask: np.ndarray, height: int,
+            width: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    if image.shape[:2] == (height, width):
+        return image, mask
+    image = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+    mask = Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(image), np.asarray(mask)
+
+
+def pfenet_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """PFENet's test_Resize: an image whose long side exceeds `size` is scaled to it, keeping
+    its aspect ratio, each side then floored to a multiple of 8; a smaller one keeps its size."""
+    long = max(height, width)
+    if long <= size:
+        return height, width
+    scaled = (size if side == long else int(side * size / long) for side in (height, width))
+    return tuple(max(8, side // 8 * 8) for side in scaled)
+
+
+def network_input(image: np.ndarray, mask: np.ndarray, mode: str,
+                  size: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:  # fmt: skip
+    """(H, W, 3) uint8 image and (H, W) mask -> the network's (3, h, w) uint8 image, its (h, w)
+    mask and (h', w'), the top-left part of (h, w) that the image covers (the rest is padding).
+
+    none:   as they are (the authors' test loader: batch 1, no resize);
+    square: (size, size), the aspect ratio lost;
+    pfenet: `pfenet_size`, zero-padded to (size, size), the mask's padding IGNORE (PFENet's
+            test: padded support pixels count for neither foreground nor background).
+    Images are resized bilinearly, masks by nearest neighbour.
+    """
+    if mode == "none":
+        covered = image.shape[:2]
+    elif mode == "square":
+        image, mask = _resize(image, mask, size, size)
+        covered = (size, size)
+    elif mode == "pfenet":
+        covered = pfenet_size(*image.shape[:2], size)
+        small_image, small_mask = _resize(image, mask, *covered)
+        image = np.zeros((size, size, 3), np.uint8)
+        mask = np.full((size, size), IGNORE, np.uint8)
+        image[: covered[0], : covered[1]] = small_image
+        mask[: covered[0], : covered[1]] = small_mask
+    else:
+        raise ValueError(f"unknown resize mode {mode!r} ({' | '.join(RESIZE_MODES)})")
+    image = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # a writable copy
+    return image, torch.from_numpy(np.array(mask)), tuple(covered)
 
 
 class TestEpisodes(Dataset):
+    """Episode i: the query and supports as the network sees them (`network_input`), the
+    supports' binary masks likewise, and the query's binary label at its original `size`."""
+
     def __init__(self, episodes: pd.DataFrame, images: pd.DataFrame, num_classes: int,
-                 size: int) -> None:  # fmt: skip
+                 resize: str, size: int) -> None:  # fmt: skip
         self.episodes, self.paths = episodes.reset_index(drop=True), images[["image", "mask"]]
-        self.num_classes, self.size = num_classes, size
+        self.num_classes, self.resize, self.size = num_classes, resize, size
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -35,20 +84,16 @@ class TestEpisodes(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row = self.episodes.loc[i]
-        image, label = self._load(row["query"], row["class_id"])
-        query, _ = resized(image, label, self.size)
-        shots = [resized(*self._load(int(s), row["class_id"]), self.size)
+        class_id = int(row["class_id"])
+        image, label = self._load(int(row["query"]), class_id)
+        query, _, covered = network_input(image, label, self.resize, self.size)
+        shots = [network_input(*self._load(int(s), class_id), self.resize, self.size)
                  for s in str(row["supports"]).split()]  # fmt: skip
-        return {"query": query, "label": torch.from_numpy(label),
-                "supports": torch.stack([s[0] for s in shots]),
-                "support_masks": torch.stack([s[1] for s in shots]),
-                "class_id": int(row["class_id"])}  # fmt: skip
+        return {"query": query, "covered": covered, "size": label.shape,
+                "label": torch.from_numpy(label), "supports": [s[0] for s in shots],
+                "support_masks": [s[1] for s in shots], "class_id": class_id}  # fmt: skip
 
 
-def collate(samples: list[dict]) -> dict:
-    """Stack the fixed-size tensors; labels keep their own sizes (a list)."""
-    return {"query": torch.stack([s["query"] for s in samples]),
-            "supports": torch.stack([s["supports"] for s in samples]),
-            "support_masks": torch.stack([s["support_masks"] for s in samples]),
-            "labels": [s["label"] for s in samples],
-            "class_ids": [s["class_id"] for s in samples]}  # fmt: skip
+def collate(episodes: list[dict]) -> list[dict]:
+    """A batch is a list of episodes: their images may differ in size."""
+    return episodes

@@ -17,26 +17,19 @@ from torch.utils.data import Dataset
 
 from latentfss.augment import scale_crop_flip
 from latentfss.datasets.images import read_image, read_mask
-from latentfss.episodes import binary_mask, training_mask
-from latentfss.errors import InputError
+from latentfss.episodes import EpisodeSampler, binary_mask
 
 EPISODES, PSEUDO = 0, 1  # stream ids in the generators' seeds
 
 
 class EpisodeSamples(Dataset):
-    """Sample k: a base class c, a query and `shots` other support images holding c, with the
-    episode's binary labels (c = 1, every other class 0, 255 ignored; novel classes are already
-    background, as in every training image)."""
+    """Sample k: an episode of the fold's base classes drawn by `sampler` (a query and `shots`
+    supports of one class), with its binary labels (the class = 1, every other pixel 0, 255
+    ignored), each image jointly rescaled, cropped and flipped with its label."""
 
-    def __init__(self, images: pd.DataFrame, class_lists: dict[int, np.ndarray],
-                 novel: tuple[int, ...], num_classes: int, shots: int, crop: int,
-                 scale: tuple[float, float], seed: int) -> None:  # fmt: skip
-        self.lists = {c: ids for c, ids in class_lists.items() if len(ids) > shots}
-        if not self.lists:
-            raise InputError(f"no base class has {shots + 1} training images to make an episode")
-        self.classes = sorted(self.lists)
-        self.paths = images[["image", "mask"]]
-        self.novel, self.num_classes, self.shots = novel, num_classes, shots
+    def __init__(self, images: pd.DataFrame, sampler: EpisodeSampler, num_classes: int,
+                 crop: int, scale: tuple[float, float], seed: int) -> None:  # fmt: skip
+        self.paths, self.sampler, self.num_classes = images[["image", "mask"]], sampler, num_classes
         self.crop, self.scale, self.seed = crop, scale, seed
 
     def __len__(self) -> int:
@@ -44,15 +37,13 @@ class EpisodeSamples(Dataset):
 
     def _load(self, image_id: int, class_id: int, rng: np.random.Generator) -> tuple:
         image_path, mask_path = self.paths.loc[image_id]
-        mask = training_mask(read_mask(mask_path, self.num_classes), self.novel)
-        image, labels = scale_crop_flip(read_image(image_path), binary_mask(mask, class_id), rng,
-                                        self.crop, self.scale)  # fmt: skip
+        labels = binary_mask(read_mask(mask_path, self.num_classes), class_id)
+        image, labels = scale_crop_flip(read_image(image_path), labels, rng, self.crop, self.scale)
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(labels)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, EPISODES, k])
-        class_id = self.classes[rng.integers(len(self.classes))]
-        query, *supports = rng.choice(self.lists[class_id], self.shots + 1, replace=False)
+        query, class_id, supports = self.sampler.draw(rng)
         query_image, query_mask = self._load(query, class_id, rng)
         shots = [self._load(s, class_id, rng) for s in supports]
         return {"query": query_image, "query_mask": query_mask,
@@ -61,17 +52,20 @@ class EpisodeSamples(Dataset):
 
 
 class PseudoSamples(Dataset):
-    """Sample k: a random row of pseudo_masks.zarr (a train image, or an unlabelled one) and its
-    pseudo mask, jointly rescaled, cropped and flipped."""
+    """Sample k: a random row of the mining stream with its pseudo mask, jointly rescaled,
+    cropped and flipped. The stream is the rows of the given pseudo_masks.zarr stores: the
+    fold's train set (and any `mining.unlabeled` images), plus Remain with `mining.remain`."""
 
-    def __init__(self, pseudo_masks: Path, images: pd.DataFrame, crop: int,
+    def __init__(self, stores: list[Path], images: pd.DataFrame, crop: int,
                  scale: tuple[float, float], seed: int) -> None:  # fmt: skip
-        self.store_path = str(pseudo_masks)
-        group = zarr.open_group(self.store_path, mode="r")
-        image_ids, extra = group["image_id"][:], group.attrs["unlabeled"]
-        labelled = images.loc[image_ids[image_ids >= 0], "image"].tolist()
-        self.paths = labelled + list(extra)
-        self.sizes = np.stack([group["height"][:], group["width"][:]], axis=1)
+        self.store_paths, self.paths, self.rows, sizes = [str(p) for p in stores], [], [], []
+        for number, path in enumerate(self.store_paths):
+            group = zarr.open_group(path, mode="r")
+            image_ids, extra = group["image_id"][:], group.attrs["unlabeled"]
+            self.paths += images.loc[image_ids[image_ids >= 0], "image"].tolist() + list(extra)
+            self.rows += [(number, row) for row in range(len(image_ids))]
+            sizes.append(np.stack([group["height"][:], group["width"][:]], axis=1))
+        self.sizes = np.concatenate(sizes)
         self.crop, self.scale, self.seed = crop, scale, seed
         self.masks = None  # opened in each loader worker
 
@@ -80,12 +74,12 @@ class PseudoSamples(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         if self.masks is None:
-            self.masks = zarr.open_group(self.store_path, mode="r")["masks"]
+            self.masks = [zarr.open_group(p, mode="r")["masks"] for p in self.store_paths]
         rng = np.random.default_rng([self.seed, PSEUDO, k])
-        row = int(rng.integers(len(self.paths)))
-        height, width = self.sizes[row]
-        mask = self.masks[row, :height, :width]
-        image, labels = scale_crop_flip(read_image(self.paths[row]), mask, rng, self.crop,
+        i = int(rng.integers(len(self.paths)))
+        (store, row), (height, width) = self.rows[i], self.sizes[i]
+        mask = self.masks[store][row, :height, :width]
+        image, labels = scale_crop_flip(read_image(self.paths[i]), mask, rng, self.crop,
                                         self.scale)  # fmt: skip
         return {"image": torch.from_numpy(image).permute(2, 0, 1),
                 "mask": torch.from_numpy(labels)}  # fmt: skip

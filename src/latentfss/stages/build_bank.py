@@ -1,6 +1,7 @@
 """The region bank of one fold and shot (rule build_bank; section 3.4): with the trained EMA
-model, an image embedding of every train image in a faiss inner-product index, and a prototype
-of every pseudo-mask region (labels 1..K) of every train image."""
+model, an image embedding of every image of the fold's train set in a faiss inner-product index,
+and a prototype of every pseudo-mask region (labels 1..K) of each. The network sees each train
+image as evaluation sees a support (`evaluate.resize`), its pseudo mask likewise."""
 
 from __future__ import annotations
 
@@ -12,27 +13,59 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+import zarr
+from torch.utils.data import DataLoader, Dataset
 
 from latentfss import store
 from latentfss.config import from_params
+from latentfss.datasets.evaluation import RESIZE_MODES, collate, network_input
+from latentfss.datasets.images import read_image
 from latentfss.datasets.index import read_index
+from latentfss.encoder import Normalise, encode_each
 from latentfss.fs import atomic_dir
 from latentfss.model import load_model
 from latentfss.progress import progress
 from latentfss.prototypes import area_weights, masked_average, present_labels
 from latentfss.region_bank import image_embedding
-from latentfss.runtime import autocast, pick_device
-from latentfss.stages.extract_features import AnnotationConfig, normalised_batches
+from latentfss.runtime import pick_device
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BankConfig:
-    """The keys of section `evaluate` the bank uses: it embeds images as evaluation does."""
+    """The keys of section `evaluate` the bank uses: it sees images as evaluation does."""
 
+    resize: str = "none"
     input_size: int = 128
     batch_size: int = 16
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}")
+
+
+class TrainImages(Dataset):
+    """Row i of pseudo_masks.zarr: its image and pseudo mask as the network sees them."""
+
+    def __init__(self, paths: list[str], pseudo_masks: Path, cfg: BankConfig) -> None:
+        self.paths, self.store_path, self.cfg = paths, str(pseudo_masks), cfg
+        group = zarr.open_group(self.store_path, mode="r")
+        self.sizes = np.stack([group["height"][:], group["width"][:]], axis=1)
+        self.masks = None  # opened in each loader worker
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray]:
+        if self.masks is None:
+            self.masks = zarr.open_group(self.store_path, mode="r")["masks"]
+        height, width = self.sizes[i]
+        mask = self.masks[i, :height, :width]
+        image, mask, _ = network_input(read_image(self.paths[i]), mask, self.cfg.resize,
+                                       self.cfg.input_size)  # fmt: skip
+        return image, mask.numpy()
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +73,7 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="trained model.pt")
     parser.add_argument("--pseudo-masks", required=True, type=Path, help="fold's pseudo_masks.zarr")
     parser.add_argument("--out", required=True, type=Path, help="bank directory to write")
-    parser.add_argument("--params", default="", help="evaluate.input_size/batch_size as JSON")
+    parser.add_argument("--params", default="", help="evaluate.resize/input_size/... as JSON")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
 
 
@@ -52,26 +85,23 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device()
     index = read_index(args.index)
     model, _ = load_model(args.model)
-    encoder = model.encoder.to(device).eval()
+    encoder, normalise = model.encoder.to(device).eval(), Normalise(device)
     pseudo = store.open_group(args.pseudo_masks, "write-pseudo-masks")
     image_ids = pseudo["image_id"][:]
-    image_ids = image_ids[image_ids >= 0]  # the train images (unlabelled ones are not in the bank)
-    heights, widths = pseudo["height"][:], pseudo["width"][:]
-    paths = index.images.loc[image_ids, "image"].tolist()
+    image_ids = image_ids[image_ids >= 0]  # the fold's train set (unlabelled ones: not banked)
+    data = TrainImages(index.images.loc[image_ids, "image"].tolist(), args.pseudo_masks, cfg)
+    loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                        collate_fn=collate)  # fmt: skip
     embeddings, regions, region_image, region_label, region_pixels = [], [], [], [], []
     row = 0
-    batches = normalised_batches(paths, AnnotationConfig(cfg.input_size, cfg.batch_size), device,
-                                 args.threads)  # fmt: skip
-    for images in progress(batches, -(-len(paths) // cfg.batch_size), "build-bank"):
-        with autocast(device):
-            feats = encoder(images).float()
-        embeddings.append(image_embedding(feats).cpu().numpy())
-        for image_feats in feats.cpu():
-            mask = pseudo["masks"][row, : heights[row], : widths[row]]
+    for batch in progress(loader, len(loader), "build-bank"):
+        feats = encode_each(encoder, [image for image, _ in batch], normalise)
+        embeddings += [image_embedding(f[None]).cpu().numpy() for f in feats]
+        for image_feats, (_, mask) in zip(feats, batch, strict=True):
             labels = present_labels(mask)
             labels = labels[labels > 0]  # the sub-cluster regions, not the background
             weights = area_weights(mask, labels, tuple(image_feats.shape[1:]))
-            regions.append(masked_average(image_feats, weights).numpy())
+            regions.append(masked_average(image_feats.cpu(), weights).numpy())
             region_image += [row] * len(labels)
             region_label += labels.tolist()
             region_pixels += np.bincount(mask.ravel(), minlength=256)[labels].tolist()
@@ -79,8 +109,8 @@ def run(args: argparse.Namespace) -> None:
     embeddings = np.concatenate(embeddings)
     with atomic_dir(args.out) as tmp:
         faiss.write_index(_cpu_index(embeddings), str(tmp / "images.faiss"))
-        group = store.create_group(tmp / "regions.zarr", input_size=cfg.input_size,
-                                   model=str(args.model))  # fmt: skip
+        group = store.create_group(tmp / "regions.zarr", resize=cfg.resize,
+                                   input_size=cfg.input_size, model=str(args.model))  # fmt: skip
         store.write_array(group, "prototypes", np.concatenate(regions).astype(np.float32))
         store.write_array(group, "image", np.array(region_image, dtype=np.int64))
         store.write_array(group, "label", np.array(region_label, dtype=np.int64))

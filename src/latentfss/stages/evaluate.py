@@ -1,8 +1,9 @@
 """Test episodes of one fold and shot with rectified prototypes (rule evaluate; 4.1, Eq. 7-9).
 
 For every seed: an episode list (written first, so any run can be replayed with --episodes),
-then predictions at the input size, upsampled to each query label's own resolution, scored by
-class-wise mIoU and FB-IoU over the fold's novel classes. The mean over seeds is the result.
+then predictions from the images as `evaluate.resize` presents them to the network, upsampled
+to each query label's own resolution and scored there by class-wise mIoU and FB-IoU over the
+fold's novel classes. The mean over seeds is the result.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,22 +25,18 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from latentfss.config import from_params
-from latentfss.datasets.evaluation import TestEpisodes, collate
+from latentfss.datasets.evaluation import RESIZE_MODES, TestEpisodes, collate
 from latentfss.datasets.index import read_index
-from latentfss.encoder import Normalise
-from latentfss.episodes import (
-    ProtocolConfig,
-    class_image_lists,
-    novel_classes,
-    sample_test_episodes,
-)
+from latentfss.encoder import Normalise, encode_each
+from latentfss.episodes import EpisodeSampler, ProtocolConfig, novel_classes, sample_test_episodes
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file
 from latentfss.metrics import IoUMeter
 from latentfss.model import MatchingNet, cosine_logits, load_model
 from latentfss.progress import progress
+from latentfss.prototypes import upsample
 from latentfss.region_bank import RegionBank, image_embedding, load_bank
-from latentfss.runtime import autocast, pick_device
+from latentfss.runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,8 @@ class EvaluateConfig:
 
     episodes: int = 100  # per seed (paper: 1000 PASCAL, 4000 COCO)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    input_size: int = 128  # queries and supports are resized to this square
+    resize: str = "none"  # what the network sees: none | pfenet | square (network_input)
+    input_size: int = 128  # pfenet and square: the side of the network's input
     batch_size: int = 16  # episodes per forward pass
     fg_rectify: bool = True  # Eq. 8-9 (paper Table 3, "FG")
     top_n: int = 4  # N relevant train images
@@ -59,6 +58,8 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if min(self.episodes, self.input_size, self.batch_size, self.top_n) < 1 or not self.seeds:
             raise ValueError("episodes, input_size, batch_size, top_n and seeds must be positive")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}")
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,42 +75,60 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
 
 
+def at_label(logits: torch.Tensor, input_size: tuple[int, int], covered: tuple[int, int],
+             label_size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+    """A query's grid logits (1, P, h, w) -> (P, H, W) at its label's resolution: upsampled so
+    that the part of the (h_in, w_in) input the image covers spans (H, W), padding cut off."""
+    (height, width), (covered_h, covered_w) = label_size, covered
+    size = (round(input_size[0] * height / covered_h), round(input_size[1] * width / covered_w))
+    return upsample(logits, size)[0, :, :height, :width]
+
+
 @torch.inference_mode()
-def predict(model: MatchingNet, batch: dict, normalise: Normalise, bank: RegionBank | None,
-            cfg: EvaluateConfig) -> list[np.ndarray]:  # fmt: skip
-    """Binary predictions of a batch of episodes, each at its query label's resolution."""
-    queries, supports = batch["query"], batch["supports"]
-    b, k = supports.shape[:2]
-    images = torch.cat([normalise(normalise.unit(queries)),
-                        normalise(normalise.unit(supports.flatten(0, 1)))])  # fmt: skip
-    with autocast(normalise.device):
-        feats = model.encoder(images.contiguous(memory_format=torch.channels_last)).float()
-    query_feats, support_feats = feats[:b], feats[b:].view(b, k, *feats.shape[1:])
-    masks = batch["support_masks"].to(normalise.device)
-    fg, bg = model.support_prototypes(support_feats, masks)
+def predict(model: MatchingNet, episodes: list[dict], normalise: Normalise,
+            bank: RegionBank | None, cfg: EvaluateConfig) -> list[np.ndarray]:  # fmt: skip
+    """Binary predictions (H, W) of a batch of episodes (`TestEpisodes` items), each at its
+    query's original `size`. Each image is encoded as if alone, so a batch predicts what one
+    episode at a time does."""
+    b = len(episodes)
+    images = [e["query"] for e in episodes] + [s for e in episodes for s in e["supports"]]
+    feats = encode_each(model.encoder, images, normalise)
+    shots = iter(feats[b:])
+    fg, bg, embeddings = [], [], []
+    for episode in episodes:
+        support_feats = [next(shots) for _ in episode["supports"]]
+        episode_fg, episode_bg = model.shot_prototypes(support_feats, episode["support_masks"])
+        fg.append(episode_fg)
+        bg.append(episode_bg)
+        embeddings.append(torch.cat([image_embedding(f[None]) for f in support_feats]).mean(0))
+    fg, bg = torch.stack(fg), torch.stack(bg)  # (B, C)
     if bank is not None:  # Eq. 8-9; a K-shot support's embedding is the mean of its shots'
-        embedding = F.normalize(
-            image_embedding(support_feats.flatten(0, 1)).view(b, k, -1).mean(1), dim=1
-        )
-        fg = bank.rectify(fg, embedding, cfg.top_n, cfg.beta)
-    logits = cosine_logits(query_feats, torch.stack([model.background(bg), fg], dim=1),
-                           model.cfg.sigma)  # fmt: skip
-    return [F.interpolate(logits[i : i + 1], size=label.shape, mode="bilinear",
-                          align_corners=False)[0].argmax(0).cpu().numpy()
-            for i, label in enumerate(batch["labels"])]  # fmt: skip
+        fg = bank.rectify(fg, F.normalize(torch.stack(embeddings), dim=1), cfg.top_n, cfg.beta)
+    prototypes = torch.stack([model.background(bg), fg], dim=1)  # (B, 2, C), Eq. 7 background
+    return [at_label(cosine_logits(feats[i][None], prototypes[i : i + 1], model.cfg.sigma),
+                     e["query"].shape[-2:], e["covered"], e["size"]).argmax(0).cpu().numpy()
+            for i, e in enumerate(episodes)]  # fmt: skip
+
+
+def predictions(model: MatchingNet, episodes: pd.DataFrame, index, cfg: EvaluateConfig, bank,
+                device: torch.device) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:  # fmt: skip
+    """(prediction, label, class_id) of every episode of a list, in order."""
+    data = TestEpisodes(episodes, index.images, index.num_classes, cfg.resize, cfg.input_size)
+    loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda")  # fmt: skip
+    normalise = Normalise(device)
+    for batch in progress(loader, len(loader), "evaluate"):
+        preds = predict(model, batch, normalise, bank, cfg)
+        for pred, episode in zip(preds, batch, strict=True):
+            yield pred, episode["label"].numpy(), episode["class_id"]
 
 
 def evaluate_episodes(model, episodes: pd.DataFrame, index, cfg: EvaluateConfig, bank,
                       device, novel) -> tuple[IoUMeter, float]:  # fmt: skip
-    data = TestEpisodes(episodes, index.images, index.num_classes, cfg.input_size)
-    loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda")  # fmt: skip
-    meter, normalise = IoUMeter(novel), Normalise(device)
+    meter = IoUMeter(novel)
     start = time.perf_counter()
-    for batch in progress(loader, len(loader), "evaluate"):
-        preds = predict(model, batch, normalise, bank, cfg)
-        for pred, label, class_id in zip(preds, batch["labels"], batch["class_ids"], strict=True):
-            meter.update(pred, label.numpy(), class_id)
+    for pred, label, class_id in predictions(model, episodes, index, cfg, bank, device):
+        meter.update(pred, label, class_id)
     return meter, len(episodes) / (time.perf_counter() - start)
 
 
@@ -132,18 +151,18 @@ def run(args: argparse.Namespace) -> None:
     if cfg.fg_rectify and args.bank is None:
         raise InputError("evaluate.fg_rectify needs --bank (run `latentfss build-bank`)")
     bank = load_bank(args.bank) if cfg.fg_rectify else None
-    val = index.split("val").index
-    lists = class_image_lists(index.pixels[index.pixels["image_id"].isin(val)], novel,
-                              protocol.min_support_pixels)  # fmt: skip
     runs = {}
     if args.episodes is not None:
         runs[args.episodes.stem] = pd.read_csv(args.episodes)
     else:
+        val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
+        try:
+            sampler = EpisodeSampler.from_pixels(val, novel, protocol.min_support_pixels,
+                                                 args.shot)  # fmt: skip
+        except ValueError as e:
+            raise InputError(f"evaluate fold {args.fold}: {e}") from None
         for seed in cfg.seeds:
-            try:
-                episodes = sample_test_episodes(lists, args.shot, cfg.episodes, seed)
-            except ValueError as e:
-                raise InputError(f"evaluate fold {args.fold}: {e}") from None
+            episodes = sample_test_episodes(sampler, cfg.episodes, seed)
             args.out.mkdir(parents=True, exist_ok=True)
             with atomic_file(args.out / f"episodes_seed{seed}.csv") as tmp:
                 episodes.to_csv(tmp, index=False)
@@ -165,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
         "runs": per_run, "episodes_per_s": float(np.mean(speeds)), "device": str(device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "evaluate": dataclasses.asdict(cfg), "model": str(args.model),
-        "model_config": checkpoint["config"]["model"],
+        "model_config": checkpoint["config"]["model"], "mining": checkpoint["config"]["mining"],
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame({"class_id": list(novel),

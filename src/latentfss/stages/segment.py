@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latentfss.datasets.evaluation import resized
+from latentfss.datasets.evaluation import network_input
 from latentfss.datasets.images import read_image
 from latentfss.encoder import Normalise
 from latentfss.errors import InputError
@@ -84,21 +84,24 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device()
     model, checkpoint = load_model(args.model)
     model = model.to(device)
-    size = args.input_size or checkpoint["config"]["train"]["crop"]
+    cfg = EvaluateConfig(resize="square", input_size=args.input_size or
+                         checkpoint["config"]["train"]["crop"])  # fmt: skip
     shots = []
     for image_path, mask_path in args.support:
         image = read_image(image_path)
-        shots.append(resized(image, read_support_mask(mask_path, image.shape[:2]), size))
+        mask = read_support_mask(mask_path, image.shape[:2])
+        shots.append(network_input(image, mask, cfg.resize, cfg.input_size))
     bank = load_bank(args.bank) if args.bank else None
-    cfg, normalise = EvaluateConfig(input_size=size), Normalise(device)
+    normalise = Normalise(device)
     args.out.mkdir(parents=True, exist_ok=True)
     for path in query_images(args.query):
         image = read_image(path)
-        query, _ = resized(image, np.zeros(image.shape[:2], np.uint8), size)
-        batch = {"query": query[None], "supports": torch.stack([s[0] for s in shots])[None],
-                 "support_masks": torch.stack([s[1] for s in shots])[None],
-                 "labels": [torch.zeros(image.shape[:2])]}  # fmt: skip
-        mask = predict(model, batch, normalise, bank, cfg)[0].astype(np.uint8)
+        query, _, covered = network_input(image, np.zeros(image.shape[:2], np.uint8), cfg.resize,
+                                         cfg.input_size)  # fmt: skip
+        episode = {"query": query, "covered": covered, "size": image.shape[:2],
+                   "supports": [s[0] for s in shots],
+                   "support_masks": [s[1] for s in shots]}  # fmt: skip
+        mask = predict(model, [episode], normalise, bank, cfg)[0].astype(np.uint8)
         Image.fromarray(mask * 255).save(args.out / f"{path.stem}_mask.png")
         Image.fromarray(overlay(image, mask)).save(args.out / f"{path.stem}_overlay.png")
         log.info("%s: %.1f%% of the image segmented", path.name, 100 * mask.mean())

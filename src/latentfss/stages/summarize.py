@@ -1,6 +1,7 @@
 """The results tables (rule summarize): mIoU per fold and shot with the mean, laid out like the
-paper's Table 1; with ablation runs, one row per set of switches like its Table 3; inference
-speed and parameters like its Table 7."""
+paper's Table 1; with ablation runs, one row per set of switches like its Table 3, and its
+Table 5 when the full method ran with and without Remain; inference speed and parameters like
+its Table 7."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def read_metrics(paths: list[Path]) -> pd.DataFrame:
             ) from None
         rows.append({"shot": m["shot"], "fold": m["fold"], "fg": m["evaluate"]["fg_rectify"],
                      "bg": m["model_config"]["bg_rectify"], "mine": m["model_config"]["mine"],
+                     "remain": m["mining"]["remain"],
                      "miou": 100 * m["miou"],
                      "miou_std": 100 * m["miou_std"], "fbiou": 100 * m["fbiou"],
                      "episodes_per_s": m["episodes_per_s"], "parameters": m["parameters"],
@@ -63,6 +65,15 @@ def table1(results: pd.DataFrame, title: str) -> str:
 
 
 SWITCHES = {"fg": "FG", "bg": "BG", "mine": "Mine"}
+TABLE5 = {"None": (False, True, False, False), "Trainset": (True, True, True, False),
+          "Trainset + Remain": (True, True, True, True)}  # (fg, bg, mine, remain)  # fmt: skip
+
+
+def _row(group: pd.DataFrame, folds: list[int]) -> str:
+    """The fold cells and the bold mean of one row's runs (mIoU %)."""
+    miou = group.set_index("fold")["miou"]
+    cells = [f"{miou[f]:.1f}" if f in miou else "–" for f in folds]
+    return f"{' | '.join(cells)} | **{miou.mean():.1f}** |"
 
 
 def table3(results: pd.DataFrame) -> str:
@@ -73,11 +84,21 @@ def table3(results: pd.DataFrame) -> str:
     rows = results.groupby(["shot", *SWITCHES])
     order = sorted(rows.groups, key=lambda k: (k[0], sum(k[1:]), [not s for s in k[1:]]))
     for key in order:
-        group = rows.get_group(key).set_index("fold")["miou"]
         marks = ["✓" if on else "" for on in key[1:]]
-        cells = [f"{group[f]:.1f}" if f in group else "–" for f in folds]
-        lines.append(f"| {' | '.join(marks)} | {key[0]} | {' | '.join(cells)} "
-                     f"| **{group.mean():.1f}** |")  # fmt: skip
+        lines.append(f"| {' | '.join(marks)} | {key[0]} | {_row(rows.get_group(key), folds)}")
+    return "\n".join(lines)
+
+
+def table5(results: pd.DataFrame) -> str:
+    """The paper's Table 5 rows that ran, per shot: None, Trainset, Trainset + Remain."""
+    folds = sorted(results["fold"].unique())
+    lines = ["| Unlabeled source | shot | " + " | ".join(f"fold{f}" for f in folds) + " | Mean |",
+             "|---|---:|" + "---:|" * (len(folds) + 1)]  # fmt: skip
+    for shot, runs in results.groupby("shot"):
+        switches = runs[["fg", "bg", "mine", "remain"]].apply(tuple, axis=1)
+        for name, key in TABLE5.items():
+            if (switches == key).any():
+                lines.append(f"| {name} | {shot} | {_row(runs[switches == key], folds)}")
     return "\n".join(lines)
 
 
@@ -92,25 +113,33 @@ def table7(results: pd.DataFrame) -> str:
 
 def run(args: argparse.Namespace) -> None:
     results = read_metrics(args.metrics)
-    ablations = read_metrics(args.ablations) if args.ablations else results.iloc[:0]
+    runs = pd.concat([results, read_metrics(args.ablations)]) if args.ablations else results
     with atomic_file(args.csv) as tmp:
-        pd.concat([results, ablations]).to_csv(tmp, index=False, float_format="%.4f")
+        runs.to_csv(tmp, index=False, float_format="%.4f")
     text = (
         f"# Results: {args.title}\n\nMean IoU (%) of 1-way episodes on each fold's novel "
         "classes, mean over seeds (paper Table 1 layout).\n\n"
         + table1(results, args.title)
         + "\n\nPer fold and shot, with the spread over seeds and FB-IoU: see summary.csv.\n\n"
     )
-    if len(ablations):
+    # Table 3: the runs that mine what the main run mines (remain is moot without mining)
+    same = runs[(runs["remain"] == results["remain"].iloc[0]) | ~runs["mine"]]
+    if len(same) > len(results):
         text += (
             "## Ablations (paper Table 3 layout)\n\nmIoU (%) with each component on (✓) or "
             "off. FG: foreground rectification (Eq. 8-9); BG: global background prototype "
-            "(Eq. 6-7); Mine: the mining branch (Eq. 1).\n\n"
-            + table3(pd.concat([results, ablations]))
-            + "\n\n"
+            "(Eq. 6-7); Mine: the mining branch (Eq. 1).\n\n" + table3(same) + "\n\n"
         )
+    full = runs["fg"] & runs["bg"] & runs["mine"]
+    if (full & runs["remain"]).any() and (full & ~runs["remain"]).any():
+        text += (
+            "## Sources of unlabelled data (paper Table 5 layout)\n\nmIoU (%). None: BG "
+            "rectification alone; Trainset: the full method, mining the fold's train set; "
+            "Trainset + Remain: mining the train images without a large base class too.\n\n"
+            + table5(runs) + "\n\n"
+        )  # fmt: skip
     text += "## Speed (paper Table 7 layout)\n\n" + table7(results) + "\n"  # fmt: skip
     with atomic_file(args.md) as tmp:
         tmp.write_text(text)
-    log.info("summary of %d runs (+%d ablation runs) -> %s, %s", len(results), len(ablations),
-             args.csv, args.md)  # fmt: skip
+    log.info("summary of %d runs (+%d ablation runs) -> %s, %s", len(results),
+             len(runs) - len(results), args.csv, args.md)  # fmt: skip

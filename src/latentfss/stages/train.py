@@ -28,7 +28,7 @@ from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
 from latentfss.ema import ModelEMA
 from latentfss.encoder import Normalise, load_encoder
-from latentfss.episodes import ProtocolConfig, base_classes, class_image_lists, novel_classes
+from latentfss.episodes import EpisodeSampler, ProtocolConfig, base_classes
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file
 from latentfss.model import MatchingNet, ModelConfig, segmentation_loss
@@ -68,6 +68,7 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, type=Path, help="prepared dataset index dir")
     parser.add_argument("--encoder-init", required=True, type=Path, help="encoder_init.pt")
     parser.add_argument("--pseudo-masks", required=True, type=Path, help="fold's pseudo_masks.zarr")
+    parser.add_argument("--remain", type=Path, help="Remain's pseudo_masks.zarr, mined too")
     parser.add_argument("--fold", required=True, type=int, choices=range(4))
     parser.add_argument("--shot", required=True, type=int)
     parser.add_argument("--out", required=True, type=Path, help="model.pt to write")
@@ -99,13 +100,15 @@ def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
     seed_everything(args.seed)
     index = read_index(args.index)
     num_classes, split = index.num_classes, protocol.class_split
-    train_ids = index.split("train").index
-    pixels = index.pixels[index.pixels["image_id"].isin(train_ids)]
-    lists = class_image_lists(pixels, base_classes(args.fold, num_classes, split),
-                              protocol.min_support_pixels)  # fmt: skip
-    episodes = EpisodeSamples(index.images, lists, novel_classes(args.fold, num_classes, split),
-                              num_classes, args.shot, cfg.crop, cfg.scale, args.seed)  # fmt: skip
-    pseudo = PseudoSamples(args.pseudo_masks, index.images, cfg.crop, cfg.scale, args.seed)
+    pixels = index.pixels[index.pixels["image_id"].isin(index.split("train").index)]
+    try:
+        sampler = EpisodeSampler.from_pixels(pixels, base_classes(args.fold, num_classes, split),
+                                             protocol.min_support_pixels, args.shot)  # fmt: skip
+    except ValueError as e:
+        raise InputError(f"train fold {args.fold}: {e}") from None
+    episodes = EpisodeSamples(index.images, sampler, num_classes, cfg.crop, cfg.scale, args.seed)
+    stream = [args.pseudo_masks] + ([args.remain] if args.remain else [])
+    pseudo = PseudoSamples(stream, index.images, cfg.crop, cfg.scale, args.seed)
     pseudo_classes = zarr.open_group(str(args.pseudo_masks), mode="r").attrs["K"] + 1
     model = MatchingNet(load_encoder(args.encoder_init), model_cfg, pseudo_classes).to(device)
     model = model.to(memory_format=torch.channels_last)
@@ -196,7 +199,8 @@ def save_model(args, model: MatchingNet, cfg: TrainConfig, model_cfg: ModelConfi
         "state_dict": weights, "arch": model.encoder.arch, "fold": args.fold, "shot": args.shot,
         "step": cfg.iterations, "code_version": code_version(), "seed": args.seed,
         "config": {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
-                   "protocol": dataclasses.asdict(protocol)},
+                   "protocol": dataclasses.asdict(protocol),
+                   "mining": {"remain": args.remain is not None}},
     }  # fmt: skip
     with atomic_file(args.out) as tmp:
         torch.save(checkpoint, tmp)

@@ -1,9 +1,13 @@
-"""Eq. 3 pseudo masks of one fold into fold{f}/pseudo_masks.zarr (rule write_pseudo_masks).
+"""Eq. 3 pseudo masks of one fold into a pseudo_masks.zarr (rules write_pseudo_masks and
+write_pseudo_masks_remain).
 
-Every train image (and every image of the `mining.unlabeled` folders, paper Table 5) is labelled
-pixel by pixel with its nearest representative by cosine on the feature grid; the cosine maps
-are upsampled to the image's own size before the argmax. Labels: 0 = background, 1..K the
-sub-clusters; 255 pads each image up to the largest size. The masks never change afterwards.
+`--images train_set` (fold{f}/pseudo_masks.zarr): the fold's train set (clusters.zarr's
+`train_set`), the mining stream, plus every image of the `mining.unlabeled` folders (paper
+Table 5). `--images remain` (fold{f}/remain/pseudo_masks.zarr): the other train images, which
+join the stream only with `mining.remain`. Every pixel is labelled with its nearest
+representative by cosine on the feature grid; the cosine maps are upsampled to the image's own
+size before the argmax. Labels: 0 = background, 1..K the sub-clusters; 255 pads each image up
+to the largest size. The masks never change afterwards.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from latentfss.stages.extract_features import AnnotationConfig, embed
 log = logging.getLogger(__name__)
 BLOCK = 64
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SUBSETS = ("train_set", "remain")
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +43,8 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", required=True, type=Path, help="features.zarr")
     parser.add_argument("--clusters", required=True, type=Path, help="fold's clusters.zarr")
     parser.add_argument("--out", required=True, type=Path, help="pseudo_masks.zarr to write")
+    parser.add_argument("--images", choices=SUBSETS, default="train_set",
+                        help="the fold's train set (the mining stream) or Remain")  # fmt: skip
     parser.add_argument("--unlabeled", nargs="*", default=[], type=Path,
                         help="folders of extra unlabelled images (mining.unlabeled)")  # fmt: skip
     parser.add_argument("--encoder-init", type=Path, help="encoder_init.pt (for --unlabeled)")
@@ -59,7 +66,10 @@ def run(args: argparse.Namespace) -> None:
     features = store.open_group(args.features, "extract-features")
     clusters = store.open_group(args.clusters, "cluster")
     reps = torch.from_numpy(clusters["centroids"][:])
-    feats, image_ids = features["feats"], features["image_id"][:]
+    feats, feature_ids = features["feats"], features["image_id"][:]
+    in_set = np.isin(feature_ids, clusters["train_set"][:])
+    rows = np.flatnonzero(in_set if args.images == "train_set" else ~in_set)  # of features.zarr
+    image_ids = feature_ids[rows]
     extra = unlabeled_images(args.unlabeled)
     if extra and args.encoder_init is None:
         raise InputError("--unlabeled images need --encoder-init (encoder_init.pt) to embed them")
@@ -70,9 +80,10 @@ def run(args: argparse.Namespace) -> None:
         except OSError:
             raise InputError(f"{path}: not a readable image") from None
         sizes.append((height, width))
-    height_max, width_max = np.max(sizes, axis=0)
+    height_max, width_max = np.max(sizes, axis=0) if sizes else (1, 1)  # Remain may be empty
     with atomic_dir(args.out) as tmp:
         group = store.create_group(tmp, fold=clusters.attrs["fold"], K=len(reps) - 1,
+                                   images=args.images,
                                    unlabeled=[str(p) for p in extra])  # fmt: skip
         shape = (len(sizes), int(height_max), int(width_max))
         masks = store.create_array(group, "masks", shape, "uint8", chunks=(1, *shape[1:]),
@@ -80,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
         store.write_array(group, "height", np.array([s[0] for s in sizes], dtype=np.int64))
         store.write_array(group, "width", np.array([s[1] for s in sizes], dtype=np.int64))
         store.write_array(group, "image_id", np.concatenate([image_ids, np.full(len(extra), -1)]))
-        blocks = (feats[s : s + BLOCK] for s in range(0, len(image_ids), BLOCK))
+        blocks = (feats.oindex[rows[s : s + BLOCK]] for s in range(0, len(rows), BLOCK))
         if extra:
             cfg = AnnotationConfig(**features.attrs["annotation"])  # as the stored features
             device = pick_device()
@@ -97,5 +108,5 @@ def run(args: argparse.Namespace) -> None:
                 padded[i, :height, :width] = labels.numpy()
             masks[row : row + len(block)] = padded  # whole chunks, written concurrently
             row += len(block)
-    log.info("fold %s: pseudo masks of %d train + %d unlabelled images -> %s",
-             clusters.attrs["fold"], len(image_ids), len(extra), args.out)  # fmt: skip
+    log.info("fold %s: pseudo masks of %d train images (%s) + %d unlabelled images -> %s",
+             clusters.attrs["fold"], len(image_ids), args.images, len(extra), args.out)  # fmt: skip
