@@ -99,3 +99,19 @@ def write_metrics(path: Path, fold: int, miou: float, fg: bool, bg: bool, mine: 
                "mining": {"remain": remain}}  # fmt: skip
     path.write_text(json.dumps(metrics))
     return path
+
+
+def summarize_runs(tmp_path: Path, runs: dict[tuple, tuple[float, ...]], main: tuple,
+                   capsys) -> str:  # fmt: skip
+    """`latentfss summarize` over runs given as switches (fg, bg, mine[, remain]) -> mIoU of
+    each fold, `main` the main run and the others ablations: summary.md's text (summary.csv
+    beside it)."""
+    paths = {switches: [write_metrics(tmp_path / "".join(map(str, switches)) / f"{fold}.json",
+                                      fold, miou, *map(bool, switches))
+                        for fold, miou in enumerate(mious)]
+             for switches, mious in runs.items()}  # fmt: skip
+    ablations = [p for switches, ps in paths.items() if switches != main for p in ps]
+    code, err = cli("summarize", *paths[main], "--ablations", *ablations, "--csv",
+                    tmp_path / "s.csv", "--md", tmp_path / "s.md", capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    return (tmp_path / "s.md").read_text()

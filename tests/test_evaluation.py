@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PROTOCOL, cli, params, write_metrics
+from conftest import PROTOCOL, cli, params, summarize_runs
 from latentfss.episodes import IGNORE
 from latentfss.metrics import IoUMeter
 from latentfss.region_bank import RegionBank, inner_product_index
@@ -149,15 +149,7 @@ def test_summary_tables(evaluated):
 def test_ablation_table_has_a_row_per_set_of_switches_in_the_papers_order(tmp_path, capsys):
     runs = {(1, 1, 1): (0.60, 0.70), (0, 0, 0): (0.40, 0.50), (0, 1, 0): (0.45, 0.55),
             (1, 0, 0): (0.42, 0.52)}  # fmt: skip
-    paths = {switches: [write_metrics(tmp_path / "".join(map(str, switches)) / f"{fold}.json",
-                                      fold, miou, *map(bool, switches))
-                        for fold, miou in enumerate(mious)]
-             for switches, mious in runs.items()}  # fmt: skip
-    main, ablations = paths.pop((1, 1, 1)), [p for ps in paths.values() for p in ps]
-    code, err = cli("summarize", *main, "--ablations", *ablations, "--csv", tmp_path / "s.csv",
-                    "--md", tmp_path / "s.md", capsys=capsys)  # fmt: skip
-    assert code == 0, err
-    text = (tmp_path / "s.md").read_text()
+    text = summarize_runs(tmp_path, runs, main=(1, 1, 1), capsys=capsys)
     table = text[text.index("| FG | BG | Mine") :].split("\n\n")[0].splitlines()[2:]
     assert table == ["|  |  |  | 1 | 40.0 | 50.0 | **45.0** |",
                      "| ✓ |  |  | 1 | 42.0 | 52.0 | **47.0** |",

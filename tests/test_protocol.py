@@ -3,8 +3,6 @@ test-time input modes, and batched evaluation equal to one episode at a time."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +10,7 @@ import torch
 import zarr
 from PIL import Image
 
-from conftest import ANNOTATION, ENCODER, PROTOCOL, cli, params, write_metrics
+from conftest import ANNOTATION, ENCODER, PROTOCOL, cli, params, summarize_runs
 from latentfss.datasets.evaluation import RESIZE_MODES, network_input, pfenet_size
 from latentfss.datasets.images import write_mask
 from latentfss.datasets.index import read_index
@@ -180,21 +178,12 @@ def test_a_batch_predicts_what_one_episode_at_a_time_does(hand_built, resize):
 
 
 def test_summary_has_a_table5_when_the_remain_row_ran(tmp_path, capsys):
-    rows = {(1, 1, 1, 0): (60.0, 70.0), (0, 1, 0, 0): (50.0, 55.0), (1, 1, 1, 1): (62.0, 71.0)}
-    paths = {switches: [write_metrics(tmp_path / "".join(map(str, switches)) / f"{fold}.json",
-                                      fold, miou / 100, *map(bool, switches))
-                        for fold, miou in enumerate(mious)]
-             for switches, mious in rows.items()}  # fmt: skip
-    main, ablations = paths.pop((1, 1, 1, 0)), [p for ps in paths.values() for p in ps]
-    code, err = cli("summarize", *main, "--ablations", *ablations, "--csv", tmp_path / "s.csv",
-                    "--md", tmp_path / "s.md", capsys=capsys)  # fmt: skip
-    assert code == 0, err
-    text = (tmp_path / "s.md").read_text()
+    runs = {(1, 1, 1, 0): (0.60, 0.70), (0, 1, 0, 0): (0.50, 0.55), (1, 1, 1, 1): (0.62, 0.71)}
+    text = summarize_runs(tmp_path, runs, main=(1, 1, 1, 0), capsys=capsys)
     table = text[text.index("| Unlabeled source") :].split("\n\n")[0].splitlines()[2:]
     assert table == ["| None | 1 | 50.0 | 55.0 | **52.5** |",
                      "| Trainset | 1 | 60.0 | 70.0 | **65.0** |",
                      "| Trainset + Remain | 1 | 62.0 | 71.0 | **66.5** |"]  # fmt: skip
     table3 = text[text.index("| FG | BG | Mine") :].split("\n\n")[0]
     assert "62.0" not in table3  # the Remain run is not a Table 3 row
-    assert json.loads(main[0].read_text())["mining"] == {"remain": False}
     assert len(pd.read_csv(tmp_path / "s.csv")) == 6
