@@ -194,7 +194,7 @@ class Encoder(nn.Module):
         return self
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_each(encoder: Encoder, images: Sequence[torch.Tensor],
                 normalise: Normalise) -> list[torch.Tensor]:  # fmt: skip
     """Float32 layer3 features (C, h, w) of each uint8 (3, H, W) image. Images of one size go
@@ -213,6 +213,7 @@ def encode_each(encoder: Encoder, images: Sequence[torch.Tensor],
     return feats
 
 
+@torch.no_grad()
 def calibrate_batchnorm(encoder: Encoder, batches: Iterable[torch.Tensor]) -> int:
     """Data-dependent initialisation for random weights: every BatchNorm's running mean and
     variance become the statistics of its input over `batches` (normalised images), so each

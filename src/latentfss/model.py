@@ -19,7 +19,7 @@ from latentfss.prototypes import upsample
 class ModelConfig:
     """Matching and rectification settings (config section `model`)."""
 
-    sigma: float = 20.0  # cosine scale in Eq. 5: 20 in the paper, 10 in the reference code
+    sigma: float = 20.0  # cosine scale in Eq. 5: 20 in the paper, 10 in the authors' code
     mine: bool = True  # the mining branch (paper Table 3, "Mine")
     bg_rectify: bool = True  # Eq. 6-7 global background prototype (Table 3, "BG")
     bg_momentum: float = 0.999  # m in Eq. 6

@@ -184,7 +184,8 @@ def run(args: argparse.Namespace) -> None:
         "runs": per_run, "episodes_per_s": float(np.mean(speeds)), "device": str(device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "evaluate": dataclasses.asdict(cfg), "model": str(args.model),
-        "model_config": checkpoint["config"]["model"], "mining": checkpoint["config"]["mining"],
+        "model_config": checkpoint["config"]["model"],
+        "mining": checkpoint["config"].get("mining", {"remain": False}),  # models before it
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame({"class_id": list(novel),

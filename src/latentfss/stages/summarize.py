@@ -43,7 +43,7 @@ def read_metrics(paths: list[Path]) -> pd.DataFrame:
             ) from None
         rows.append({"shot": m["shot"], "fold": m["fold"], "fg": m["evaluate"]["fg_rectify"],
                      "bg": m["model_config"]["bg_rectify"], "mine": m["model_config"]["mine"],
-                     "remain": m["mining"]["remain"],
+                     "remain": m.get("mining", {}).get("remain", False),  # older runs: none
                      "miou": 100 * m["miou"],
                      "miou_std": 100 * m["miou_std"], "fbiou": 100 * m["fbiou"],
                      "episodes_per_s": m["episodes_per_s"], "parameters": m["parameters"],
