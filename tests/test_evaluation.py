@@ -220,3 +220,22 @@ def test_rectification_without_a_bank_is_one_line(evaluated, annotated, tmp_path
     assert code == 2
     assert err.strip() == "ERROR: evaluate.fg_rectify needs --bank (run `latentfss build-bank`)"
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_model_from_before_mining_remain_evaluates_and_summarizes(evaluated, annotated,
+                                                                     tmp_path, capsys):  # fmt: skip
+    checkpoint = torch.load(evaluated / "model.pt")
+    del checkpoint["config"]["mining"]  # as train wrote model.pt before mining.remain existed
+    torch.save(checkpoint, tmp_path / "model.pt")
+    code, err = cli("evaluate", "--index", annotated / "dataset", "--model", tmp_path / "model.pt",
+                    "--bank", evaluated / "bank", "--fold", "0", "--shot", "1", "--out",
+                    tmp_path / "eval", "--episodes", evaluated / "eval/episodes_seed0.csv",
+                    "--params", params(input_size=64, workers=0), capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
+    assert metrics["mining"] == {"remain": False}
+    del metrics["mining"]  # and a metrics.json written before it
+    (tmp_path / "eval/metrics.json").write_text(json.dumps(metrics))
+    code, err = cli("summarize", tmp_path / "eval/metrics.json", "--csv", tmp_path / "s.csv",
+                    "--md", tmp_path / "s.md", capsys=capsys)  # fmt: skip
+    assert code == 0, err
