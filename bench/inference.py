@@ -222,8 +222,8 @@ def markdown(r: dict) -> str:
         "## Inference (`bench/inference.py`)", "",
         f"Machine: {describe(r['machine'])}; {r['threads']} threads, device {r['device']}. "
         f"Default synthetic config: ResNet-18 (the trained fold-0 models), resize "
-        f"{e['resize']} (input {e['input_size']} unless none), top-N {e['top_n']}, "
-        f"beta {e['beta']}.", "",
+        f"{e['resize']}{'' if e['resize'] == 'none' else ' to ' + str(e['input_size'])}, "
+        f"top-N {e['top_n']}, beta {e['beta']}.", "",
         f"Limits measured in the same run (`bench/limits.py`): {limits.describe(r['limits'])}. "
         "The floor: the encoder's FLOPs (FlopCounterMode) over the matrix-multiply rate; for "
         "an episode, the query and its supports.", "",
