@@ -64,6 +64,20 @@ def test_k_shot_prototypes_average_the_shots():
     torch.testing.assert_close(bg[0], (feats[0, 0][:, 2:].mean(dim=(1, 2)) + bg1) / 2)
 
 
+def test_k_shot_prototypes_of_shots_of_different_sizes_average_their_eq2_prototypes():
+    model = small_model()
+    feats = [torch.randn(256, 4, 4), torch.randn(256, 2, 3)]
+    masks = [torch.zeros(4, 4, dtype=torch.uint8), torch.ones(2, 3, dtype=torch.uint8)]
+    masks[0][1:3, 1:3] = 1  # shot 0: the centre is the class, the rest background
+    masks[1][0, 0] = 0  # shot 1: all class but one background cell
+    fg, bg = model.shot_prototypes(feats, masks)
+    centre = torch.zeros(4, 4, dtype=torch.bool)
+    centre[1:3, 1:3] = True
+    shot1_fg = (feats[1].sum(dim=(1, 2)) - feats[1][:, 0, 0]) / 5
+    torch.testing.assert_close(fg, (feats[0][:, centre].mean(1) + shot1_fg) / 2)
+    torch.testing.assert_close(bg, (feats[0][:, ~centre].mean(1) + feats[1][:, 0, 0]) / 2)
+
+
 def test_no_mining_means_no_head():
     assert small_model(mine=False).head is None
     assert small_model().head is not None
