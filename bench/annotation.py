@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 import zarr
-from record import describe, machine, run_stage, save
+from record import describe, machine, run_stage, save, scratch
 
 from latentfss.encoder import Encoder
 from latentfss.runtime import pick_device
@@ -130,7 +129,7 @@ def main() -> None:
     size = config["annotation"]["input_size"]
     with torch.inference_mode():
         encoder_flops = limits.count_flops(lambda: encoder(torch.zeros(1, 3, size, size)))
-    with tempfile.TemporaryDirectory(dir=REPO) as tmp:  # on the disk the pipeline writes to
+    with scratch() as tmp:  # on the disk the pipeline writes to
         rates = limits.measure(pick_device(), tmp)
         startups = {name: limits.startup_seconds(name) for name in STAGES}
         sizes = {}

@@ -19,7 +19,6 @@ import copy
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 import zarr
-from record import describe, machine, run_stage, save
+from record import describe, machine, run_stage, save, scratch
 from torch.utils.data import DataLoader
 
 from latentfss.datasets.evaluation import TestEpisodes, collate
@@ -201,7 +200,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = pick_device()
     rows, stages = [], []
-    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+    with scratch() as tmp:
         rates = limits.measure(device, tmp)
         for shot in (1, 5):
             stages += measure_stages(args.results, shot, config, args.threads,

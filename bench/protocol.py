@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import yaml
 import zarr
-from record import describe, machine, run_stage, save
+from record import describe, machine, run_stage, save, scratch
 
 from latentfss.datasets.evaluation import RESIZE_MODES
 from latentfss.datasets.index import read_index
@@ -65,7 +64,7 @@ def evaluate(results: Path, run: Path, fold: int, shot: int, mode: str, config: 
     a region bank is built in that mode unless `bank` is given."""
     params = {**config["evaluate"], "resize": mode}
     bank_keys = ("resize", "input_size", "batch_size", "workers")
-    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+    with scratch() as tmp:
         if bank is None:
             bank = Path(tmp) / "bank"
             run_stage("build-bank", index=results / "dataset", model=run / "model.pt",

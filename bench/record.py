@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -24,6 +25,12 @@ def machine() -> dict:
 def describe(m: dict) -> str:
     device = m["gpu"] or "no GPU"
     return f"{m['cpu']}, {m['cores']} cores, {device}; Python {m['python']}, torch {m['torch']}"
+
+
+def scratch() -> tempfile.TemporaryDirectory:
+    """A scratch folder in the checkout, on the disk the pipeline writes to; git ignores its
+    name (.bench-*), so one left behind by a killed run is never committed."""
+    return tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1], prefix=".bench-")
 
 
 def save(results: dict, text: str, out: Path, name: str) -> None:

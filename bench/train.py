@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import limits
 import torch
 import yaml
 import zarr
-from record import describe, machine, run_stage, save
+from record import describe, machine, run_stage, save, scratch
 
 from latentfss.encoder import load_encoder
 from latentfss.model import MatchingNet, ModelConfig
@@ -77,7 +76,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     startup = limits.startup_seconds("train")
     runs = []
-    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+    with scratch() as tmp:
         rates = limits.measure(pick_device(), tmp)
         for shot in (1, 5):
             run = timed_train(args.results, Path(tmp) / f"shot{shot}", shot, params, args.threads)
