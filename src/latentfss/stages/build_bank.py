@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -18,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from latentfss import store
 from latentfss.config import from_params
-from latentfss.datasets.evaluation import RESIZE_MODES, collate, network_input
+from latentfss.datasets.evaluation import collate, network_input
 from latentfss.datasets.images import read_image
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each
@@ -28,28 +27,15 @@ from latentfss.progress import progress
 from latentfss.prototypes import area_weights, masked_average, present_labels
 from latentfss.region_bank import image_embedding
 from latentfss.runtime import pick_device
+from latentfss.stages.evaluate import EvaluateConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BankConfig:
-    """The keys of section `evaluate` the bank uses: it sees images as evaluation does."""
-
-    resize: str = "none"
-    input_size: int = 128
-    batch_size: int = 16
-    workers: int = 1
-
-    def __post_init__(self) -> None:
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}")
 
 
 class TrainImages(Dataset):
     """Row i of pseudo_masks.zarr: its image and pseudo mask as the network sees them."""
 
-    def __init__(self, paths: list[str], pseudo_masks: Path, cfg: BankConfig) -> None:
+    def __init__(self, paths: list[str], pseudo_masks: Path, cfg: EvaluateConfig) -> None:
         self.paths, self.store_path, self.cfg = paths, str(pseudo_masks), cfg
         group = zarr.open_group(self.store_path, mode="r")
         self.sizes = np.stack([group["height"][:], group["width"][:]], axis=1)
@@ -79,7 +65,7 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 @torch.inference_mode()
 def run(args: argparse.Namespace) -> None:
-    cfg = from_params(BankConfig, args.params, "evaluate")
+    cfg = from_params(EvaluateConfig, args.params, "evaluate")  # resize, input_size, ...
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     device = pick_device()
