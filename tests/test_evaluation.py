@@ -57,10 +57,11 @@ def test_rectification_is_eq8_and_eq9_by_hand():
     torch.manual_seed(0)
     embeddings = F.normalize(torch.randn(3, 8), dim=1)
     regions = torch.randn(5, 8)  # image 0: rows 0-1, image 1: rows 2-4, image 2: none
-    bank = RegionBank(inner_product_index(embeddings.numpy()), regions, np.array([0, 2, 5, 5]))
+    offsets = torch.tensor([0, 2, 5, 5])
+    bank = RegionBank(inner_product_index(embeddings.numpy()), regions, offsets, top_n=2, beta=0.2)
     p_s = torch.randn(1, 8)
-    out = bank.rectify(p_s, embeddings[1:2], top_n=2, beta=0.2)
-    nearest = bank.nearest_images(embeddings[1:2], 2)[0]
+    out = bank.rectify(p_s, embeddings[1:2])
+    nearest = bank.nearest_images(embeddings[1:2])[0]
     assert nearest[0] == 1  # the support's embedding finds its own image first
     picked = []
     for image in nearest:

@@ -3,6 +3,8 @@ test-time input modes, and batched evaluation equal to one episode at a time."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,9 +19,10 @@ from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
 from latentfss.episodes import IGNORE, EpisodeSampler, base_classes, novel_classes
 from latentfss.episodes import sample_test_episodes as sample
+from latentfss.metrics import IoUMeter
 from latentfss.model import load_model
 from latentfss.region_bank import load_bank
-from latentfss.stages.evaluate import EvaluateConfig, at_label, predictions
+from latentfss.stages.evaluate import EvaluateConfig, at_label, episode_by_episode, evaluate_lists
 
 # Fold 0 (novel 1-5, base 6-20) with min_support_pixels 30 (PROTOCOL): each train image's
 # objects as (class, side of its square). Two are Remain: one holds novel classes only, the
@@ -149,7 +152,7 @@ def test_predictions_land_on_the_label_pixels_they_come_from(mode, label_size):
     query, _, covered = network_input(image, mask, mode, 129)  # 129 = 8 x 16 + 1
     grid = -(-query.shape[1] // 8)
     rows = (8.0 * torch.arange(grid))[:, None].expand(grid, -(-query.shape[2] // 8))
-    out = at_label(rows[None, None], tuple(query.shape[1:]), covered, label_size)[0]
+    out = at_label(rows[None, None], tuple(query.shape[1:]), covered, label_size)[0, 0]
     assert out.shape == label_size
     expected = torch.arange(label_size[0]) * covered[0] / label_size[0]
     if mode == "none":  # 129 rows: 8(h - 1) + 1, so align_corners=True is exact
@@ -157,24 +160,38 @@ def test_predictions_land_on_the_label_pixels_they_come_from(mode, label_size):
     assert (out[:, 0] - expected).abs().max() < 1.0
 
 
+def counts(meter: IoUMeter) -> tuple:
+    """The pixel counts a meter has summed: per class, and background and foreground."""
+    return meter.inter, meter.union, meter.fb_inter.tolist(), meter.fb_union.tolist()
+
+
 @pytest.mark.parametrize("resize", RESIZE_MODES)
-def test_a_batch_predicts_what_one_episode_at_a_time_does(hand_built, resize):
+def test_encoding_each_image_once_scores_what_encoding_every_episode_does(hand_built, resize):
     index = read_index(hand_built / "dataset")
     model, _ = load_model(hand_built / "model.pt")
-    bank = load_bank(hand_built / "bank")
+    cpu, novel = torch.device("cpu"), novel_classes(0, 20)
     everything = index.pixels  # any images will do: train and val, of sizes 56x64 and 64x64
     for shots in (1, 5):
-        sampler = EpisodeSampler.from_pixels(everything, novel_classes(0, 20), 30, shots)
-        episodes = sample(sampler, 12, seed=shots)
-        assert index.images.loc[episodes["query"], "height"].nunique() == 2  # mixed sizes
-        for rectify in (None, bank):
-            runs = [[pred for pred, _, _ in predictions(
-                model, episodes, index, EvaluateConfig(resize=resize, input_size=60,
-                                                       batch_size=size, workers=0),
-                rectify, torch.device("cpu"))] for size in (1, 12)]  # fmt: skip
-            assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
-            labels = index.images.loc[episodes["query"], ["height", "width"]].to_numpy()
-            assert [p.shape for p in runs[0]] == [tuple(s) for s in labels]
+        sampler = EpisodeSampler.from_pixels(everything, novel, 30, shots)
+        lists = {f"seed{seed}": sample(sampler, 8, seed=seed) for seed in (0, 1)}
+        assert index.images.loc[lists["seed0"]["query"], "height"].nunique() == 2  # mixed sizes
+        for bank in (None, load_bank(hand_built / "bank", 4, 0.2, cpu)):
+            cfg = EvaluateConfig(resize=resize, input_size=60, batch_size=3, workers=0)
+            once, work = evaluate_lists(model, lists, index, cfg, bank, cpu, novel)
+            for name, episodes in lists.items():
+                meter = IoUMeter(novel)
+                for pred, label, class_id in episode_by_episode(model, episodes, index, cfg,
+                                                                bank, cpu):  # fmt: skip
+                    assert pred.shape == label.shape  # scored at the label's own size
+                    meter.update(pred, label, class_id)
+                assert counts(once[name]) == counts(meter)  # so the same per-class IoU
+            assert work["encoded_images"] == work["distinct_images"]
+            assert work["distinct_images"] < work["episodes"] * (shots + 1)
+            # with no room to keep features, queries are encoded again: the same scores
+            small = dataclasses.replace(cfg, cache_mb=0)
+            again, work = evaluate_lists(model, lists, index, small, bank, cpu, novel)
+            assert [counts(m) for m in again.values()] == [counts(m) for m in once.values()]
+            assert work["encoded_images"] > work["distinct_images"]
 
 
 def test_summary_has_a_table5_when_the_remain_row_ran(tmp_path, capsys):

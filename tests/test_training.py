@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import cli, params
 from latentfss.augment import scale_crop_flip, strong_photometric
@@ -16,7 +17,7 @@ from latentfss.datasets.training import EpisodeSamples, PseudoSamples
 from latentfss.ema import ModelEMA
 from latentfss.encoder import Encoder
 from latentfss.episodes import IGNORE, EpisodeSampler, ProtocolConfig, base_classes
-from latentfss.model import MatchingNet, ModelConfig, cosine_logits, segmentation_loss
+from latentfss.model import MatchingNet, ModelConfig, Shots, cosine_logits, segmentation_loss
 from latentfss.stages.train import TrainConfig, learning_rate, train
 
 
@@ -49,33 +50,23 @@ def test_matching_logits_are_sigma_times_cosine():
     torch.testing.assert_close(logits[1, 1, 2, 3], expected)
 
 
-def test_k_shot_prototypes_average_the_shots():
-    model = small_model()
-    feats = torch.randn(1, 2, 256, 4, 4)
-    masks = torch.zeros(1, 2, 4, 4, dtype=torch.uint8)
-    masks[0, 0, :2] = 1  # shot 0: top half is the class
-    masks[0, 1, :, :1] = 1  # shot 1: first column
-    masks[0, 1, 3, 3] = IGNORE
-    fg, bg = model.support_prototypes(feats, masks)
-    shot0 = feats[0, 0][:, :2].mean(dim=(1, 2))
-    shot1 = feats[0, 1][:, :, 0].mean(dim=1)
-    torch.testing.assert_close(fg[0], (shot0 + shot1) / 2)
-    bg1 = (feats[0, 1][:, :, 1:].sum(dim=(1, 2)) - feats[0, 1][:, 3, 3]) / 11
-    torch.testing.assert_close(bg[0], (feats[0, 0][:, 2:].mean(dim=(1, 2)) + bg1) / 2)
-
-
 def test_k_shot_prototypes_of_shots_of_different_sizes_average_their_eq2_prototypes():
     model = small_model()
-    feats = [torch.randn(256, 4, 4), torch.randn(256, 2, 3)]
-    masks = [torch.zeros(4, 4, dtype=torch.uint8), torch.ones(2, 3, dtype=torch.uint8)]
-    masks[0][1:3, 1:3] = 1  # shot 0: the centre is the class, the rest background
-    masks[1][0, 0] = 0  # shot 1: all class but one background cell
-    fg, bg = model.shot_prototypes(feats, masks)
+    feats = [torch.randn(1, 256, 4, 4), torch.randn(1, 256, 2, 3)]
+    masks = [torch.zeros(1, 4, 4, dtype=torch.uint8), torch.ones(1, 2, 3, dtype=torch.uint8)]
+    masks[0][0, 1:3, 1:3] = 1  # shot 0: the centre is the class, the rest background
+    masks[1][0, 0, :2] = 0  # shot 1: all class but two background cells, one of them ignored
+    masks[1][0, 0, 1] = IGNORE
+    shots = [model.shots(f, m) for f, m in zip(feats, masks, strict=True)]
+    fg, bg = model.prototypes(Shots.stack(shots))
     centre = torch.zeros(4, 4, dtype=torch.bool)
     centre[1:3, 1:3] = True
-    shot1_fg = (feats[1].sum(dim=(1, 2)) - feats[1][:, 0, 0]) / 5
-    torch.testing.assert_close(fg, (feats[0][:, centre].mean(1) + shot1_fg) / 2)
-    torch.testing.assert_close(bg, (feats[0][:, ~centre].mean(1) + feats[1][:, 0, 0]) / 2)
+    shot0, shot1 = feats[0][0], feats[1][0]
+    shot1_fg = (shot1.sum(dim=(1, 2)) - shot1[:, 0, 0] - shot1[:, 0, 1]) / 4
+    torch.testing.assert_close(fg[0], (shot0[:, centre].mean(1) + shot1_fg) / 2)
+    torch.testing.assert_close(bg[0], (shot0[:, ~centre].mean(1) + shot1[:, 0, 0]) / 2)
+    embeddings = [F.normalize(f[0].mean(dim=(1, 2)), dim=0) for f in feats]
+    torch.testing.assert_close(shots[1].embedding[0], embeddings[1])
 
 
 def test_no_mining_means_no_head():
@@ -112,8 +103,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     losses = []
     model.train()
     for _ in range(6):
-        feats = model.encoder(images)
-        logits, _ = model.match(feats[:2], feats[2:].view(2, 1, *feats.shape[1:]), masks[2:, None])
+        logits = model(images[:2], [images[2:]], [masks[2:]]).logits
         loss = segmentation_loss(logits, masks[:2])
         optimizer.zero_grad()
         loss.backward()

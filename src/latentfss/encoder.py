@@ -194,23 +194,30 @@ class Encoder(nn.Module):
         return self
 
 
+def encode_batches(encoder: Encoder, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Layer3 features of normalised image batches (N_i, 3, H_i, W_i), in order. The batches
+    of one image size go through the encoder together, so images that differ in size
+    (`evaluate.resize: none`) cost one pass per distinct size."""
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, batch in enumerate(batches):
+        by_size.setdefault(tuple(batch.shape[1:]), []).append(i)
+    feats: list[torch.Tensor] = [torch.empty(0)] * len(batches)
+    for members in by_size.values():
+        images = torch.cat([batches[i] for i in members])
+        out = encoder(images.contiguous(memory_format=torch.channels_last))
+        for i, f in zip(members, out.split([len(batches[i]) for i in members]), strict=True):
+            feats[i] = f
+    return feats
+
+
 @torch.inference_mode()
 def encode_each(encoder: Encoder, images: Sequence[torch.Tensor],
                 normalise: Normalise) -> list[torch.Tensor]:  # fmt: skip
-    """Float32 layer3 features (C, h, w) of each uint8 (3, H, W) image. Images of one size go
-    through the encoder together (bf16 autocast on CUDA), so a batch of episodes whose images
-    differ in size (`evaluate.resize: none`) costs one pass per distinct size."""
-    by_size: dict[tuple[int, ...], list[int]] = {}
-    for i, image in enumerate(images):
-        by_size.setdefault(tuple(image.shape), []).append(i)
-    feats: list[torch.Tensor] = [torch.empty(0)] * len(images)
-    for members in by_size.values():
-        batch = normalise(normalise.unit(torch.stack([images[i] for i in members])))
-        with autocast(normalise.device):
-            out = encoder(batch.contiguous(memory_format=torch.channels_last)).float()
-        for i, f in zip(members, out, strict=True):
-            feats[i] = f
-    return feats
+    """Float32 layer3 features (C, h, w) of each uint8 (3, H, W) image (`encode_batches`,
+    bf16 autocast on CUDA)."""
+    with autocast(normalise.device):
+        feats = encode_batches(encoder, [normalise(normalise.unit(i[None])) for i in images])
+    return [f[0].float() for f in feats]
 
 
 @torch.no_grad()

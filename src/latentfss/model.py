@@ -3,16 +3,22 @@ global background prototype (Eq. 6-7) and the mining head on layer3 features."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentfss.encoder import Encoder
+from latentfss.encoder import Encoder, encode_batches
 from latentfss.episodes import IGNORE
 from latentfss.errors import InputError
-from latentfss.prototypes import upsample
+from latentfss.prototypes import image_embedding, upsample
+from latentfss.runtime import autocast
+
+if TYPE_CHECKING:
+    from latentfss.region_bank import RegionBank
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,25 @@ def cosine_logits(feats: torch.Tensor, prototypes: torch.Tensor, sigma: float) -
     )
 
 
+class Shots(NamedTuple):
+    """Support shots: Eq. 2 foreground and background prototypes and the image embedding."""
+
+    fg: torch.Tensor
+    bg: torch.Tensor
+    embedding: torch.Tensor
+
+    @staticmethod
+    def stack(shots: Sequence[Shots]) -> Shots:
+        """K shots of B episodes, Shots of (B, C) each -> Shots of (B, K, C)."""
+        return Shots(*(torch.stack(column, dim=1) for column in zip(*shots, strict=True)))
+
+
+class Output(NamedTuple):
+    logits: torch.Tensor  # (B, 2, h, w) on the query's feature grid
+    background: torch.Tensor  # (B, C) the episodes' current background prototypes (Eq. 6)
+    mining: torch.Tensor | None  # (M, K + 1, h, w) the mining head's logits
+
+
 class MiningHead(nn.Sequential):
     """Three convolutions on layer3 features predicting the K+1 pseudo classes (section 4.1):
     conv3x3-BN-ReLU, conv3x3-BN-ReLU, conv1x1."""
@@ -88,24 +113,19 @@ class MatchingNet(nn.Module):
         self.register_buffer("bg_global", torch.zeros(encoder.channels))
         self.register_buffer("bg_seen", torch.tensor(False))
 
-    def support_prototypes(self, feats: torch.Tensor, masks: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """K-shot prototypes: feats (B, K, C, h, w), masks (B, K, H, W) -> fg, bg (B, C), each
-        the mean over the K shots of their Eq. 2 prototypes."""
-        b, k, c, h, w = feats.shape
-        fg_w, bg_w = mask_weights(masks.flatten(0, 1), (h, w))
-        flat = feats.flatten(0, 1)
-        fg = pool(flat, fg_w).view(b, k, c).mean(dim=1)
-        bg = pool(flat, bg_w).view(b, k, c).mean(dim=1)
-        return fg, bg
+    def shots(self, feats: torch.Tensor, masks: torch.Tensor) -> Shots:
+        """Each shot's Eq. 2 prototypes and image embedding: feats (N, C, h, w), binary masks
+        (N, H, W) -> Shots of (N, C)."""
+        fg_w, bg_w = mask_weights(masks.to(feats.device), tuple(feats.shape[-2:]))
+        return Shots(pool(feats, fg_w), pool(feats, bg_w), image_embedding(feats))
 
-    def shot_prototypes(self, feats: list[torch.Tensor], masks: list[torch.Tensor]
-                        ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """`support_prototypes` of one episode whose K shots may differ in size: feats K x
-        (C, h_k, w_k), masks K x (H_k, W_k) -> fg, bg (C,)."""
-        shots = [self.support_prototypes(f[None, None], m[None, None].to(f.device))
-                 for f, m in zip(feats, masks, strict=True)]  # fmt: skip
-        fg, bg = (torch.stack([s[i][0] for s in shots]).mean(dim=0) for i in (0, 1))
+    def prototypes(self, shots: Shots, bank: RegionBank | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """K-shot episodes: Shots of (B, K, C) -> fg, bg (B, C), the means over the K shots; fg
+        rectified by Eq. 8-9 with a bank, a K-shot support's embedding the mean of its shots'."""
+        fg, bg = shots.fg.mean(dim=1), shots.bg.mean(dim=1)
+        if bank is not None:
+            fg = bank.rectify(fg, F.normalize(shots.embedding.mean(dim=1), dim=1))
         return fg, bg
 
     def background(self, current: torch.Tensor) -> torch.Tensor:
@@ -127,22 +147,28 @@ class MatchingNet(nn.Module):
         else:
             self.bg_global.mul_(self.cfg.bg_momentum).add_((1 - self.cfg.bg_momentum) * mean)
 
-    def match(self, query_feats: torch.Tensor, support_feats: torch.Tensor,
-              support_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Eq. 4-5 logits of an episode batch: (B, 2, h, w) with channel 0 = background, 1 = the
-        support class; also the current background prototypes (B, C) for Eq. 6."""
-        fg, bg = self.support_prototypes(support_feats, support_masks)
+    def match(self, query_feats: torch.Tensor, fg: torch.Tensor,
+              bg: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Eq. 4-5 logits (B, 2, h, w) of query features (B, C, h, w) against the support
+        prototypes (B, C): channel 0 = background (fused by Eq. 7), 1 = the support class."""
         prototypes = torch.stack([self.background(bg), fg], dim=1)  # (B, 2, C)
-        return cosine_logits(query_feats, prototypes, self.cfg.sigma), bg
+        return cosine_logits(query_feats, prototypes, self.cfg.sigma)
 
-    def forward(self, query: torch.Tensor, supports: torch.Tensor,
-                support_masks: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """Inference: query (B, 3, H, W), supports (B, K, 3, H', W'), masks (B, K, H', W') ->
-        logits (B, 2, h, w) on the feature grid."""
-        b, k = supports.shape[:2]
-        support_feats = self.encoder(supports.flatten(0, 1))
-        support_feats = support_feats.view(b, k, *support_feats.shape[1:])
-        return self.match(self.encoder(query), support_feats, support_masks)[0]
+    def forward(self, query: torch.Tensor, supports: Sequence[torch.Tensor],
+                support_masks: Sequence[torch.Tensor], bank: RegionBank | None = None,
+                mining: torch.Tensor | None = None) -> Output:  # fmt: skip
+        """B episodes: normalised query images (B, 3, H, W) and K shots, each normalised images
+        (B, 3, H_k, W_k) with binary masks (B, H_k, W_k); optionally M images for the mining
+        head. One encoder pass per distinct image size (bf16 autocast on CUDA); the matching
+        in float32."""
+        images = [query, *supports] + ([mining] if mining is not None else [])
+        with autocast(query.device):
+            feats = encode_batches(self.encoder, images)
+            mined = self.head(feats[-1]) if mining is not None else None
+        shot_feats = feats[1 : 1 + len(supports)]
+        shots = [self.shots(f.float(), m) for f, m in zip(shot_feats, support_masks, strict=True)]
+        fg, bg = self.prototypes(Shots.stack(shots), bank)
+        return Output(self.match(feats[0].float(), fg, bg), bg, mined)
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,12 @@ def masked_average(feats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return sums / mass.clamp_min(1e-12)[:, None]
 
 
+def image_embedding(feats: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) layer3 features -> (B, C) L2-normalised average pools: the embedding by
+    which rectification (section 3.4) finds a support's relevant train images."""
+    return F.normalize(feats.float().mean(dim=(2, 3)), dim=1)
+
+
 def present_labels(mask: np.ndarray) -> np.ndarray:
     """Sorted labels present in a mask, IGNORE excluded."""
     labels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))

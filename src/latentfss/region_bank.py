@@ -20,11 +20,6 @@ import torch.nn.functional as F
 from latentfss import store
 
 
-def image_embedding(feats: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) layer3 features -> (B, C) L2-normalised average pools."""
-    return F.normalize(feats.float().mean(dim=(2, 3)), dim=1)
-
-
 def inner_product_index(embeddings: np.ndarray) -> faiss.Index:
     """An exact inner-product index (cosine, as the rows are unit vectors); on the GPU when
     faiss sees one."""
@@ -37,39 +32,46 @@ def inner_product_index(embeddings: np.ndarray) -> faiss.Index:
 
 @dataclass
 class RegionBank:
-    """Regions sorted by image: those of train image i are rows offsets[i]:offsets[i + 1]."""
+    """Regions sorted by image: those of train image i are rows offsets[i]:offsets[i + 1]; and
+    the rectification's N (`top_n`) and beta."""
 
     index: faiss.Index
     regions: torch.Tensor  # (R, C) region prototypes
-    offsets: np.ndarray  # (N + 1,) int64
+    offsets: torch.Tensor  # (N + 1,) int64, on the regions' device
+    top_n: int = 4
+    beta: float = 0.2
 
-    def nearest_images(self, embeddings: torch.Tensor, top_n: int) -> np.ndarray:
+    def nearest_images(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, C) unit embeddings -> (B, top_n) train-image rows, most similar first."""
         query = np.ascontiguousarray(embeddings.detach().float().cpu().numpy())
-        return self.index.search(query, top_n)[1]
+        return torch.from_numpy(self.index.search(query, self.top_n)[1]).to(self.offsets.device)
 
-    def rectify(self, prototypes: torch.Tensor, embeddings: torch.Tensor, top_n: int,
-                beta: float) -> torch.Tensor:  # fmt: skip
-        """Eq. 8-9 for a batch: prototypes (B, C) support fg, embeddings (B, C) -> (B, C)."""
-        out = prototypes.clone()
-        for b, images in enumerate(self.nearest_images(embeddings, top_n)):
-            best = []
-            for image in images:
-                rows = self.regions[self.offsets[image] : self.offsets[image + 1]]
-                if len(rows):
-                    cos = F.cosine_similarity(rows.to(prototypes), prototypes[b][None], dim=1)
-                    best.append((rows[cos.argmax()].to(prototypes), cos.max()))
-            if not best:
-                continue
-            regions = torch.stack([r for r, _ in best])
-            cos = torch.stack([c for _, c in best])
-            mu = cos / cos.sum()  # Eq. 9
-            out[b] = (1 - beta) * prototypes[b] + beta * (mu[:, None] * regions).sum(dim=0)
-        return out
+    def rectify(self, prototypes: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Eq. 8-9 for a batch, with one search: support fg prototypes (B, C) and unit image
+        embeddings (B, C) -> (B, C). An image without regions offers none; a support whose N
+        images have none is left as it is."""
+        images = self.nearest_images(embeddings)  # (B, N)
+        first, count = self.offsets[images], self.offsets[images + 1] - self.offsets[images]
+        widest = int(count.max())
+        if widest == 0:
+            return prototypes
+        slot = torch.arange(widest, device=images.device)
+        present = slot < count[..., None]  # (B, N, S): slot s holds region first + s
+        rows = torch.where(present, first[..., None] + slot, 0)
+        regions = self.regions[rows].to(prototypes)  # (B, N, S, C)
+        cos = F.cosine_similarity(regions, prototypes[:, None, None], dim=-1)
+        best, pick = cos.masked_fill(~present, -torch.inf).max(dim=-1)  # (B, N)
+        picked = regions.gather(2, pick[..., None, None].expand(-1, -1, 1, regions.shape[-1]))
+        weight = torch.where(count > 0, best, 0.0)
+        mu = weight / weight.sum(dim=1, keepdim=True)  # Eq. 9
+        relevant = (mu[..., None] * picked[:, :, 0]).sum(dim=1)
+        rectified = (1 - self.beta) * prototypes + self.beta * relevant  # Eq. 8
+        return torch.where((count > 0).any(dim=1, keepdim=True), rectified, prototypes)
 
 
-def load_bank(path) -> RegionBank:
-    """A bank written by `latentfss build-bank`: images.faiss and regions.zarr."""
+def load_bank(path, top_n: int, beta: float, device: torch.device) -> RegionBank:
+    """A bank written by `latentfss build-bank` (images.faiss and regions.zarr), its regions
+    on `device`."""
     path = Path(path)
     group = store.open_group(path / "regions.zarr", "build-bank")
     index = faiss.read_index(str(path / "images.faiss"))
@@ -77,4 +79,5 @@ def load_bank(path) -> RegionBank:
         index = faiss.index_cpu_to_all_gpus(index)
     image = group["image"][:]  # sorted: regions were written image by image
     offsets = np.concatenate([[0], np.cumsum(np.bincount(image, minlength=index.ntotal))])
-    return RegionBank(index, torch.from_numpy(group["prototypes"][:]), offsets)
+    regions = torch.from_numpy(group["prototypes"][:]).to(device)
+    return RegionBank(index, regions, torch.from_numpy(offsets).to(device), top_n, beta)

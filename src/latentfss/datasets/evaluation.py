@@ -1,4 +1,4 @@
-"""What the network sees at test time (`evaluate.resize`), and test episodes as tensors.
+"""What the network sees at test time (`evaluate.resize`): test images, and test episodes.
 
 The query's label stays at its original resolution: predictions are scored there, as in the
 paper ("evaluated on their original resolution") and both references.
@@ -16,6 +16,7 @@ from latentfss.datasets.images import read_image, read_mask
 from latentfss.episodes import IGNORE, binary_mask
 
 RESIZE_MODES = ("none", "pfenet", "square")
+QUERY_KEYS = ("image_id", "covered", "input_size", "label")
 
 
 def _resize(image: np.ndarray, mask: np.ndarray, height: int,
@@ -66,6 +67,30 @@ def network_input(image: np.ndarray, mask: np.ndarray, mode: str,
     return image, torch.from_numpy(np.array(mask)), tuple(covered)
 
 
+class TestImages(Dataset):
+    """Image i of a list as the network sees it (`network_input`): its (3, h, w) uint8 image
+    and (h, w) class-index mask (supports' binary masks come from it), the part `covered`, and
+    its `label`, the class-index mask at the original size (queries' labels come from it).
+    A query needs only QUERY_KEYS."""
+
+    def __init__(self, image_ids: list[int], images: pd.DataFrame, num_classes: int,
+                 resize: str, size: int) -> None:  # fmt: skip
+        self.image_ids, self.paths = list(image_ids), images[["image", "mask"]]
+        self.num_classes, self.resize, self.size = num_classes, resize, size
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        image_path, mask_path = self.paths.loc[self.image_ids[i]]
+        label = read_mask(mask_path, self.num_classes)
+        image, mask, covered = network_input(read_image(image_path), label, self.resize,
+                                             self.size)  # fmt: skip
+        return {"image_id": self.image_ids[i], "image": image, "mask": mask.numpy(),
+                "covered": covered, "input_size": tuple(image.shape[1:]),
+                "label": label}  # fmt: skip
+
+
 class TestEpisodes(Dataset):
     """Episode i: the query and supports as the network sees them (`network_input`), the
     supports' binary masks likewise, and the query's binary label at its original `size`."""
@@ -94,6 +119,6 @@ class TestEpisodes(Dataset):
                 "support_masks": [s[1] for s in shots], "class_id": class_id}  # fmt: skip
 
 
-def collate(episodes: list[dict]) -> list[dict]:
-    """A batch is a list of episodes: their images may differ in size."""
-    return episodes
+def collate(items: list) -> list:
+    """A batch is a list of images or episodes: they may differ in size."""
+    return items

@@ -24,8 +24,7 @@ from latentfss.encoder import Normalise, encode_each
 from latentfss.fs import atomic_dir
 from latentfss.model import load_model
 from latentfss.progress import progress
-from latentfss.prototypes import area_weights, masked_average, present_labels
-from latentfss.region_bank import image_embedding
+from latentfss.prototypes import area_weights, image_embedding, masked_average, present_labels
 from latentfss.runtime import pick_device
 from latentfss.stages.evaluate import EvaluateConfig
 

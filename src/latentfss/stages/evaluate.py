@@ -4,12 +4,17 @@ For every seed: an episode list (written first, so any run can be replayed with 
 then predictions from the images as `evaluate.resize` presents them to the network, upsampled
 to each query label's own resolution and scored there by class-wise mIoU and FB-IoU over the
 fold's novel classes. The mean over seeds is the result.
+
+The lists of a job share their images, so each distinct image is encoded once for all of them
+(`evaluate_lists`); the per-class IoU is what encoding every episode anew gives
+(`episode_by_episode`, which also times the paper's Table 7 speed).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import time
@@ -21,24 +26,37 @@ import faiss
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from latentfss.config import from_params
-from latentfss.datasets.evaluation import RESIZE_MODES, TestEpisodes, collate
+from latentfss.datasets.evaluation import (
+    QUERY_KEYS,
+    RESIZE_MODES,
+    TestEpisodes,
+    TestImages,
+    collate,  # fmt: skip
+)
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each
-from latentfss.episodes import EpisodeSampler, ProtocolConfig, novel_classes, sample_test_episodes
+from latentfss.episodes import (
+    EpisodeSampler,
+    ProtocolConfig,
+    binary_mask,
+    novel_classes,
+    sample_test_episodes,  # fmt: skip
+)
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file
 from latentfss.metrics import IoUMeter
-from latentfss.model import MatchingNet, cosine_logits, load_model
+from latentfss.model import MatchingNet, Shots, load_model
 from latentfss.progress import progress
 from latentfss.prototypes import upsample
-from latentfss.region_bank import RegionBank, image_embedding, load_bank
+from latentfss.region_bank import RegionBank, load_bank
 from latentfss.runtime import pick_device
 
 log = logging.getLogger(__name__)
+
+SPEED_EPISODES = 21  # timed one at a time for Table 7's speed (the first is the warm-up)
 
 
 @dataclass(frozen=True)
@@ -49,7 +67,8 @@ class EvaluateConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     resize: str = "none"  # what the network sees: none | pfenet | square (network_input)
     input_size: int = 128  # pfenet and square: the side of the network's input
-    batch_size: int = 16  # episodes per forward pass
+    batch_size: int = 16  # images loaded and encoded together; episodes rectified together
+    cache_mb: int = 2048  # features of query images kept between their two uses (on the device)
     fg_rectify: bool = True  # Eq. 8-9 (paper Table 3, "FG")
     top_n: int = 4  # N relevant train images
     beta: float = 0.2  # rectification weight
@@ -58,6 +77,8 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if min(self.episodes, self.input_size, self.batch_size, self.top_n) < 1 or not self.seeds:
             raise ValueError("episodes, input_size, batch_size, top_n and seeds must be positive")
+        if self.cache_mb < 0:
+            raise ValueError("cache_mb must be at least 0")
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}")
 
@@ -77,59 +98,109 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 def at_label(logits: torch.Tensor, input_size: tuple[int, int], covered: tuple[int, int],
              label_size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
-    """A query's grid logits (1, P, h, w) -> (P, H, W) at its label's resolution: upsampled so
-    that the part of the (h_in, w_in) input the image covers spans (H, W), padding cut off."""
+    """A query's grid logits (B, P, h, w) -> (B, P, H, W) at its label's resolution: upsampled
+    so that the part of the (h_in, w_in) input the image covers spans (H, W), padding cut off."""
     (height, width), (covered_h, covered_w) = label_size, covered
     size = (round(input_size[0] * height / covered_h), round(input_size[1] * width / covered_w))
-    return upsample(logits, size)[0, :, :height, :width]
+    return upsample(logits, size)[..., :height, :width]
 
 
 @torch.inference_mode()
-def predict(model: MatchingNet, episodes: list[dict], normalise: Normalise,
-            bank: RegionBank | None, cfg: EvaluateConfig) -> list[np.ndarray]:  # fmt: skip
-    """Binary predictions (H, W) of a batch of episodes (`TestEpisodes` items), each at its
-    query's original `size`. Each image is encoded as if alone, so a batch predicts what one
-    episode at a time does."""
-    b = len(episodes)
-    images = [e["query"] for e in episodes] + [s for e in episodes for s in e["supports"]]
-    feats = encode_each(model.encoder, images, normalise)
-    shots = iter(feats[b:])
-    fg, bg, embeddings = [], [], []
-    for episode in episodes:
-        support_feats = [next(shots) for _ in episode["supports"]]
-        episode_fg, episode_bg = model.shot_prototypes(support_feats, episode["support_masks"])
-        fg.append(episode_fg)
-        bg.append(episode_bg)
-        embeddings.append(torch.cat([image_embedding(f[None]) for f in support_feats]).mean(0))
-    fg, bg = torch.stack(fg), torch.stack(bg)  # (B, C)
-    if bank is not None:  # Eq. 8-9; a K-shot support's embedding is the mean of its shots'
-        fg = bank.rectify(fg, F.normalize(torch.stack(embeddings), dim=1), cfg.top_n, cfg.beta)
-    prototypes = torch.stack([model.background(bg), fg], dim=1)  # (B, 2, C), Eq. 7 background
-    return [at_label(cosine_logits(feats[i][None], prototypes[i : i + 1], model.cfg.sigma),
-                     e["query"].shape[-2:], e["covered"], e["size"]).argmax(0).cpu().numpy()
-            for i, e in enumerate(episodes)]  # fmt: skip
+def predict_episode(model: MatchingNet, episode: dict, normalise: Normalise,
+                    bank: RegionBank | None) -> np.ndarray:  # fmt: skip
+    """One episode (a `TestEpisodes` item) through `MatchingNet.forward`, nothing cached: the
+    binary prediction (H, W) at the query's original `size`."""
+    query, *supports = (normalise(normalise.unit(image[None]))
+                        for image in [episode["query"], *episode["supports"]])  # fmt: skip
+    logits = model(query, supports, [m[None] for m in episode["support_masks"]], bank).logits
+    return at_label(logits, tuple(episode["query"].shape[-2:]), episode["covered"],
+                    episode["size"])[0].argmax(0).cpu().numpy()  # fmt: skip
 
 
-def predictions(model: MatchingNet, episodes: pd.DataFrame, index, cfg: EvaluateConfig, bank,
-                device: torch.device) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:  # fmt: skip
-    """(prediction, label, class_id) of every episode of a list, in order."""
+def episode_by_episode(model: MatchingNet, episodes: pd.DataFrame, index, cfg: EvaluateConfig,
+                       bank, device) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:  # fmt: skip
+    """(prediction, label, class_id) of every episode of a list, in order, each encoded anew:
+    the protocol as the references run it, and the paper's Table 7 measure of model speed."""
     data = TestEpisodes(episodes, index.images, index.num_classes, cfg.resize, cfg.input_size)
-    loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda")  # fmt: skip
+    loader = DataLoader(data, batch_size=None, num_workers=cfg.workers)
     normalise = Normalise(device)
-    for batch in progress(loader, len(loader), "evaluate"):
-        preds = predict(model, batch, normalise, bank, cfg)
-        for pred, episode in zip(preds, batch, strict=True):
-            yield pred, episode["label"].numpy(), episode["class_id"]
+    for episode in loader:
+        pred = predict_episode(model, episode, normalise, bank)
+        yield pred, episode["label"].numpy(), episode["class_id"]
 
 
-def evaluate_episodes(model, episodes: pd.DataFrame, index, cfg: EvaluateConfig, bank,
-                      device, novel) -> tuple[IoUMeter, float]:  # fmt: skip
-    meter = IoUMeter(novel)
+def encoded(model: MatchingNet, image_ids, index, cfg: EvaluateConfig, normalise: Normalise,
+            what: str) -> Iterator[tuple[dict, torch.Tensor]]:  # fmt: skip
+    """(`TestImages` item, its float32 features (C, h, w)) of each image, loaded in workers."""
+    data = TestImages(image_ids, index.images, index.num_classes, cfg.resize, cfg.input_size)
+    loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                        collate_fn=collate)  # fmt: skip
+    for batch in progress(loader, len(loader), f"evaluate {what}"):
+        feats = encode_each(model.encoder, [item["image"] for item in batch], normalise)
+        yield from zip(batch, feats, strict=True)
+
+
+@torch.inference_mode()
+def evaluate_lists(model: MatchingNet, lists: dict[str, pd.DataFrame], index,
+                   cfg: EvaluateConfig, bank: RegionBank | None, device: torch.device,
+                   novel) -> tuple[dict[str, IoUMeter], dict]:  # fmt: skip
+    """Every episode of every list, each distinct image encoded once.
+
+    1. Support images: each (image, class) shot's prototypes and embedding (`MatchingNet.shots`);
+       the features of those that are queries too are kept, up to `cache_mb`.
+    2. Every episode's prototypes from its shots, rectified `batch_size` episodes at a time.
+    3. Query images (kept, else encoded now): all the episodes of each are matched together.
+    -> an IoUMeter per list; what was done (episodes, distinct and encoded images, seconds).
+    """
     start = time.perf_counter()
-    for pred, label, class_id in predictions(model, episodes, index, cfg, bank, device):
-        meter.update(pred, label, class_id)
-    return meter, len(episodes) / (time.perf_counter() - start)
+    episodes = pd.concat(lists.values(), ignore_index=True)
+    names = np.repeat(list(lists), [len(e) for e in lists.values()])
+    supports = np.array([str(s).split() for s in episodes["supports"]], dtype=np.int64)
+    classes = episodes["class_id"].to_numpy()
+    stride = index.num_classes + 1  # a shot (image, class) as one key
+    keys, shot_of = np.unique(supports * stride + classes[:, None], return_inverse=True)
+    shot_of = shot_of.reshape(supports.shape)  # (E, K) rows of the shot table
+    by_query = episodes.groupby("query").indices
+    normalise, channels = Normalise(device), model.encoder.channels
+    table = Shots(*(torch.empty(len(keys), channels, device=device) for _ in range(3)))
+    kept, kept_bytes, budget = [], 0, cfg.cache_mb * 2**20
+    for item, feats in encoded(model, np.unique(supports), index, cfg, normalise, "supports"):
+        first, last = np.searchsorted(keys, item["image_id"] * stride + np.array([0, stride]))
+        for row in range(first, last):  # one shot at a time, as episode_by_episode computes it
+            mask = torch.from_numpy(binary_mask(item["mask"], keys[row] % stride))
+            for column, value in zip(table, model.shots(feats[None], mask[None]), strict=True):
+                column[row] = value[0]
+        size = 4 * feats.numel() + item["label"].nbytes
+        if item["image_id"] in by_query and kept_bytes + size <= budget:
+            kept.append(({k: item[k] for k in QUERY_KEYS}, feats))
+            kept_bytes += size
+    fg, bg = (torch.empty(len(episodes), channels, device=device) for _ in range(2))
+    for rows in np.array_split(np.arange(len(episodes)), -(-len(episodes) // cfg.batch_size)):
+        shots = Shots(*(column[shot_of[rows]] for column in table))
+        fg[rows], bg[rows] = model.prototypes(shots, bank)
+    rest = sorted(set(by_query) - {item["image_id"] for item, _ in kept})
+    meters = {name: IoUMeter(novel) for name in lists}
+    for item, feats in itertools.chain(kept, encoded(model, rest, index, cfg, normalise,
+                                                     "queries")):  # fmt: skip
+        rows = by_query[item["image_id"]]
+        logits = model.match(feats[None].expand(len(rows), -1, -1, -1), fg[rows], bg[rows])
+        preds = at_label(logits, item["input_size"], item["covered"], item["label"].shape)
+        for row, pred in zip(rows, preds.argmax(1).to(torch.uint8).cpu().numpy(), strict=True):
+            meters[names[row]].update(pred, binary_mask(item["label"], classes[row]),
+                                      int(classes[row]))  # fmt: skip
+    work = {"episodes": len(episodes), "seconds": time.perf_counter() - start,
+            "distinct_images": len(set(by_query) | set(supports.ravel().tolist())),
+            "encoded_images": len(np.unique(supports)) + len(rest)}  # fmt: skip
+    return meters, work
+
+
+def model_speed(model: MatchingNet, episodes: pd.DataFrame, index, cfg: EvaluateConfig, bank,
+                device) -> float | None:  # fmt: skip
+    """The paper's Table 7 measure: episodes/s one episode at a time with nothing cached (the
+    first episode is the warm-up); None with fewer than two episodes."""
+    done = [time.perf_counter() for _ in episode_by_episode(model, episodes, index, cfg, bank,
+                                                            device)]  # fmt: skip
+    return (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 else None
 
 
 def _mean_of_seen(values: list[float]) -> float | None:
@@ -150,7 +221,7 @@ def run(args: argparse.Namespace) -> None:
     model = model.to(device).to(memory_format=torch.channels_last)
     if cfg.fg_rectify and args.bank is None:
         raise InputError("evaluate.fg_rectify needs --bank (run `latentfss build-bank`)")
-    bank = load_bank(args.bank) if cfg.fg_rectify else None
+    bank = load_bank(args.bank, cfg.top_n, cfg.beta, device) if cfg.fg_rectify else None
     runs = {}
     if args.episodes is not None:
         runs[args.episodes.stem] = pd.read_csv(args.episodes)
@@ -167,22 +238,24 @@ def run(args: argparse.Namespace) -> None:
             with atomic_file(args.out / f"episodes_seed{seed}.csv") as tmp:
                 episodes.to_csv(tmp, index=False)
             runs[f"seed{seed}"] = episodes
-    per_run, per_class, speeds = {}, [], []
-    for name, episodes in runs.items():
-        meter, speed = evaluate_episodes(model, episodes, index, cfg, bank, device, novel)
-        per_run[name] = {"miou": meter.miou(), "fbiou": meter.fbiou(), "episodes_per_s": speed}
-        per_class.append(meter.per_class())
-        speeds.append(speed)
-        log.info("%s: mIoU %.2f, FB-IoU %.2f, %.1f episodes/s", name, 100 * meter.miou(),
-                 100 * meter.fbiou(), speed)  # fmt: skip
+    meters, work = evaluate_lists(model, runs, index, cfg, bank, device, novel)
+    per_run = {name: {"miou": m.miou(), "fbiou": m.fbiou()} for name, m in meters.items()}
+    for name, result in per_run.items():
+        log.info("%s: mIoU %.2f, FB-IoU %.2f", name, 100 * result["miou"], 100 * result["fbiou"])
+    log.info("%d episodes, %d distinct images (%d encoded): %.1f episodes/s", work["episodes"],
+             work["distinct_images"], work["encoded_images"],
+             work["episodes"] / work["seconds"])  # fmt: skip
+    first = next(iter(runs.values())).head(SPEED_EPISODES)
     mious = [r["miou"] for r in per_run.values()]
     fbious = [r["fbiou"] for r in per_run.values()]
     metrics = {
         "fold": args.fold, "shot": args.shot, "miou": float(np.mean(mious)),
         "miou_std": float(np.std(mious)), "fbiou": float(np.mean(fbious)),
-        "per_class": {str(c): _mean_of_seen([p[c] for p in per_class]) for c in novel},
-        "runs": per_run, "episodes_per_s": float(np.mean(speeds)), "device": str(device),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "per_class": {str(c): _mean_of_seen([m.per_class()[c] for m in meters.values()])
+                      for c in novel},
+        "runs": per_run, "episodes_per_s": work["episodes"] / work["seconds"], "work": work,
+        "model_episodes_per_s": model_speed(model, first, index, cfg, bank, device),
+        "device": str(device), "parameters": sum(p.numel() for p in model.parameters()),
         "evaluate": dataclasses.asdict(cfg), "model": str(args.model),
         "model_config": checkpoint["config"]["model"],
         "mining": checkpoint["config"].get("mining", {"remain": False}),  # models before it

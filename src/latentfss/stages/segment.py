@@ -25,7 +25,7 @@ from latentfss.errors import InputError
 from latentfss.model import load_model
 from latentfss.region_bank import load_bank
 from latentfss.runtime import pick_device
-from latentfss.stages.evaluate import EvaluateConfig, predict
+from latentfss.stages.evaluate import EvaluateConfig, at_label
 from latentfss.stages.write_pseudo_masks import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -84,24 +84,24 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device()
     model, checkpoint = load_model(args.model)
     model = model.to(device)
-    cfg = EvaluateConfig(resize="square", input_size=args.input_size or
-                         checkpoint["config"]["train"]["crop"])  # fmt: skip
-    shots = []
+    size = args.input_size or checkpoint["config"]["train"]["crop"]
+    normalise, supports, masks = Normalise(device), [], []
     for image_path, mask_path in args.support:
         image = read_image(image_path)
         mask = read_support_mask(mask_path, image.shape[:2])
-        shots.append(network_input(image, mask, cfg.resize, cfg.input_size))
-    bank = load_bank(args.bank) if args.bank else None
-    normalise = Normalise(device)
+        image, mask, _ = network_input(image, mask, "square", size)
+        supports.append(normalise(normalise.unit(image[None])))
+        masks.append(mask[None])
+    defaults = EvaluateConfig()  # the rectification's N and beta
+    bank = load_bank(args.bank, defaults.top_n, defaults.beta, device) if args.bank else None
     args.out.mkdir(parents=True, exist_ok=True)
     for path in query_images(args.query):
         image = read_image(path)
-        query, _, covered = network_input(image, np.zeros(image.shape[:2], np.uint8), cfg.resize,
-                                         cfg.input_size)  # fmt: skip
-        episode = {"query": query, "covered": covered, "size": image.shape[:2],
-                   "supports": [s[0] for s in shots],
-                   "support_masks": [s[1] for s in shots]}  # fmt: skip
-        mask = predict(model, [episode], normalise, bank, cfg)[0].astype(np.uint8)
+        query, _, covered = network_input(image, np.zeros(image.shape[:2], np.uint8), "square",
+                                          size)  # fmt: skip
+        logits = model(normalise(normalise.unit(query[None])), supports, masks, bank).logits
+        mask = at_label(logits, (size, size), covered, image.shape[:2])[0].argmax(0)
+        mask = mask.to(torch.uint8).cpu().numpy()
         Image.fromarray(mask * 255).save(args.out / f"{path.stem}_mask.png")
         Image.fromarray(overlay(image, mask)).save(args.out / f"{path.stem}_overlay.png")
         log.info("%s: %.1f%% of the image segmented", path.name, 100 * mask.mean())

@@ -46,8 +46,9 @@ def read_metrics(paths: list[Path]) -> pd.DataFrame:
                      "remain": m.get("mining", {}).get("remain", False),  # older runs: none
                      "miou": 100 * m["miou"],
                      "miou_std": 100 * m["miou_std"], "fbiou": 100 * m["fbiou"],
-                     "episodes_per_s": m["episodes_per_s"], "parameters": m["parameters"],
-                     "device": m["device"]})  # fmt: skip
+                     "episodes_per_s": m["episodes_per_s"],
+                     "model_episodes_per_s": m.get("model_episodes_per_s"),  # older: none
+                     "parameters": m["parameters"], "device": m["device"]})  # fmt: skip
     return pd.DataFrame(rows).sort_values(["shot", "fold"]).reset_index(drop=True)
 
 
@@ -103,10 +104,13 @@ def table5(results: pd.DataFrame) -> str:
 
 
 def table7(results: pd.DataFrame) -> str:
-    lines = ["| shot | episodes/s (mean over folds) | FB-IoU mean | parameters | device |",
-             "|---:|---:|---:|---:|---|"]  # fmt: skip
+    """The paper's speed: one episode at a time, nothing cached; beside it the throughput of
+    the evaluation jobs, which encode each image once (means over folds)."""
+    lines = ["| shot | episodes/s, one at a time | episodes/s, evaluation job | FB-IoU mean | "
+             "parameters | device |", "|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for shot, g in results.groupby("shot"):
-        lines.append(f"| {shot} | {g['episodes_per_s'].mean():.1f} | {g['fbiou'].mean():.1f} | "
+        lines.append(f"| {shot} | {g['model_episodes_per_s'].astype(float).mean():.1f} | "
+                     f"{g['episodes_per_s'].mean():.1f} | {g['fbiou'].mean():.1f} | "
                      f"{g['parameters'].iloc[0] / 1e6:.2f}M | {g['device'].iloc[0]} |")  # fmt: skip
     return "\n".join(lines)
 

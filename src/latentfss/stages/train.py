@@ -33,7 +33,7 @@ from latentfss.errors import InputError
 from latentfss.fs import atomic_file
 from latentfss.model import MatchingNet, ModelConfig, segmentation_loss
 from latentfss.progress import progress
-from latentfss.runtime import autocast, pick_device, seed_everything
+from latentfss.runtime import pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -141,30 +141,24 @@ def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        episode = next(episode_batches)
-        b, k = episode["supports"].shape[:2]
-        images = [normalise(normalise.unit(episode["query"])),
-                  normalise(normalise.unit(episode["supports"].flatten(0, 1)))]  # fmt: skip
+        episode, mining = next(episode_batches), None
         if mine:
             extra = next(pseudo_batches)
             generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
-            images.append(normalise(strong_photometric(normalise.unit(extra["image"]), generator)))
-        with autocast(device):
-            feats = model.encoder(torch.cat(images).contiguous(memory_format=torch.channels_last))
-            query_feats, support_feats = feats[:b], feats[b : b + b * k]
-            support_feats = support_feats.view(b, k, *feats.shape[1:])
-            support_masks = episode["support_masks"].to(device, non_blocking=True)
-            logits, current_bg = model.match(query_feats, support_feats, support_masks)
-            loss_gt = segmentation_loss(logits, episode["query_mask"].to(device))
-            loss_pseudo = (segmentation_loss(model.head(feats[b + b * k :]),
-                                             extra["mask"].to(device))
-                           if mine else torch.zeros((), device=device))  # fmt: skip
-            loss = loss_gt + cfg.lambda_pseudo * loss_pseudo
+            mining = normalise(strong_photometric(normalise.unit(extra["image"]), generator))
+        out = model(normalise(normalise.unit(episode["query"])),
+                    normalise(normalise.unit(episode["supports"])).unbind(1),
+                    episode["support_masks"].to(device, non_blocking=True).unbind(1),
+                    mining=mining)  # fmt: skip
+        loss_gt = segmentation_loss(out.logits, episode["query_mask"].to(device))
+        loss_pseudo = (segmentation_loss(out.mining, extra["mask"].to(device)) if mine
+                       else torch.zeros((), device=device))  # fmt: skip
+        loss = loss_gt + cfg.lambda_pseudo * loss_pseudo
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if model_cfg.bg_rectify:
-            model.update_background(current_bg)
+            model.update_background(out.background)
         ema.update(model, step)
         window += torch.stack([loss_gt.detach().float(), loss_pseudo.detach().float(),
                                torch.ones((), device=device)])  # fmt: skip
