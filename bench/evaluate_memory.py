@@ -5,8 +5,8 @@ A synthetic val set of `--val-images` images (own seed) is generated and indexed
 stage then runs fold 0, 1-shot, with the default run's fold-0 model and bank, one list of
 `--episodes` episodes, once per `--cache-mb` budget, each in its own process.
 
-    python bench/evaluate_memory.py [--results results/synthetic] [--val-images 16000]
-        [--episodes 10000] [--cache-mb 256 1024]
+    python bench/evaluate_memory.py [--results results/synthetic] [--val-images 24000]
+        [--episodes 16000] [--cache-mb 256]
 
 Writes bench/results/evaluate_memory.json and .md (assembled into BENCHMARKS.md).
 """
@@ -37,9 +37,9 @@ def feature_bytes(index, image_ids, channels: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=REPO / "results/synthetic")
-    parser.add_argument("--val-images", type=int, default=16000)
-    parser.add_argument("--episodes", type=int, default=10000)
-    parser.add_argument("--cache-mb", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--val-images", type=int, default=24000)
+    parser.add_argument("--episodes", type=int, default=16000)
+    parser.add_argument("--cache-mb", type=int, nargs="+", default=[256])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()

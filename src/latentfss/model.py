@@ -78,6 +78,8 @@ class Shots(NamedTuple):
 
 
 class Output(NamedTuple):
+    """What `MatchingNet.forward` returns."""
+
     logits: torch.Tensor  # (B, 2, h, w) on the query's feature grid
     background: torch.Tensor  # (B, C) the episodes' current background prototypes (Eq. 6)
     mining: torch.Tensor | None  # (M, K + 1, h, w) the mining head's logits

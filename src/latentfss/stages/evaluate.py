@@ -34,7 +34,7 @@ from latentfss.datasets.evaluation import (
     RESIZE_MODES,
     TestEpisodes,
     TestImages,
-    collate,  # fmt: skip
+    collate,
 )
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each
@@ -43,7 +43,7 @@ from latentfss.episodes import (
     ProtocolConfig,
     binary_mask,
     novel_classes,
-    sample_test_episodes,  # fmt: skip
+    sample_test_episodes,
 )
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file
