@@ -92,7 +92,7 @@ def test_weights_that_share_no_key_are_refused(tmp_path):
     torch.save({"classifier.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(InputError, match="shares no key with resnet18"):
         build_encoder(EncoderConfig(weights=str(tmp_path / "other.pth")))
-    with pytest.raises(InputError, match="nope.pth: encoder weights not found"):
+    with pytest.raises(InputError, match="nope.pth: not found"):
         build_encoder(EncoderConfig(weights=str(tmp_path / "nope.pth")))
 
 

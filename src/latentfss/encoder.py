@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from latentfss.errors import InputError
+from latentfss.fs import read_torch
 from latentfss.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def _imagenet_state(arch: str) -> dict:
     url = _IMAGENET[arch]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if cached.is_file():
-        return torch.load(cached, map_location="cpu", weights_only=True)
+        return read_torch(cached, f"place {url} there")
     try:
         return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True,
                                                   weights_only=True)  # fmt: skip
@@ -256,27 +257,14 @@ def _imagenet_state(arch: str) -> dict:
 
 
 def _local_state(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: encoder weights not found") from None
-    except Exception as e:
-        raise InputError(
-            f"{path}: not a readable PyTorch state dict ({type(e).__name__})"
-        ) from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = read_torch(path, "give the path of a torchvision-format state dict")
+    state = state.get("state_dict", state)
     return {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
 
 
 def load_encoder(path: str | Path) -> Encoder:
     """An encoder saved by `latentfss extract-features` (encoder_init.pt)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing; run `latentfss extract-features` first") from None
+    saved = read_torch(path, "run `latentfss extract-features` first")
     encoder = Encoder(saved["encoder"]["arch"])
     encoder.load_state_dict(saved["state_dict"])
     return encoder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -65,3 +66,31 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def read_torch(path: str | Path, missing: str, map_location="cpu") -> dict:
+    """A dict saved with torch.save (tensors only: weights_only), or one line naming the file:
+    `missing` says what to do when it does not exist."""
+    import torch  # not at import time: the data stages do without torch
+
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found; {missing}") from None
+    except Exception as e:
+        raise InputError(f"{path}: not a readable PyTorch file ({type(e).__name__})") from None
+    if not isinstance(saved, dict):
+        raise InputError(f"{path}: expected a dict of tensors, got {type(saved).__name__}")
+    return saved
+
+
+def identity(path: str | Path) -> str:
+    """Which version of a file or folder this is: a digest of the size and modification time
+    of each file in it, so a re-made output is another version even with the same bytes."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha1()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

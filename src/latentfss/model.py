@@ -14,6 +14,7 @@ from torch import nn
 from latentfss.encoder import Encoder, encode_batches
 from latentfss.episodes import IGNORE
 from latentfss.errors import InputError
+from latentfss.fs import read_torch
 from latentfss.prototypes import image_embedding, upsample
 from latentfss.runtime import autocast
 
@@ -182,13 +183,8 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 def load_model(path) -> tuple[MatchingNet, dict]:
     """A trained model (model.pt, without the mining head) and its checkpoint's metadata."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: model not found; run `latentfss train` first") from None
-    except Exception as e:
-        raise InputError(f"{path}: not a latentfss model ({type(e).__name__})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    checkpoint = read_torch(path, "run `latentfss train` first")
+    if "state_dict" not in checkpoint:
         raise InputError(f"{path}: not a latentfss model (no state_dict)")
     cfg = ModelConfig(**checkpoint["config"]["model"])
     model = MatchingNet(Encoder(checkpoint["arch"]), cfg, pseudo_classes=None)
