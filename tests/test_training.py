@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -179,6 +183,55 @@ def test_an_interrupted_run_resumes_to_the_same_weights(annotated, tmp_path):
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, msg=key)
     assert pd.read_csv(whole / "train.csv").equals(pd.read_csv(resumed / "train.csv"))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = torch.load(a)["state_dict"], torch.load(b)["state_dict"]
+    return all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_a_state_from_another_run_is_not_resumed(annotated, tmp_path, caplog):
+    """A killed run's state is used only by a run of the same config, inputs and code; any
+    other run starts over, saying why in one line, and ends where it would have anyway."""
+    init = tmp_path / "encoder_init.pt"
+    init.write_bytes((annotated / "encoder_init.pt").read_bytes())
+    faster = dataclasses.replace(TINY_TRAIN, lr=5e-3)
+    expected = {}
+    for name, cfg in (("tiny", TINY_TRAIN), ("faster", faster)):
+        args = train_args(annotated, tmp_path / name)
+        train(argparse.Namespace(**{**vars(args), "encoder_init": init}), cfg, ModelConfig(),
+              PROTOCOL)  # fmt: skip
+        expected[name] = tmp_path / name / "model.pt"
+    run = tmp_path / "run"
+    args = argparse.Namespace(**{**vars(train_args(annotated, run)), "encoder_init": init})
+    state = run / "train_state.pt"
+
+    def forge_head(path: Path) -> None:  # same origin, another mining head (cluster.k)
+        saved = torch.load(path)
+        saved["model"]["head.6.weight"] = torch.zeros(7, 256, 1, 1)
+        torch.save(saved, path)
+
+    cases = [  # (what happens to the killed run's state or inputs, config after, why)
+        (lambda: None, faster, "started from another train"),
+        (lambda: os.utime(init, ns=(1, 1)), TINY_TRAIN, "started from another inputs"),
+        (lambda: state.write_bytes(state.read_bytes()[:1000]), TINY_TRAIN, "cannot be read"),
+        (lambda: forge_head(state), TINY_TRAIN, "holds another network"),
+    ]
+    for change, cfg, why in cases:
+        train(args, TINY_TRAIN, ModelConfig(), PROTOCOL, stop_at=3)
+        assert state.is_file()
+        change()
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            train(args, cfg, ModelConfig(), PROTOCOL)
+        said = [r.getMessage() for r in caplog.records if "train_state.pt" in r.getMessage()]
+        assert len(said) == 1 and why in said[0] and "training from step 0" in said[0], said
+        assert same_weights(run / "model.pt", expected["faster" if cfg is faster else "tiny"])
+    train(args, TINY_TRAIN, ModelConfig(), PROTOCOL, stop_at=3)  # the same run resumes
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train(args, TINY_TRAIN, ModelConfig(), PROTOCOL)
+    assert "resuming from step 2" in caplog.text
 
 
 def test_model_file_and_training_log(annotated, tmp_path):

@@ -30,7 +30,7 @@ from latentfss.ema import ModelEMA
 from latentfss.encoder import Normalise, load_encoder
 from latentfss.episodes import EpisodeSampler, ProtocolConfig, base_classes
 from latentfss.errors import InputError
-from latentfss.fs import atomic_file
+from latentfss.fs import atomic_file, identity, read_torch
 from latentfss.model import MatchingNet, ModelConfig, segmentation_loss
 from latentfss.progress import progress
 from latentfss.runtime import pick_device, seed_everything
@@ -92,12 +92,9 @@ def batches(dataset, batch_size: int, start: int, workers: int, pin: bool) -> It
                            pin_memory=pin, persistent_workers=workers > 0))  # fmt: skip
 
 
-def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
-          protocol: ProtocolConfig, stop_at: int | None = None) -> None:  # fmt: skip
-    """The training loop; `stop_at` ends it early after that step (tests: a killed run)."""
-    torch.set_num_threads(args.threads)
-    device = pick_device()
-    seed_everything(args.seed)
+def fold_data(args, cfg: TrainConfig,
+              protocol: ProtocolConfig) -> tuple[EpisodeSamples, PseudoSamples]:  # fmt: skip
+    """The fold's base-class episodes and its stream of pseudo-labelled images."""
     index = read_index(args.index)
     num_classes, split = index.num_classes, protocol.class_split
     pixels = index.pixels[index.pixels["image_id"].isin(index.split("train").index)]
@@ -108,34 +105,138 @@ def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
         raise InputError(f"train fold {args.fold}: {e}") from None
     episodes = EpisodeSamples(index.images, sampler, num_classes, cfg.crop, cfg.scale, args.seed)
     stream = [args.pseudo_masks] + ([args.remain] if args.remain else [])
-    pseudo = PseudoSamples(stream, index.images, cfg.crop, cfg.scale, args.seed)
+    return episodes, PseudoSamples(stream, index.images, cfg.crop, cfg.scale, args.seed)
+
+
+def new_model(args, cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device
+              ) -> tuple[MatchingNet, ModelEMA, torch.optim.Optimizer]:  # fmt: skip
+    """The network from encoder_init.pt with a mining head of K + 1 classes, BatchNorm frozen
+    in the encoder (statistics and affine), its EMA and the SGD optimizer."""
     pseudo_classes = zarr.open_group(str(args.pseudo_masks), mode="r").attrs["K"] + 1
     model = MatchingNet(load_encoder(args.encoder_init), model_cfg, pseudo_classes).to(device)
     model = model.to(memory_format=torch.channels_last)
-    for module in model.encoder.modules():  # frozen BatchNorm: statistics and affine
+    for module in model.encoder.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.requires_grad_(False)
-    ema = ModelEMA(model, cfg.ema_decay)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)  # fmt: skip
-    state_path = args.out.with_name("train_state.pt")
-    start, rows = 0, []
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.model.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, rows = state["step"], state["log"]
-        log.info("resuming from step %d (%s)", start, state_path)
+    return model, ModelEMA(model, cfg.ema_decay), optimizer
+
+
+def train_step(model: MatchingNet, episode: dict, mining: tuple | None,
+               optimizer: torch.optim.Optimizer, normalise: Normalise,
+               lambda_pseudo: float) -> torch.Tensor:  # fmt: skip
+    """One SGD step of Eq. 1 on B episodes and, when mining, M (augmented) images with their
+    pseudo masks; Eq. 6 moves the global background. -> (loss_gt, loss_pseudo), detached."""
+    device = normalise.device
+    out = model(normalise(normalise.unit(episode["query"])),
+                normalise(normalise.unit(episode["supports"])).unbind(1),
+                episode["support_masks"].to(device, non_blocking=True).unbind(1),
+                mining=None if mining is None else mining[0])  # fmt: skip
+    loss_gt = segmentation_loss(out.logits, episode["query_mask"].to(device))
+    loss_pseudo = (segmentation_loss(out.mining, mining[1].to(device)) if mining is not None
+                   else torch.zeros((), device=device))  # fmt: skip
+    optimizer.zero_grad(set_to_none=True)
+    (loss_gt + lambda_pseudo * loss_pseudo).backward()
+    optimizer.step()
+    if model.cfg.bg_rectify:
+        model.update_background(out.background)
+    return torch.stack([loss_gt.detach().float(), loss_pseudo.detach().float()])
+
+
+class LossLog:
+    """train.csv's rows: the mean losses over each window of `every` steps, and the lr."""
+
+    def __init__(self, every: int, last: int, rows: list[dict], device: torch.device) -> None:
+        self.every, self.last, self.rows = every, last, rows
+        self.window = torch.zeros(3, device=device)  # loss sums and steps since the last row
+
+    def add(self, step: int, losses: torch.Tensor, lr: float) -> bool:
+        """Count step's losses; True when a row was written."""
+        self.window += torch.cat([losses, losses.new_ones(1)])
+        if step % self.every and step != self.last:
+            return False
+        gt, pseudo, steps = self.window.tolist()
+        self.rows.append({"step": step, "loss_gt": round(gt / steps, 5),
+                          "loss_pseudo": round(pseudo / steps, 5), "lr": lr})  # fmt: skip
+        self.window.zero_()
+        return True
+
+
+@dataclass
+class ResumeState:
+    """train_state.pt: where a killed run goes on from, and what it was started from (`origin`:
+    the config sections, fold, shot and seed, the identity of each input, the code version).
+    A state is used only by a run of the same origin."""
+
+    path: Path
+    origin: dict
+
+    @classmethod
+    def of(cls, args, cfg: TrainConfig, model_cfg: ModelConfig,
+           protocol: ProtocolConfig) -> ResumeState:  # fmt: skip
+        inputs = {"index": args.index, "encoder_init": args.encoder_init,
+                  "pseudo_masks": args.pseudo_masks, "remain": args.remain}  # fmt: skip
+        origin = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
+                  "protocol": dataclasses.asdict(protocol), "fold": args.fold,
+                  "shot": args.shot, "seed": args.seed,
+                  "inputs": {k: path and identity(path) for k, path in inputs.items()},
+                  "code_version": code_version()}  # fmt: skip
+        return cls(args.out.with_name("train_state.pt"), origin)
+
+    def save(self, model, ema: ModelEMA, optimizer, step: int, rows: list[dict]) -> None:
+        state = {"origin": self.origin, "model": model.state_dict(), "step": step, "log": rows,
+                 "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict()}  # fmt: skip
+        with atomic_file(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def restore(self, model, ema: ModelEMA, optimizer, device) -> tuple[int, list[dict]]:
+        """(step, train.csv rows) to go on from: the saved ones, loaded into the model, EMA and
+        optimizer, if a state of this origin is there; else (0, []), saying why in one line."""
+        if not self.path.is_file():
+            return 0, []
+        try:
+            state = read_torch(self.path, "", map_location=device)
+            why = self._mismatch(state, model)
+            if why is None:
+                model.load_state_dict(state["model"])
+                ema.model.load_state_dict(state["ema"])
+                optimizer.load_state_dict(state["optimizer"])
+                log.info("resuming from step %d (%s)", state["step"], self.path)
+                return state["step"], state["log"]
+        except (InputError, KeyError, AttributeError, TypeError) as e:
+            why = f"it cannot be read ({e})"
+        log.warning("%s: not resumed, %s; training from step 0", self.path, why)
+        return 0, []
+
+    def _mismatch(self, state: dict, model: MatchingNet) -> str | None:
+        """Why a saved state may not be used by this run, or None."""
+        differ = [key for key in self.origin if state["origin"].get(key) != self.origin[key]]
+        if differ:
+            return f"it was started from another {', '.join(differ)}"
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in state["model"].items()} != shapes:
+            return "it holds another network"
+        return None
+
+
+def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
+          protocol: ProtocolConfig, stop_at: int | None = None) -> None:  # fmt: skip
+    """The training loop; `stop_at` ends it early after that step (tests: a killed run)."""
+    torch.set_num_threads(args.threads)
+    device = pick_device()
+    seed_everything(args.seed)
+    episodes, pseudo = fold_data(args, cfg, protocol)
+    model, ema, optimizer = new_model(args, cfg, model_cfg, device)
+    state = ResumeState.of(args, cfg, model_cfg, protocol)
+    start, rows = state.restore(model, ema, optimizer, device)
     mine = model.head is not None and cfg.batch_pseudo > 0 and cfg.lambda_pseudo > 0
-    pin, workers = device.type == "cuda", cfg.workers
-    episode_batches = batches(
-        episodes, cfg.batch_episodes, start * cfg.batch_episodes, workers, pin
-    )
-    pseudo_batches = (batches(pseudo, cfg.batch_pseudo, start * cfg.batch_pseudo, workers, pin)
-                      if mine else None)  # fmt: skip
-    normalise = Normalise(device)
-    window = torch.zeros(3, device=device)  # loss_gt, loss_pseudo sums and steps since the log
+    pin, normalise = device.type == "cuda", Normalise(device)
+    episode_batches = batches(episodes, cfg.batch_episodes, start * cfg.batch_episodes,
+                              cfg.workers, pin)  # fmt: skip
+    pseudo_batches = (batches(pseudo, cfg.batch_pseudo, start * cfg.batch_pseudo, cfg.workers,
+                              pin) if mine else None)  # fmt: skip
+    losses = LossLog(cfg.log_every, cfg.iterations, rows, device)
     model.train()
     bar = progress(range(start, cfg.iterations), cfg.iterations - start, f"train fold{args.fold}")
     for step in bar:
@@ -145,43 +246,18 @@ def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
         if mine:
             extra = next(pseudo_batches)
             generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
-            mining = normalise(strong_photometric(normalise.unit(extra["image"]), generator))
-        out = model(normalise(normalise.unit(episode["query"])),
-                    normalise(normalise.unit(episode["supports"])).unbind(1),
-                    episode["support_masks"].to(device, non_blocking=True).unbind(1),
-                    mining=mining)  # fmt: skip
-        loss_gt = segmentation_loss(out.logits, episode["query_mask"].to(device))
-        loss_pseudo = (segmentation_loss(out.mining, extra["mask"].to(device)) if mine
-                       else torch.zeros((), device=device))  # fmt: skip
-        loss = loss_gt + cfg.lambda_pseudo * loss_pseudo
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if model_cfg.bg_rectify:
-            model.update_background(out.background)
+            mining = (normalise(strong_photometric(normalise.unit(extra["image"]), generator)),
+                      extra["mask"])  # fmt: skip
+        step_losses = train_step(model, episode, mining, optimizer, normalise, cfg.lambda_pseudo)
         ema.update(model, step)
-        window += torch.stack([loss_gt.detach().float(), loss_pseudo.detach().float(),
-                               torch.ones((), device=device)])  # fmt: skip
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.iterations:
-            gt, pseudo, steps = window.tolist()  # the window's mean losses, not one batch's
-            rows.append({"step": done, "loss_gt": round(gt / steps, 5),
-                         "loss_pseudo": round(pseudo / steps, 5),
-                         "lr": optimizer.param_groups[0]["lr"]})  # fmt: skip
-            window.zero_()
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(
-                    gt=rows[-1]["loss_gt"], pseudo=rows[-1]["loss_pseudo"], refresh=False
-                )
-        if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-            state = {"model": model.state_dict(), "ema": ema.model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "step": done, "log": rows}  # fmt: skip
-            with atomic_file(state_path) as tmp:
-                torch.save(state, tmp)
-        if stop_at is not None and done == stop_at:
+        if losses.add(step + 1, step_losses, learning_rate(cfg, step)):
+            bar.set_postfix(gt=rows[-1]["loss_gt"], pseudo=rows[-1]["loss_pseudo"], refresh=False)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.iterations:
+            state.save(model, ema, optimizer, step + 1, rows)
+        if step + 1 == stop_at:
             return
     save_model(args, ema.model, cfg, model_cfg, protocol, rows)
-    state_path.unlink(missing_ok=True)
+    state.path.unlink(missing_ok=True)
 
 
 def save_model(args, model: MatchingNet, cfg: TrainConfig, model_cfg: ModelConfig,
