@@ -195,6 +195,29 @@ def test_segment_writes_a_mask_and_an_overlay_per_query(evaluated, tiny_root, tm
         assert set(np.unique(np.array(predicted))) <= {0, 255}
 
 
+def test_segment_reads_phone_photos_as_displayed(evaluated, tiny_root, tmp_path, capsys):
+    from PIL import Image, ImageOps
+
+    image, mask = support_files(tiny_root, tmp_path)  # the mask is drawn on the image as shown
+    shown = Image.open(image)
+    assert shown.width != shown.height
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate the stored pixels 90 degrees clockwise to display
+    shown.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", exif=exif)
+    upright = ImageOps.exif_transpose(Image.open(tmp_path / "phone.jpg"))
+    assert upright.size == shown.size and Image.open(tmp_path / "phone.jpg").size != shown.size
+    upright.save(tmp_path / "upright.png")  # the same pixels as displayed, untagged
+    for query, out in (("phone.jpg", "tagged"), ("upright.png", "plain")):
+        code, err = cli("segment", "--model", evaluated / "model.pt", "--support",
+                        tmp_path / "phone.jpg", mask, "--query", tmp_path / query, "--out",
+                        tmp_path / out, "--input-size", "64", capsys=capsys)  # fmt: skip
+        assert code == 0, err
+    tagged = np.array(Image.open(tmp_path / "tagged/phone_mask.png"))
+    assert tagged.shape == (shown.height, shown.width)
+    assert np.array_equal(tagged, np.array(Image.open(tmp_path / "plain/upright_mask.png")))
+    assert Image.open(tmp_path / "tagged/phone_overlay.png").size == shown.size
+
+
 def test_segment_refuses_bad_supports_in_one_line(evaluated, tiny_root, tmp_path, capsys):
     from PIL import Image
 
@@ -214,6 +237,22 @@ def test_segment_refuses_bad_supports_in_one_line(evaluated, tiny_root, tmp_path
         assert code == 2 and err.startswith("ERROR: ") and needle in err and err.count("\n") == 1
 
 
+def test_a_bank_built_for_another_model_or_input_is_refused(evaluated, annotated, tmp_path,
+                                                            capsys):  # fmt: skip
+    other = tmp_path / "model.pt"  # the same bytes, made again: another model.pt
+    other.write_bytes((evaluated / "model.pt").read_bytes())
+    for model, resize, needle in (
+        (other, "none", "another model_identity"),
+        (evaluated / "model.pt", "square", "another resize"),
+    ):
+        code, err = cli("evaluate", "--index", annotated / "dataset", "--model", model,
+                        "--bank", evaluated / "bank", "--fold", "0", "--shot", "1", "--out",
+                        tmp_path / "eval", "--params", params(resize=resize, workers=0),
+                        capsys=capsys)  # fmt: skip
+        assert code == 2 and needle in err and "build-bank" in err and err.count("\n") == 1
+        assert not (tmp_path / "eval").exists()
+
+
 def test_rectification_without_a_bank_is_one_line(evaluated, annotated, tmp_path, capsys):
     code, err = cli("evaluate", "--index", annotated / "dataset", "--model",
                     evaluated / "model.pt", "--fold", "0", "--shot", "1", "--out",
@@ -229,9 +268,9 @@ def test_a_model_from_before_mining_remain_evaluates_and_summarizes(evaluated, a
     del checkpoint["config"]["mining"]  # as train wrote model.pt before mining.remain existed
     torch.save(checkpoint, tmp_path / "model.pt")
     code, err = cli("evaluate", "--index", annotated / "dataset", "--model", tmp_path / "model.pt",
-                    "--bank", evaluated / "bank", "--fold", "0", "--shot", "1", "--out",
-                    tmp_path / "eval", "--episodes", evaluated / "eval/episodes_seed0.csv",
-                    "--params", params(input_size=64, workers=0), capsys=capsys)  # fmt: skip
+                    "--fold", "0", "--shot", "1", "--out", tmp_path / "eval",
+                    "--episodes", evaluated / "eval/episodes_seed0.csv",
+                    "--params", params(fg_rectify=False, workers=0), capsys=capsys)  # fmt: skip
     assert code == 0, err
     metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert metrics["mining"] == {"remain": False}

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from latentfss import store
+from latentfss.errors import InputError
 
 
 def inner_product_index(embeddings: np.ndarray) -> faiss.Index:
@@ -69,11 +70,17 @@ class RegionBank:
         return torch.where((count > 0).any(dim=1, keepdim=True), rectified, prototypes)
 
 
-def load_bank(path, top_n: int, beta: float, device: torch.device) -> RegionBank:
+def load_bank(path, top_n: int, beta: float, device: torch.device,
+              built_for: dict | None = None) -> RegionBank:  # fmt: skip
     """A bank written by `latentfss build-bank` (images.faiss and regions.zarr), its regions
-    on `device`."""
+    on `device`. `built_for`: the attrs it must have been built with (the model's identity,
+    the resize mode), else one line says to build it again."""
     path = Path(path)
     group = store.open_group(path / "regions.zarr", "build-bank")
+    differ = [key for key, value in (built_for or {}).items() if group.attrs.get(key) != value]
+    if differ:
+        raise InputError(f"{path}: built for another {', '.join(differ)}; run `latentfss "
+                         "build-bank` again")  # fmt: skip
     index = faiss.read_index(str(path / "images.faiss"))
     if faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)

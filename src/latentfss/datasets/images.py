@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from latentfss.episodes import IGNORE
 from latentfss.errors import InputError
@@ -42,9 +42,16 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An RGB image as (H, W, 3) uint8."""
-    return np.asarray(_open(Path(path)).convert("RGB"))
+def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
+    """An RGB image as (H, W, 3) uint8: its stored pixels, or with `upright` as displayed (its
+    EXIF orientation applied, as phones tag their photos)."""
+    image = read_upright(path) if upright else _open(Path(path))
+    return np.asarray(image.convert("RGB"))
+
+
+def read_upright(path: str | Path) -> Image.Image:
+    """An image as displayed: rotated and flipped by its EXIF orientation tag, if it has one."""
+    return ImageOps.exif_transpose(_open(Path(path)))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

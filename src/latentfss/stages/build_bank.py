@@ -21,7 +21,7 @@ from latentfss.datasets.evaluation import collate, network_input
 from latentfss.datasets.images import read_image
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each
-from latentfss.fs import atomic_dir
+from latentfss.fs import atomic_dir, identity
 from latentfss.model import load_model
 from latentfss.progress import progress
 from latentfss.prototypes import area_weights, image_embedding, masked_average, present_labels
@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> None:
     with atomic_dir(args.out) as tmp:
         faiss.write_index(_cpu_index(embeddings), str(tmp / "images.faiss"))
         group = store.create_group(tmp / "regions.zarr", resize=cfg.resize,
-                                   input_size=cfg.input_size, model=str(args.model))  # fmt: skip
+                                   input_size=cfg.input_size, model=str(args.model),
+                                   model_identity=identity(args.model))  # fmt: skip
         store.write_array(group, "prototypes", np.concatenate(regions).astype(np.float32))
         store.write_array(group, "image", np.array(region_image, dtype=np.int64))
         store.write_array(group, "label", np.array(region_label, dtype=np.int64))

@@ -46,7 +46,7 @@ from latentfss.episodes import (
     sample_test_episodes,
 )
 from latentfss.errors import InputError
-from latentfss.fs import atomic_file
+from latentfss.fs import atomic_file, identity
 from latentfss.metrics import IoUMeter
 from latentfss.model import MatchingNet, Shots, load_model
 from latentfss.progress import progress
@@ -221,7 +221,10 @@ def run(args: argparse.Namespace) -> None:
     model = model.to(device).to(memory_format=torch.channels_last)
     if cfg.fg_rectify and args.bank is None:
         raise InputError("evaluate.fg_rectify needs --bank (run `latentfss build-bank`)")
-    bank = load_bank(args.bank, cfg.top_n, cfg.beta, device) if cfg.fg_rectify else None
+    built_for = {"model_identity": identity(args.model), "resize": cfg.resize}
+    if cfg.resize != "none":
+        built_for["input_size"] = cfg.input_size
+    bank = load_bank(args.bank, cfg.top_n, cfg.beta, device, built_for) if cfg.fg_rectify else None
     runs = {}
     if args.episodes is not None:
         runs[args.episodes.stem] = pd.read_csv(args.episodes)

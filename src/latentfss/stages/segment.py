@@ -4,7 +4,9 @@
         --query photo.jpg|folder --out masks/ [--bank bank/]
 
 A support mask is a single image of the support's size: 0 = background, any other value = the
-object. Writes {name}_mask.png (0/255) and {name}_overlay.png for every query image.
+object. Writes {name}_mask.png (0/255) and {name}_overlay.png for every query image. Images and
+masks are read as displayed (their EXIF orientation applied, as phones tag photos), and the
+outputs are written so.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from PIL import Image
 
 from latentfss.datasets.evaluation import network_input
-from latentfss.datasets.images import read_image
+from latentfss.datasets.images import read_image, read_upright
 from latentfss.encoder import Normalise
 from latentfss.errors import InputError
 from latentfss.model import load_model
@@ -47,13 +49,9 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_support_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """0 = background, anything else = the object, as 0/1; must match its image's size."""
-    try:
-        mask = np.asarray(Image.open(path).convert("L"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError:
-        raise InputError(f"{path}: not a readable image") from None
+    """0 = background, anything else = the object, as 0/1, as displayed; must match its
+    image's displayed size."""
+    mask = np.asarray(read_upright(path).convert("L"))
     if mask.shape != size:
         raise InputError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                          f"{size[1]}x{size[0]}")  # fmt: skip
@@ -87,7 +85,7 @@ def run(args: argparse.Namespace) -> None:
     size = args.input_size or checkpoint["config"]["train"]["crop"]
     normalise, supports, masks = Normalise(device), [], []
     for image_path, mask_path in args.support:
-        image = read_image(image_path)
+        image = read_image(image_path, upright=True)
         mask = read_support_mask(mask_path, image.shape[:2])
         image, mask, _ = network_input(image, mask, "square", size)
         supports.append(normalise(normalise.unit(image[None])))
@@ -96,7 +94,7 @@ def run(args: argparse.Namespace) -> None:
     bank = load_bank(args.bank, defaults.top_n, defaults.beta, device) if args.bank else None
     args.out.mkdir(parents=True, exist_ok=True)
     for path in query_images(args.query):
-        image = read_image(path)
+        image = read_image(path, upright=True)
         query, _, covered = network_input(image, np.zeros(image.shape[:2], np.uint8), "square",
                                           size)  # fmt: skip
         logits = model(normalise(normalise.unit(query[None])), supports, masks, bank).logits
