@@ -253,6 +253,21 @@ def test_a_bank_built_for_another_model_or_input_is_refused(evaluated, annotated
         assert not (tmp_path / "eval").exists()
 
 
+def test_a_replayed_list_of_another_fold_or_shot_is_refused(evaluated, annotated, tmp_path,
+                                                            capsys):  # fmt: skip
+    (tmp_path / "junk.csv").write_text("a,b\n1,2\n")
+    listed, junk = evaluated / "eval/episodes_seed0.csv", tmp_path / "junk.csv"
+    for episodes, fold, shot, needle in ((listed, "1", "1", "does not have"),
+                                         (listed, "0", "5", "not 5-shot"),
+                                         (junk, "0", "1", "not an episode list")):  # fmt: skip
+        code, err = cli("evaluate", "--index", annotated / "dataset", "--model",
+                        evaluated / "model.pt", "--fold", fold, "--shot", shot, "--out",
+                        tmp_path / "eval", "--episodes", episodes, "--params",
+                        params(fg_rectify=False, workers=0), capsys=capsys)  # fmt: skip
+        assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "eval").exists()
+
+
 def test_rectification_without_a_bank_is_one_line(evaluated, annotated, tmp_path, capsys):
     code, err = cli("evaluate", "--index", annotated / "dataset", "--model",
                     evaluated / "model.pt", "--fold", "0", "--shot", "1", "--out",

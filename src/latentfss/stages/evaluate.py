@@ -194,6 +194,22 @@ def evaluate_lists(model: MatchingNet, lists: dict[str, pd.DataFrame], index,
     return meters, work
 
 
+def read_episodes(path: Path, index, novel, shot: int) -> pd.DataFrame:
+    """An episode list to replay, checked against this index, fold and shot (a list written
+    for another dataset or fold is refused in one line)."""
+    try:
+        episodes = pd.read_csv(path, usecols=["episode", "query", "class_id", "supports"])
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not an episode list ({str(e).splitlines()[0]})") from None
+    supports = [str(s).split() for s in episodes["supports"]]
+    images = {int(i) for s in supports for i in s} | set(episodes["query"].tolist())
+    if not images <= set(index.images.index) or not set(episodes["class_id"]) <= set(novel):
+        raise InputError(f"{path}: images or classes that this dataset's fold does not have")
+    if any(len(s) != shot for s in supports):
+        raise InputError(f"{path}: episodes that are not {shot}-shot")
+    return episodes
+
+
 def model_speed(model: MatchingNet, episodes: pd.DataFrame, index, cfg: EvaluateConfig, bank,
                 device) -> float | None:  # fmt: skip
     """The paper's Table 7 measure: episodes/s one episode at a time with nothing cached (the
@@ -227,7 +243,7 @@ def run(args: argparse.Namespace) -> None:
     bank = load_bank(args.bank, cfg.top_n, cfg.beta, device, built_for) if cfg.fg_rectify else None
     runs = {}
     if args.episodes is not None:
-        runs[args.episodes.stem] = pd.read_csv(args.episodes)
+        runs[args.episodes.stem] = read_episodes(args.episodes, index, novel, args.shot)
     else:
         val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
         try:
