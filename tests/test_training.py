@@ -232,6 +232,14 @@ def test_a_state_from_another_run_is_not_resumed(annotated, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         train(args, TINY_TRAIN, ModelConfig(), PROTOCOL)
     assert "resuming from step 2" in caplog.text
+    train(args, TINY_TRAIN, ModelConfig(), PROTOCOL, stop_at=3)  # then another encoder arch
+    torch.save({"state_dict": Encoder("resnet50").state_dict(), "encoder": {"arch": "resnet50"}},
+               init)  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train(args, dataclasses.replace(TINY_TRAIN, iterations=1), ModelConfig(), PROTOCOL)
+    assert "not resumed, it was started from another train, inputs" in caplog.text
+    assert torch.load(run / "model.pt")["arch"] == "resnet50"
 
 
 def test_model_file_and_training_log(annotated, tmp_path):
