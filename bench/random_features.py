@@ -18,8 +18,8 @@ from record import save
 
 from latentfss.datasets.index import read_index
 from latentfss.encoder import EncoderConfig, build_encoder, calibrate_batchnorm
+from latentfss.features import AnnotationConfig, normalised_batches
 from latentfss.runtime import pick_device, seed_everything
-from latentfss.stages.extract_features import AnnotationConfig, normalised_batches
 
 REPO = Path(__file__).resolve().parents[1]
 

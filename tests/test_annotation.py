@@ -177,7 +177,7 @@ def test_pseudo_masks_are_eq3_recomputed_independently(annotated):
         assert labels[: heights[row], : widths[row]].max() <= 3
 
 
-def test_rerunning_a_stage_gives_identical_arrays(annotated, tmp_path):
+def test_rerunning_a_stage_gives_identical_arrays(annotated, tmp_path, on_cpu):
     steps = {
         "features.zarr": ("extract-features", "--index", annotated / "dataset", "--out",
                           tmp_path / "features.zarr", "--encoder-out", tmp_path / "e.pt",
@@ -251,3 +251,42 @@ def test_unlabelled_images_need_the_initial_encoder(annotated, tmp_path, capsys)
         "ERROR: --unlabeled images need --encoder-init (encoder_init.pt) to embed them"
     )
     assert not (tmp_path / "pm.zarr").exists()
+
+
+def test_without_features_zarr_the_features_are_computed_again_to_the_same_bits(
+    annotated, tmp_path, on_cpu
+):
+    """annotation.keep_features: false. extract-features writes only encoder_init.pt (CPU
+    tensors); pool-prototypes and write-pseudo-masks compute the features again from it, in
+    extract-features' batches (5 here, the last one partial), and write the same arrays."""
+    index, clusters = annotated / "dataset", annotated / "fold0/clusters.zarr"
+    code, _ = cli("extract-features", "--index", index, "--encoder-out", tmp_path / "e.pt",
+                  "--encoder", ENCODER, "--params", ANNOTATION)  # fmt: skip
+    assert code == 0 and not list(tmp_path.glob("*.zarr"))
+    saved, first = (torch.load(p, weights_only=True)["state_dict"]
+                    for p in (tmp_path / "e.pt", annotated / "encoder_init.pt"))  # fmt: skip
+    assert all(v.device.type == "cpu" and torch.equal(v, first[k]) for k, v in saved.items())
+    computed = ("--encoder-init", tmp_path / "e.pt", "--annotation", ANNOTATION)
+    stored = ("--features", annotated / "features.zarr")
+    steps = {"prototypes.zarr": ("pool-prototypes",)}
+    for images in ("train_set", "remain"):
+        steps[f"{images}.zarr"] = ("write-pseudo-masks", "--clusters", clusters, "--images", images)
+    for name, step in steps.items():
+        for source, out in ((stored, tmp_path / "stored" / name), (computed, tmp_path / name)):
+            assert cli(*step, "--index", index, *source, "--out", out)[0] == 0, step
+        a, b = (zarr.open_group(str(p / name), mode="r") for p in (tmp_path / "stored", tmp_path))
+        assert sorted(a.array_keys()) == sorted(b.array_keys())
+        for key in a.array_keys():
+            assert np.array_equal(a[key][:], b[key][:]), (name, key)
+    remain = zarr.open_group(str(tmp_path / "remain.zarr"), mode="r")["image_id"].shape[0]
+    assert 0 < remain < 24  # a subset: only the batches that hold its images are computed
+    masks = zarr.open_group(str(annotated / "fold0/pseudo_masks.zarr"), mode="r")["masks"][:]
+    assert np.array_equal(zarr.open_group(str(tmp_path / "train_set.zarr"))["masks"][:], masks)
+
+
+def test_features_come_from_a_store_or_an_encoder(annotated, tmp_path, capsys):
+    code, err = cli("pool-prototypes", "--index", annotated / "dataset", "--out",
+                    tmp_path / "p.zarr", capsys=capsys)  # fmt: skip
+    assert code == 2 and err.strip() == (
+        "ERROR: give --features (features.zarr) or --encoder-init (encoder_init.pt)"
+    )

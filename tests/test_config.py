@@ -15,8 +15,8 @@ from latentfss.datasets.synthetic import SyntheticConfig
 from latentfss.encoder import EncoderConfig
 from latentfss.episodes import ProtocolConfig
 from latentfss.errors import InputError
+from latentfss.features import AnnotationConfig
 from latentfss.model import ModelConfig
-from latentfss.stages.extract_features import AnnotationConfig
 from latentfss.stages.train import TrainConfig
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -30,7 +30,7 @@ SECTIONS = {
     "annotation": AnnotationConfig,
     "cluster": ClusterConfig,
 }
-WORKFLOW_ONLY = {"annotation": {"temporary_features"}}  # read by the Snakefile, not a stage
+WORKFLOW_ONLY = {"annotation": {"keep_features"}}  # read by the Snakefile, not a stage
 
 
 def merged(*files):

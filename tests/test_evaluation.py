@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PROTOCOL, cli, params, summarize_runs
+from conftest import PROTOCOL, cli, cpu_only, params, summarize_runs
 from latentfss.episodes import IGNORE
 from latentfss.metrics import IoUMeter
 from latentfss.region_bank import RegionBank, inner_product_index
@@ -93,8 +93,9 @@ def evaluated(annotated, tmp_path_factory):
         ("summarize", eval_dir / "metrics.json", "--csv", out / "summary.csv", "--md",
          out / "summary.md"),
     ]  # fmt: skip
-    for step in steps:
-        assert cli(*step)[0] == 0, step
+    with cpu_only():
+        for step in steps:
+            assert cli(*step)[0] == 0, step
     return out
 
 
@@ -115,7 +116,7 @@ def test_bank_holds_every_train_image_and_its_regions(evaluated, annotated):
     assert sorted(labels[images == 0].tolist()) == sorted(set(first[first > 0].tolist()))
 
 
-def test_evaluation_outputs_and_replay(evaluated, annotated, capsys):
+def test_evaluation_outputs_and_replay(evaluated, annotated, capsys, on_cpu):
     metrics = json.loads((evaluated / "eval/metrics.json").read_text())
     assert set(metrics["runs"]) == {"seed0", "seed1"}
     assert 0 <= metrics["miou"] <= 1 and 0 <= metrics["fbiou"] <= 1

@@ -163,6 +163,7 @@ def train_args(annotated, out, shot=1) -> argparse.Namespace:
         index=annotated / "dataset", encoder_init=annotated / "encoder_init.pt",
         pseudo_masks=annotated / "fold0/pseudo_masks.zarr", fold=0, shot=shot,
         out=out / "model.pt", log_csv=out / "train.csv", seed=0, threads=1, remain=None,
+        device="cpu",  # exact comparisons: CUDA kernels are not bit-deterministic
     )  # fmt: skip
 
 

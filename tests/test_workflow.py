@@ -131,20 +131,23 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     assert out.count("rule build_bank:") == 1 and "fold1/shot5/bank" in out
 
 
-def test_the_same_seed_gives_the_same_artifacts(tmp_path):
-    """Two runs from scratch in two folders: identical pseudo masks, training logs and episode
-    lists, equal metrics (CPU)."""
+def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tmp_path, on_cpu):
+    """Two runs from scratch in two folders, the second with annotation.keep_features false:
+    identical pseudo masks, training logs and episode lists, equal metrics (CPU); the second
+    never wrote features.zarr."""
     import json
 
     import zarr
 
     config = {**TINY_CONFIG, "folds": [0], "shots": [1], "ablations": []}
-    runs = [tmp_path / "a", tmp_path / "b"]
-    for run in runs:
+    annotation = {**config["annotation"], "keep_features": False}
+    runs = {tmp_path / "a": config, tmp_path / "b": {**config, "annotation": annotation}}
+    for run, run_config in runs.items():
         run.mkdir()
-        code, out = snakemake(run, config=config)
+        code, out = snakemake(run, config=run_config)
         assert code == 0, out
     a, b = (run / "results/synthetic" for run in runs)
+    assert (a / "features.zarr").is_dir() and not (b / "features.zarr").exists()
     masks = [
         zarr.open_group(str(r / "fold0/pseudo_masks.zarr"), mode="r")["masks"][:] for r in (a, b)
     ]
@@ -155,16 +158,6 @@ def test_the_same_seed_gives_the_same_artifacts(tmp_path):
     metrics = [json.loads((r / "fold0/shot1/eval/metrics.json").read_text()) for r in (a, b)]
     assert [m["miou"] for m in metrics] == [metrics[0]["miou"]] * 2
     assert metrics[0]["per_class"] == metrics[1]["per_class"]
-
-
-def test_temporary_features_are_deleted_once_used(tmp_path):
-    config = {**TINY_CONFIG, "folds": [2], "shots": [1], "ablations": [],
-              "annotation": {"input_size": 64, "temporary_features": True}}  # fmt: skip
-    code, out = snakemake(tmp_path, config=config)
-    assert code == 0, out
-    results = tmp_path / "results/synthetic"
-    assert (results / "fold2/pseudo_masks.zarr").is_dir() and (results / "prototypes.zarr").is_dir()
-    assert not (results / "features.zarr").exists()
 
 
 @pytest.mark.parametrize(
@@ -215,23 +208,40 @@ def test_table5_preset_trains_the_none_and_remain_rows(tmp_path):
     assert counts["build_bank_ablation"] == "4" and counts["evaluate_ablation"] == "8"
 
 
-@pytest.mark.parametrize("gpu", [True, False])
-def test_default_profile_queues_gpu_jobs_one_at_a_time_on_a_gpu_machine(tmp_path, gpu):
+@pytest.mark.parametrize("visible", ["0,1", ""])
+def test_default_profile_gives_each_gpu_job_a_gpu_and_requires_cuda(tmp_path, visible):
+    """With GPUs (here: CUDA_VISIBLE_DEVICES) as many GPU jobs run at a time as there are GPUs,
+    each told `--device cuda` (one line if torch cannot use it); their loaders are declared
+    threads. Without, no limit and `--device auto`. LATENTFSS_DEVICE beats the profile."""
     import yte
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    if gpu:  # what the profile looks for
-        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
-        (bin_dir / "nvidia-smi").chmod(0o755)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PATH", str(bin_dir))
+        mp.setenv("CUDA_VISIBLE_DEVICES", visible)
+        mp.delenv("LATENTFSS_DEVICE", raising=False)
         with open(REPO / "workflow/profiles/default/config.yaml") as f:
             profile = yte.process_yaml(f, require_use_yte=True)
-    assert profile.get("resources") == ({"gpu": 1} if gpu else None)
-    assert profile["rerun-incomplete"] is True
-    code, out = snakemake(tmp_path, "-n", presets=["config.yaml"])
-    assert code == 0 and "workflow/profiles/default" in out, out
+        assert profile.get("resources") == ({"gpu": 2} if visible else None)
+        assert profile.get("default-resources") == ({"device": "cuda"} if visible else None)
+        assert profile["rerun-incomplete"] is True
+        code, out = snakemake(tmp_path, "-n", "-p", "--cores", "8", presets=["config.yaml"])
+        assert code == 0 and "workflow/profiles/default" in out, out
+        train = re.search(r"^rule train:.*?^Shell command: [^\n]*", out, re.M | re.S)[0]
+        assert f"--device {'cuda' if visible else 'auto'}" in train
+        threads = re.search(r"threads: (\d+)", train)  # Snakemake prints none for 1
+        assert (threads[1] if threads else "1") == ("3" if visible else "1")
+        mp.setenv("LATENTFSS_DEVICE", "cpu")
+        code, out = snakemake(tmp_path, "-n", "-p", presets=["config.yaml"])
+        assert code == 0 and "--device cuda" not in out and "--device cpu" in out
+
+
+def test_without_kept_features_no_features_zarr_and_its_readers_encode(tmp_path):
+    config = {"annotation": {"keep_features": False}}
+    code, out = snakemake(tmp_path, "-n", "-p", config=config, presets=["config.yaml"])
+    assert code == 0, out
+    assert "features.zarr" not in out
+    for rule in ("pool_prototypes", "write_pseudo_masks"):
+        job = re.search(rf"^rule {rule}:.*?^Shell command: [^\n]*", out, re.M | re.S)[0]
+        assert "gpu=1" in job and "--encoder-init" in job and "--features" not in job, job
 
 
 def test_slurm_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(tmp_path):
@@ -242,10 +252,12 @@ def test_slurm_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(tmp_path):
     resources = dict(re.findall(r"^rule (\w+):.*?resources: ([^\n]*)", out, re.M | re.S))
     for rule in ("extract_features", "train", "build_bank", "evaluate"):
         assert "slurm_partition=gpu" in resources[rule] and "gpu=1" in resources[rule], rule
-    for rule in ("prepare", "cluster", "write_pseudo_masks", "summarize"):
+    for rule in ("prepare", "cluster", "summarize"):
         assert "slurm_partition=cpu" in resources[rule] and "gpu=" not in resources[rule], rule
+    for rule in ("pool_prototypes", "write_pseudo_masks"):  # they encode without features.zarr
+        assert "slurm_partition=gpu" in resources[rule] and "gpu=0" in resources[rule], rule
     assert "runtime=720" in resources["train"]
-    assert re.search(r"rule train:.*?threads: 8", out, re.S)
+    assert re.search(r"rule train:.*?threads: 10", out, re.S)
 
 
 def test_every_rule_declares_what_a_scheduler_needs():

@@ -25,7 +25,7 @@ class ClusterConfig:
 def spherical_kmeans(
     x: np.ndarray, cfg: ClusterConfig, seed: int
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """K-Means on the unit sphere (cosine geometry) with faiss.
+    """K-Means on the unit sphere (cosine geometry) with faiss, on the GPUs when faiss sees any.
 
     x (M, C) float32 -> centroids (K, C) unit-norm, assign (M,) int64, inertia (the sum of
     squared distances of the normalised points to their centroids, best of nredo runs).
@@ -34,7 +34,8 @@ def spherical_kmeans(
         raise ValueError(f"{len(x)} prototypes cannot make {cfg.k} clusters")
     unit = np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12), "float32")
     kmeans = faiss.Kmeans(unit.shape[1], cfg.k, niter=cfg.niter, nredo=cfg.nredo, spherical=True,
-                          seed=seed, max_points_per_centroid=1 << 30, verbose=False)  # fmt: skip
+                          seed=seed, max_points_per_centroid=1 << 30, verbose=False,
+                          gpu=faiss.get_num_gpus() > 0)  # fmt: skip
     kmeans.train(unit)
     distances, assign = kmeans.index.search(unit, 1)
     return kmeans.centroids.copy(), assign[:, 0].astype(np.int64), float(distances.sum())

@@ -9,6 +9,7 @@ found; in each, the region most similar to the support prototype p_s; then
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +21,22 @@ import torch.nn.functional as F
 from latentfss import store
 from latentfss.errors import InputError
 
+log = logging.getLogger(__name__)
+
 
 def inner_product_index(embeddings: np.ndarray) -> faiss.Index:
-    """An exact inner-product index (cosine, as the rows are unit vectors); on the GPU when
-    faiss sees one."""
+    """An exact inner-product index (cosine, as the rows are unit vectors), on the CPU."""
     index = faiss.IndexFlatIP(embeddings.shape[1])
-    if faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
     return index
+
+
+def on_device(index: faiss.Index, device: torch.device) -> faiss.Index:
+    """The index on the job's GPU when the job runs on one and faiss sees GPUs (faiss-gpu),
+    else as it is."""
+    if device.type != "cuda" or faiss.get_num_gpus() == 0:
+        return index
+    return faiss.index_cpu_to_gpus_list(index, gpus=[device.index or 0])
 
 
 @dataclass
@@ -81,9 +89,9 @@ def load_bank(path, top_n: int, beta: float, device: torch.device,
     if differ:
         raise InputError(f"{path}: built for another {', '.join(differ)}; run `latentfss "
                          "build-bank` again")  # fmt: skip
-    index = faiss.read_index(str(path / "images.faiss"))
-    if faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
+    index = on_device(faiss.read_index(str(path / "images.faiss")), device)
+    where = "the GPU" if device.type == "cuda" and faiss.get_num_gpus() else "the CPU"
+    log.info("region bank %s: %d images, faiss index on %s", path, index.ntotal, where)
     image = group["image"][:]  # sorted: regions were written image by image
     offsets = np.concatenate([[0], np.cumsum(np.bincount(image, minlength=index.ntotal))])
     regions = torch.from_numpy(group["prototypes"][:]).to(device)

@@ -6,7 +6,7 @@ rule extract_features:
     input:
         images=rules.prepare.output.images,
     output:
-        features=features_output(),
+        **features_output(),
         encoder_init=f"{RESULTS}/encoder_init.pt",
     log:
         f"logs/extract_features/{DATASET}.log",
@@ -22,18 +22,22 @@ rule extract_features:
     params:
         index=lambda wildcards, input: Path(input.images).parent,
         encoder=section("encoder"),
-        annotation=section("annotation", drop=["temporary_features"]),
+        annotation=section("annotation", drop=["keep_features"]),
         seed=config["seed"],
+        out=lambda wildcards, output: (
+            f"--out {shlex.quote(output.features)}" if KEEP_FEATURES else ""
+        ),
+        device=device,
     shell:
-        "latentfss extract-features --index {params.index:q} --out {output.features:q}"
+        "latentfss extract-features --index {params.index:q} {params.out}"
         " --encoder-out {output.encoder_init:q} --encoder {params.encoder:q}"
-        " --params {params.annotation:q} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
+        " --params {params.annotation:q} --seed {params.seed} --threads {threads}"
+        " --device {params.device} > {log:q} 2>&1"
 
 
 rule pool_prototypes:
     input:
-        images=rules.prepare.output.images,
-        features=f"{RESULTS}/features.zarr",
+        unpack(feature_inputs),
     output:
         prototypes=directory(f"{RESULTS}/prototypes.zarr"),
     log:
@@ -44,13 +48,19 @@ rule pool_prototypes:
         CPU_ENV
     threads: 2
     resources:
+        gpu=int(ENCODES["pool"]),
         mem_mb=4000,
         runtime=120,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
+        features=optional_flag("features"),
+        annotation=section("annotation", drop=["keep_features"]),
+        device=device,
     shell:
-        "latentfss pool-prototypes --index {params.index:q} --features {input.features:q}"
-        " --out {output.prototypes:q} --threads {threads} > {log:q} 2>&1"
+        "latentfss pool-prototypes --index {params.index:q} {params.features}"
+        " --encoder-init {input.encoder_init:q} --annotation {params.annotation:q}"
+        " --device {params.device} --out {output.prototypes:q} --threads {threads}"
+        " > {log:q} 2>&1"
 
 
 rule cluster:
@@ -82,10 +92,8 @@ rule cluster:
 
 rule write_pseudo_masks:
     input:
-        images=rules.prepare.output.images,
-        features=f"{RESULTS}/features.zarr",
+        unpack(feature_inputs),
         clusters=rules.cluster.output.clusters,
-        encoder_init=rules.extract_features.output.encoder_init,
     output:
         masks=directory(f"{RESULTS}/fold{{fold}}/pseudo_masks.zarr"),
     log:
@@ -96,17 +104,22 @@ rule write_pseudo_masks:
         CPU_ENV
     threads: 2
     resources:
+        gpu=int(ENCODES["masks"]),
         mem_mb=4000,
         runtime=120,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
+        features=optional_flag("features"),
+        annotation=section("annotation", drop=["keep_features"]),
+        device=device,
         images="train_set",
         unlabeled=config["mining"]["unlabeled"],
     shell:
-        "latentfss write-pseudo-masks --index {params.index:q} --features {input.features:q}"
-        " --clusters {input.clusters:q} --out {output.masks:q} --images {params.images}"
-        " --unlabeled {params.unlabeled:q} --encoder-init {input.encoder_init:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        "latentfss write-pseudo-masks --index {params.index:q} {params.features}"
+        " --encoder-init {input.encoder_init:q} --annotation {params.annotation:q}"
+        " --device {params.device} --clusters {input.clusters:q} --out {output.masks:q}"
+        " --images {params.images} --unlabeled {params.unlabeled:q} --threads {threads}"
+        " > {log:q} 2>&1"
 
 
 # The fold's Remain (train images without a large base class), for runs with mining.remain.
@@ -117,8 +130,15 @@ use rule write_pseudo_masks as write_pseudo_masks_remain with:
         f"logs/write_pseudo_masks/{DATASET}_fold{{fold}}_remain.log",
     benchmark:
         f"{RESULTS}/benchmarks/write_pseudo_masks_fold{{fold}}_remain.tsv"
+    resources:
+        gpu=int(not KEEP_FEATURES),
+        mem_mb=4000,
+        runtime=120,
     params:
         index=lambda wildcards, input: Path(input.images).parent,
+        features=optional_flag("features"),
+        annotation=section("annotation", drop=["keep_features"]),
+        device=device,
         images="remain",
         unlabeled=[],
 

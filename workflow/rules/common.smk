@@ -1,11 +1,13 @@
 # Config validation and the helpers every rule file uses.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from latentfss.config import validate
 from latentfss.errors import InputError
+from latentfss.gpus import visible_gpus
 
 try:
     validate(
@@ -26,11 +28,23 @@ DATASET = config["dataset"]["name"]
 RESULTS = f"results/{DATASET}"
 CPU_ENV = "../../envs/latentfss-cpu.yaml"
 GPU_ENV = "../../envs/latentfss-gpu.yaml"
-# train, build_bank and evaluate: torch's CPU threads (data-loader workers come on top). One,
-# so that on a CPU-only machine two such jobs share 2 cores: 27% less time than one
-# job with 2 threads at a time (bench/side_by_side.py). The slurm profile gives GPU jobs
-# more (set-threads).
-GPU_JOB_THREADS = 1
+KEEP_FEATURES = config["annotation"]["keep_features"]
+# GPU-type jobs (train, build_bank, evaluate) declare the cores they use: one torch thread, and
+# on a GPU machine their data-loader processes, which then do the CPU's work. Without a GPU the
+# torch thread does it and the loaders mostly wait: each job declares one core, so that two
+# share 2 cores, 27% less time than one job with both at a time (bench/side_by_side.py). The
+# slurm profile sets its own (set-threads); a stage gives torch what its loaders leave.
+GPUS = len(visible_gpus())
+
+
+def gpu_job_threads(loaders):
+    return 1 + (loaders if GPUS else 0)
+
+
+def device(wildcards, resources):
+    """--device of a job that may use a GPU: $LATENTFSS_DEVICE when set, else the profile's
+    `device` resource (cuda where the profile found GPUs), else auto."""
+    return os.environ.get("LATENTFSS_DEVICE") or resources.get("device", "auto")
 
 
 wildcard_constraints:
@@ -54,9 +68,29 @@ def section(name, keep=None, drop=()):
 
 
 def features_output():
-    """features.zarr, deleted once its consumers are done when annotation.temporary_features."""
-    store = directory(f"{RESULTS}/features.zarr")
-    return temp(store) if config["annotation"]["temporary_features"] else store
+    """extract_features' features.zarr, only with annotation.keep_features."""
+    return {"features": directory(f"{RESULTS}/features.zarr")} if KEEP_FEATURES else {}
+
+
+def feature_inputs(wildcards):
+    """What pool_prototypes and write_pseudo_masks read the features from: features.zarr, or
+    encoder_init.pt to compute them again (keep_features false; and mining.unlabeled images).
+    """
+    inputs = {
+        "images": rules.prepare.output.images,
+        "encoder_init": rules.extract_features.output.encoder_init,
+    }
+    return (
+        {**inputs, "features": f"{RESULTS}/features.zarr"} if KEEP_FEATURES else inputs
+    )
+
+
+# pool_prototypes and write_pseudo_masks encode images, and hold a GPU, when the features are
+# not kept; write_pseudo_masks also for mining.unlabeled images
+ENCODES = {
+    "pool": not KEEP_FEATURES,
+    "masks": not KEEP_FEATURES or bool(config["mining"]["unlabeled"]),
+}
 
 
 # Tables 3 and 5 (ablations): a run is named by its switches fg (evaluate.fg_rectify), bg
@@ -203,16 +237,13 @@ def jobs():
 
 
 def artifacts():
-    """Every output of every job (features.zarr only when it is kept)."""
-    files = [
+    """Every output of every job."""
+    return [
         pattern.format(**wildcards)
         for step, wildcard_sets in jobs()
         for pattern in step.output
         for wildcards in wildcard_sets
     ]
-    if config["annotation"]["temporary_features"]:
-        files.remove(f"{RESULTS}/features.zarr")
-    return files
 
 
 def benchmark_files(wildcards):

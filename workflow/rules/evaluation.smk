@@ -14,7 +14,7 @@ rule build_bank:
         f"{RESULTS}/benchmarks/build_bank_fold{{fold}}_shot{{shot}}.tsv"
     conda:
         GPU_ENV
-    threads: GPU_JOB_THREADS
+    threads: gpu_job_threads(loaders=config["evaluate"]["workers"])
     resources:
         gpu=1,
         mem_mb=4000,
@@ -24,10 +24,12 @@ rule build_bank:
         evaluate=section(
             "evaluate", keep=["resize", "input_size", "batch_size", "workers"]
         ),
+        device=device,
     shell:
         "latentfss build-bank --index {params.index:q} --model {input.model:q}"
         " --pseudo-masks {input.pseudo_masks:q} --out {output.bank:q}"
-        " --params {params.evaluate:q} --threads {threads} > {log:q} 2>&1"
+        " --params {params.evaluate:q} --threads {threads} --device {params.device}"
+        " > {log:q} 2>&1"
 
 
 use rule build_bank as build_bank_ablation with:
@@ -59,7 +61,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate_fold{{fold}}_shot{{shot}}.tsv"
     conda:
         GPU_ENV
-    threads: GPU_JOB_THREADS
+    threads: gpu_job_threads(loaders=config["evaluate"]["workers"])
     resources:
         gpu=1,
         mem_mb=4000,
@@ -70,11 +72,12 @@ rule evaluate:
         evaluate=evaluate_params,
         protocol=section("protocol"),
         bank=optional_flag("bank"),
+        device=device,
     shell:
         "latentfss evaluate --index {params.index:q} --model {input.model:q} {params.bank}"
         " --fold {wildcards.fold} --shot {wildcards.shot} --out {params.out:q}"
         " --params {params.evaluate:q} --protocol {params.protocol:q} --threads {threads}"
-        " > {log:q} 2>&1"
+        " --device {params.device} > {log:q} 2>&1"
 
 
 # A Table 3 or 5 row: evaluation with its switches (its model from train or train_ablation).

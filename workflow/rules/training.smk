@@ -13,7 +13,7 @@ rule train:
         f"{RESULTS}/benchmarks/train_fold{{fold}}_shot{{shot}}.tsv"
     conda:
         GPU_ENV
-    threads: GPU_JOB_THREADS
+    threads: gpu_job_threads(loaders=2 * config["train"]["workers"])
     resources:
         gpu=1,
         mem_mb=8000,
@@ -25,13 +25,14 @@ rule train:
         protocol=section("protocol"),
         remain=optional_flag("remain"),
         seed=config["seed"],
+        device=device,
     shell:
         "latentfss train --index {params.index:q} --encoder-init {input.encoder_init:q}"
         " --pseudo-masks {input.pseudo_masks:q} {params.remain}"
         " --fold {wildcards.fold} --shot {wildcards.shot}"
         " --out {output.model:q} --log-csv {output.log_csv:q} --params {params.train:q}"
         " --model {params.model:q} --protocol {params.protocol:q} --seed {params.seed}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} --device {params.device} > {log:q} 2>&1"
 
 
 # A Table 3 or 5 row's model: the same training with its bg_rectify, mine and remain.

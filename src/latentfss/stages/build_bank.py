@@ -25,7 +25,8 @@ from latentfss.fs import atomic_dir, identity
 from latentfss.model import load_model
 from latentfss.progress import progress
 from latentfss.prototypes import area_weights, image_embedding, masked_average, present_labels
-from latentfss.runtime import pick_device
+from latentfss.region_bank import inner_product_index
+from latentfss.runtime import add_device_argument, pick_device, set_threads
 from latentfss.stages.evaluate import EvaluateConfig
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,16 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pseudo-masks", required=True, type=Path, help="fold's pseudo_masks.zarr")
     parser.add_argument("--out", required=True, type=Path, help="bank directory to write")
     parser.add_argument("--params", default="", help="evaluate.resize/input_size/... as JSON")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="CPU cores the job may use")
+    add_device_argument(parser)
 
 
 @torch.inference_mode()
 def run(args: argparse.Namespace) -> None:
     cfg = from_params(EvaluateConfig, args.params, "evaluate")  # resize, input_size, ...
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads, cfg.workers)
     faiss.omp_set_num_threads(args.threads)
-    device = pick_device()
+    device = pick_device(args.device)
     index = read_index(args.index)
     model, _ = load_model(args.model)
     encoder, normalise = model.encoder.to(device).eval(), Normalise(device)
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
             row += 1
     embeddings = np.concatenate(embeddings)
     with atomic_dir(args.out) as tmp:
-        faiss.write_index(_cpu_index(embeddings), str(tmp / "images.faiss"))
+        faiss.write_index(inner_product_index(embeddings), str(tmp / "images.faiss"))
         group = store.create_group(tmp / "regions.zarr", resize=cfg.resize,
                                    input_size=cfg.input_size, model=str(args.model),
                                    model_identity=identity(args.model))  # fmt: skip
@@ -103,9 +105,3 @@ def run(args: argparse.Namespace) -> None:
         store.write_array(group, "pixels", np.array(region_pixels, dtype=np.int64))
         store.write_array(group, "image_id", image_ids)
     log.info("bank: %d images, %d regions -> %s", len(embeddings), len(region_image), args.out)
-
-
-def _cpu_index(embeddings: np.ndarray) -> faiss.Index:
-    index = faiss.IndexFlatIP(embeddings.shape[1])
-    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-    return index

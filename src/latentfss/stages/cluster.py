@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> None:
     cfg = from_params(ClusterConfig, args.params, "cluster")
     protocol = from_params(ProtocolConfig, args.protocol, "protocol")
     faiss.omp_set_num_threads(args.threads)
+    log.info("K-Means on %s", f"{faiss.get_num_gpus()} GPU(s)" if faiss.get_num_gpus() else
+             f"the CPU ({args.threads} faiss threads)")  # fmt: skip
     index = read_index(args.index)
     base = base_classes(args.fold, index.num_classes, protocol.class_split)
     train = index.split("train").index

@@ -52,7 +52,7 @@ from latentfss.model import MatchingNet, Shots, load_model
 from latentfss.progress import progress
 from latentfss.prototypes import upsample
 from latentfss.region_bank import RegionBank, load_bank
-from latentfss.runtime import pick_device
+from latentfss.runtime import add_device_argument, pick_device, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=Path, help="replay this episode list instead")
     parser.add_argument("--params", default="", help="config section `evaluate` as JSON")
     parser.add_argument("--protocol", default="", help="config section `protocol` as JSON")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="CPU cores the job may use")
+    add_device_argument(parser)
 
 
 def at_label(logits: torch.Tensor, input_size: tuple[int, int], covered: tuple[int, int],
@@ -228,9 +229,9 @@ def _mean_of_seen(values: list[float]) -> float | None:
 def run(args: argparse.Namespace) -> None:
     cfg = from_params(EvaluateConfig, args.params, "evaluate")
     protocol = from_params(ProtocolConfig, args.protocol, "protocol")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads, cfg.workers)
     faiss.omp_set_num_threads(args.threads)  # the bank's searches
-    device = pick_device()
+    device = pick_device(args.device)
     index = read_index(args.index)
     novel = novel_classes(args.fold, index.num_classes, protocol.class_split)
     model, checkpoint = load_model(args.model)

@@ -3,7 +3,8 @@
 One fg prototype per (image, class present) and one background prototype per image, each with
 its mass on the feature grid (fg_weight, bg_weight) so that prototypes can later be merged
 exactly (a fold's background also takes in the novel classes, which training images hide).
-Streams over features.zarr in chunk-sized blocks: memory does not grow with the dataset.
+Streams over the features (features.zarr, or computed again without it) in blocks: memory does
+not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -15,34 +16,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentfss import features as annotation_features
 from latentfss import store
 from latentfss.datasets.images import read_mask
 from latentfss.datasets.index import read_index
 from latentfss.fs import atomic_dir
 from latentfss.progress import progress
 from latentfss.prototypes import area_weights, masked_average, present_labels
+from latentfss.runtime import set_threads
 
 log = logging.getLogger(__name__)
-BLOCK = 64  # images per read from features.zarr
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, type=Path, help="prepared dataset index dir")
-    parser.add_argument("--features", required=True, type=Path, help="features.zarr")
+    annotation_features.add_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="prototypes.zarr to write")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="CPU cores the job may use")
 
 
 def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     index = read_index(args.index)
-    features = store.open_group(args.features, "extract-features")
-    feats, image_ids = features["feats"], features["image_id"][:]
-    n, channels, h, w = feats.shape
+    features = annotation_features.from_arguments(args, index.split("train"))
+    image_ids = features.image_ids
+    n, channels, h, w = features.shape
     # one fg row per (train image, class > 0) with pixels: known from the index in advance
     pixels = index.pixels[index.pixels["image_id"].isin(image_ids) & (index.pixels["class_id"] > 0)]
     with atomic_dir(args.out) as tmp:
-        group = store.create_group(tmp, features=features.attrs.asdict(), grid=[h, w])
+        group = store.create_group(tmp, features=features.attrs, grid=[h, w])
         m = len(pixels)
         layout = {"fg": ((m, channels), "float32"), "fg_image": ((m,), "int64"),
                   "fg_class": ((m,), "int64"), "fg_pixels": ((m,), "int64"),
@@ -52,10 +54,11 @@ def run(args: argparse.Namespace) -> None:
                 for name, (shape, dtype) in layout.items()}  # fmt: skip
         store.write_array(group, "image_id", image_ids)
         masks = index.images["mask"]
-        for start in progress(range(0, n, BLOCK), -(-n // BLOCK), "pool-prototypes"):
-            block = torch.from_numpy(feats[start : start + BLOCK].astype(np.float32))
-            for offset, image_feats in enumerate(block):  # (C, h, w)
-                row = start + offset
+        blocks = features.blocks(np.arange(n))
+        for block_rows, block in progress(blocks, features.block_count(np.arange(n)),
+                                          "pool-prototypes"):  # fmt: skip
+            block = torch.from_numpy(block.astype(np.float32))
+            for row, image_feats in zip(block_rows, block, strict=True):  # (C, h, w)
                 mask = read_mask(masks[image_ids[row]], index.num_classes)
                 labels = present_labels(mask)
                 weights = area_weights(mask, labels, (h, w))  # (P, h, w)

@@ -26,7 +26,7 @@ from latentfss.encoder import Normalise
 from latentfss.errors import InputError
 from latentfss.model import load_model
 from latentfss.region_bank import load_bank
-from latentfss.runtime import pick_device
+from latentfss.runtime import add_device_argument, pick_device, set_threads
 from latentfss.stages.evaluate import EvaluateConfig, at_label
 from latentfss.stages.write_pseudo_masks import IMAGE_SUFFIXES
 
@@ -45,7 +45,8 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input-size", type=int, help="network input side (default: training crop)"
     )
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="CPU cores the job may use")
+    add_device_argument(parser)
 
 
 def read_support_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -77,9 +78,9 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 @torch.inference_mode()
 def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)  # the bank's searches
-    device = pick_device()
+    device = pick_device(args.device)
     model, checkpoint = load_model(args.model)
     model = model.to(device)
     size = args.input_size or checkpoint["config"]["train"]["crop"]

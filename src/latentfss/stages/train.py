@@ -33,7 +33,7 @@ from latentfss.errors import InputError
 from latentfss.fs import atomic_file, identity, read_torch
 from latentfss.model import MatchingNet, ModelConfig, segmentation_loss
 from latentfss.progress import progress
-from latentfss.runtime import pick_device, seed_everything
+from latentfss.runtime import add_device_argument, pick_device, seed_everything, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="", help="config section `model` as JSON")
     parser.add_argument("--protocol", default="", help="config section `protocol` as JSON")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="CPU cores the job may use")
+    add_device_argument(parser)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -223,14 +224,14 @@ class ResumeState:
 def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
           protocol: ProtocolConfig, stop_at: int | None = None) -> None:  # fmt: skip
     """The training loop; `stop_at` ends it early after that step (tests: a killed run)."""
-    torch.set_num_threads(args.threads)
-    device = pick_device()
+    mine = model_cfg.mine and cfg.batch_pseudo > 0 and cfg.lambda_pseudo > 0
+    set_threads(args.threads, cfg.workers * (2 if mine else 1))  # the loaders share the cores
+    device = pick_device(args.device)
     seed_everything(args.seed)
     episodes, pseudo = fold_data(args, cfg, protocol)
     model, ema, optimizer = new_model(args, cfg, model_cfg, device)
     state = ResumeState.of(args, cfg, model_cfg, protocol)
     start, rows = state.restore(model, ema, optimizer, device)
-    mine = model.head is not None and cfg.batch_pseudo > 0 and cfg.lambda_pseudo > 0
     pin, normalise = device.type == "cuda", Normalise(device)
     episode_batches = batches(episodes, cfg.batch_episodes, start * cfg.batch_episodes,
                               cfg.workers, pin)  # fmt: skip

@@ -21,34 +21,32 @@ import numpy as np
 import torch
 from PIL import Image
 
+from latentfss import features as annotation_features
 from latentfss import store
 from latentfss.datasets.index import read_index
-from latentfss.encoder import load_encoder
 from latentfss.episodes import IGNORE
 from latentfss.errors import InputError
+from latentfss.features import annotation_encoder, embed
 from latentfss.fs import atomic_dir
 from latentfss.progress import progress
 from latentfss.prototypes import nearest_representative
-from latentfss.runtime import pick_device
-from latentfss.stages.extract_features import AnnotationConfig, embed
+from latentfss.runtime import pick_device, set_threads
 
 log = logging.getLogger(__name__)
-BLOCK = 64
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUBSETS = ("train_set", "remain")
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, type=Path, help="prepared dataset index dir")
-    parser.add_argument("--features", required=True, type=Path, help="features.zarr")
+    annotation_features.add_arguments(parser)  # --features, or --encoder-init to compute them
     parser.add_argument("--clusters", required=True, type=Path, help="fold's clusters.zarr")
     parser.add_argument("--out", required=True, type=Path, help="pseudo_masks.zarr to write")
     parser.add_argument("--images", choices=SUBSETS, default="train_set",
                         help="the fold's train set (the mining stream) or Remain")  # fmt: skip
     parser.add_argument("--unlabeled", nargs="*", default=[], type=Path,
                         help="folders of extra unlabelled images (mining.unlabeled)")  # fmt: skip
-    parser.add_argument("--encoder-init", type=Path, help="encoder_init.pt (for --unlabeled)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="CPU cores the job may use")
 
 
 def unlabeled_images(folders: list[Path]) -> list[Path]:
@@ -61,12 +59,12 @@ def unlabeled_images(folders: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     index = read_index(args.index)
-    features = store.open_group(args.features, "extract-features")
+    features = annotation_features.from_arguments(args, index.split("train"))
     clusters = store.open_group(args.clusters, "cluster")
     reps = torch.from_numpy(clusters["centroids"][:])
-    feats, feature_ids = features["feats"], features["image_id"][:]
+    feature_ids = features.image_ids
     in_set = np.isin(feature_ids, clusters["train_set"][:])
     rows = np.flatnonzero(in_set if args.images == "train_set" else ~in_set)  # of features.zarr
     image_ids = feature_ids[rows]
@@ -91,16 +89,16 @@ def run(args: argparse.Namespace) -> None:
         store.write_array(group, "height", np.array([s[0] for s in sizes], dtype=np.int64))
         store.write_array(group, "width", np.array([s[1] for s in sizes], dtype=np.int64))
         store.write_array(group, "image_id", np.concatenate([image_ids, np.full(len(extra), -1)]))
-        blocks = (feats.oindex[rows[s : s + BLOCK]] for s in range(0, len(rows), BLOCK))
+        blocks = (block for _, block in features.blocks(rows))
+        count = features.block_count(rows)
         if extra:
-            cfg = AnnotationConfig(**features.attrs["annotation"])  # as the stored features
-            device = pick_device()
-            encoder = load_encoder(args.encoder_init).to(device).eval()
-            blocks = itertools.chain(
-                blocks, embed(encoder, list(map(str, extra)), cfg, device, args.threads)
-            )
+            device = features.device or pick_device(args.device)
+            encoder = features.encoder or annotation_encoder(args.encoder_init, device)
+            blocks = itertools.chain(blocks, embed(encoder, list(map(str, extra)), features.cfg,
+                                                   device, args.threads))  # fmt: skip
+            count += -(-len(extra) // features.cfg.batch_size)
         row = 0
-        for block in progress(blocks, desc="write-pseudo-masks"):
+        for block in progress(blocks, count, "write-pseudo-masks"):
             padded = np.full((len(block), *shape[1:]), IGNORE, dtype=np.uint8)
             for i, image_feats in enumerate(torch.from_numpy(np.asarray(block, np.float32))):
                 height, width = sizes[row + i]
