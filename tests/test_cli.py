@@ -69,3 +69,36 @@ def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_survives(
         f"ERROR: {out}: cannot write (No space left on device); nothing was written"
     )
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no temporary left behind
+
+
+def test_faiss_missing_or_installed_twice_is_one_line(monkeypatch, capsys):
+    """faiss comes from one extra, `cpu` or `gpu`: none installed, or both, is one line."""
+    import sys
+    from importlib.metadata import PackageNotFoundError
+
+    from latentfss import cli as cli_module
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` fails, as when missing
+    monkeypatch.delitem(sys.modules, "latentfss.stages.cluster", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        cli_module.main(["cluster", "--help"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "ERROR: faiss is not installed: pip install -e '.[cpu]' (or '.[gpu]' on a CUDA 12 "
+        "machine)\n"
+    )
+
+    class Installed:
+        version = "1.15.1"
+
+    def distribution(name):
+        if name not in ("faiss-cpu", "faiss-gpu"):
+            raise PackageNotFoundError(name)
+        return Installed()
+
+    monkeypatch.setattr(cli_module, "distribution", distribution)
+    code, err = cli("make-synthetic", "--help", capsys=capsys)
+    assert code == 2 and err.startswith(
+        "ERROR: faiss-cpu 1.15.1 and faiss-gpu 1.15.1 are installed together; they share the "
+        "faiss module: pip uninstall -y faiss-cpu faiss-gpu, then pip install -e '.[cpu]'"
+    )

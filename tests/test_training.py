@@ -116,6 +116,42 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     assert losses[-1] < losses[0]
 
 
+def test_a_micro_batched_step_is_the_full_step():
+    """train.micro_batches: the encoder in 3 checkpointed parts of the 2 + 2x2 + 4 images; the
+    mining head (and its BatchNorm) and the losses on the whole batch. Same losses, weights,
+    head statistics and global background as one pass, up to float summation order."""
+    from latentfss.encoder import Normalise
+    from latentfss.stages.train import train_step
+
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.randint(0, 2, (2, 2, 48, 48), dtype=torch.uint8, generator=generator)
+    episode = {"query": torch.randint(0, 255, (2, 3, 48, 48), dtype=torch.uint8,
+                                      generator=generator),
+               "supports": torch.randint(0, 255, (2, 2, 3, 48, 48), dtype=torch.uint8,
+                                         generator=generator),
+               "support_masks": masks, "query_mask": masks[:, 1].clone()}  # fmt: skip
+    mining = (torch.randn(4, 3, 48, 48, generator=generator),
+              torch.randint(0, 4, (4, 48, 48), generator=generator))  # fmt: skip
+    models, losses = [], []
+    for micro_batches in (1, 3):
+        model = small_model().train()
+        for module in model.encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.requires_grad_(False)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
+                                    momentum=0.9)  # fmt: skip
+        for _ in range(2):  # the second step also moves the momenta and the global background
+            losses.append(train_step(model, episode, mining, optimizer, Normalise(torch.device(
+                "cpu")), 1.0, micro_batches))  # fmt: skip
+        models.append(model.state_dict())
+    assert torch.allclose(losses[0], losses[2]) and torch.allclose(losses[1], losses[3])
+    full, micro = models
+    assert full.keys() == micro.keys()
+    for key, value in full.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, micro[key], rtol=1e-4, atol=1e-6), key
+
+
 def test_joint_crop_pads_masks_with_ignore_and_keeps_labels():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
@@ -270,8 +306,14 @@ def test_training_without_mining_logs_no_pseudo_loss(annotated, tmp_path, capsys
 
 
 @pytest.mark.gpu
-def test_cuda_bf16_training_steps(annotated, tmp_path):
-    train(train_args(annotated, tmp_path), TINY_TRAIN, ModelConfig(), PROTOCOL)
+def test_cuda_bf16_training_steps(annotated, tmp_path, caplog):
+    """Training on CUDA (bf16 autocast), micro-batched too; the saved weights are CPU tensors."""
+    caplog.set_level("INFO")
+    args = argparse.Namespace(**{**vars(train_args(annotated, tmp_path)), "device": "cuda"})
+    train(args, dataclasses.replace(TINY_TRAIN, micro_batches=2), ModelConfig(), PROTOCOL)
+    assert "device: cuda:" in caplog.text
     log = pd.read_csv(tmp_path / "train.csv")
     assert np.isfinite(log[["loss_gt", "loss_pseudo"]].to_numpy()).all()
-    assert torch.load(tmp_path / "model.pt")["step"] == 6
+    checkpoint = torch.load(tmp_path / "model.pt")
+    assert checkpoint["step"] == 6
+    assert all(v.device.type == "cpu" for v in checkpoint["state_dict"].values())

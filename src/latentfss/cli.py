@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+from importlib.metadata import PackageNotFoundError, distribution
 
 from latentfss import __version__
 from latentfss.errors import InputError
@@ -33,6 +34,25 @@ STAGES = {
 }
 
 
+FAISS_INSTALL = "pip install -e '.[cpu]' (or '.[gpu]' on a CUDA 12 machine)"
+
+
+def faiss_clash() -> str | None:
+    """Why the installed faiss cannot be trusted: faiss-cpu and a faiss-gpu both installed
+    (they write the same `faiss` module, and the last one installed wins in part)."""
+    installed = []
+    for name in ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11"):
+        try:
+            installed.append(f"{name} {distribution(name).version}")
+        except PackageNotFoundError:
+            continue
+    if len(installed) < 2:
+        return None
+    names = " ".join(item.split()[0] for item in installed)
+    return (f"{' and '.join(installed)} are installed together; they share the faiss module: "
+            f"pip uninstall -y {names}, then {FAISS_INSTALL}")  # fmt: skip
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (`ERROR: latentfss cluster: argument --fold: ...`)."""
 
@@ -49,7 +69,12 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     for name, (module, summary) in STAGES.items():
         stage = sub.add_parser(name, help=summary, description=summary)
         if name == command:
-            mod = importlib.import_module(f"latentfss.stages.{module}")
+            try:
+                mod = importlib.import_module(f"latentfss.stages.{module}")
+            except ModuleNotFoundError as e:
+                if e.name != "faiss":
+                    raise
+                parser.exit(2, f"ERROR: faiss is not installed: {FAISS_INSTALL}\n")
             mod.register_arguments(stage)
             stage.set_defaults(run=mod.run)
     return parser
@@ -57,6 +82,9 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if clash := faiss_clash():
+        print(f"ERROR: {clash}", file=sys.stderr)
+        return 2
     command = next((a for a in argv if a in STAGES), None)
     args = build_parser(command).parse_args(argv)
     logging.basicConfig(

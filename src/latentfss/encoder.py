@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from latentfss.errors import InputError
 from latentfss.fs import read_torch
@@ -195,17 +196,29 @@ class Encoder(nn.Module):
         return self
 
 
-def encode_batches(encoder: Encoder, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def encode_batches(encoder: Encoder, batches: Sequence[torch.Tensor],
+                   chunks: int = 1) -> list[torch.Tensor]:  # fmt: skip
     """Layer3 features of normalised image batches (N_i, 3, H_i, W_i), in order. The batches
     of one image size go through the encoder together, so images that differ in size
-    (`evaluate.resize: none`) cost one pass per distinct size."""
+    (`evaluate.resize: none`) cost one pass per distinct size.
+
+    With `chunks` > 1 and autograd on (`train.micro_batches`), each pass is cut into that many
+    parts whose activations are not kept but recomputed, one part at a time, in the backward
+    pass (activation checkpointing): the backward holds one part's activations, for one more
+    forward pass of the encoder, and the features and gradients are those of a single pass
+    (BatchNorm is frozen, so an image's features do not depend on the others')."""
     by_size: dict[tuple[int, ...], list[int]] = {}
     for i, batch in enumerate(batches):
         by_size.setdefault(tuple(batch.shape[1:]), []).append(i)
     feats: list[torch.Tensor] = [torch.empty(0)] * len(batches)
     for members in by_size.values():
         images = torch.cat([batches[i] for i in members])
-        out = encoder(images.contiguous(memory_format=torch.channels_last))
+        images = images.contiguous(memory_format=torch.channels_last)
+        if chunks > 1 and torch.is_grad_enabled():
+            parts = images.tensor_split(chunks)
+            out = torch.cat([checkpoint(encoder, part, use_reentrant=False) for part in parts])
+        else:
+            out = encoder(images)
         for i, f in zip(members, out.split([len(batches[i]) for i in members]), strict=True):
             feats[i] = f
     return feats

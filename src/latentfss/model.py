@@ -159,14 +159,15 @@ class MatchingNet(nn.Module):
 
     def forward(self, query: torch.Tensor, supports: Sequence[torch.Tensor],
                 support_masks: Sequence[torch.Tensor], bank: RegionBank | None = None,
-                mining: torch.Tensor | None = None) -> Output:  # fmt: skip
+                mining: torch.Tensor | None = None, micro_batches: int = 1) -> Output:  # fmt: skip
         """B episodes: normalised query images (B, 3, H, W) and K shots, each normalised images
         (B, 3, H_k, W_k) with binary masks (B, H_k, W_k); optionally M images for the mining
-        head. One encoder pass per distinct image size (bf16 autocast on CUDA); the matching
-        in float32."""
+        head. One encoder pass per distinct image size (bf16 autocast on CUDA), in
+        `micro_batches` checkpointed parts (`encode_batches`); the head, on all M images at
+        once, and the matching, in float32, see the whole batch."""
         images = [query, *supports] + ([mining] if mining is not None else [])
         with autocast(query.device):
-            feats = encode_batches(self.encoder, images)
+            feats = encode_batches(self.encoder, images, micro_batches)
             mined = self.head(feats[-1]) if mining is not None else None
         shot_feats = feats[1 : 1 + len(supports)]
         shots = [self.shots(f.float(), m) for f, m in zip(shot_feats, support_masks, strict=True)]

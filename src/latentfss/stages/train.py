@@ -55,11 +55,13 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 50
     workers: int = 1
+    micro_batches: int = 1  # the encoder's forward and backward in this many checkpointed parts
 
     def __post_init__(self) -> None:
-        if min(self.iterations, self.batch_episodes, self.crop, self.log_every,
-               self.checkpoint_every) < 1 or self.batch_pseudo < 0 or self.workers < 0:  # fmt: skip
-            raise ValueError("iterations, batches, crop and intervals must be positive")
+        positive = (self.iterations, self.batch_episodes, self.crop, self.log_every,
+                    self.checkpoint_every, self.micro_batches)  # fmt: skip
+        if min(positive) < 1 or self.batch_pseudo < 0 or self.workers < 0:
+            raise ValueError("iterations, batches, crop, intervals, micro_batches must be positive")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError("scale must be [low, high] with 0 < low <= high")
 
@@ -125,15 +127,17 @@ def new_model(args, cfg: TrainConfig, model_cfg: ModelConfig, device: torch.devi
 
 
 def train_step(model: MatchingNet, episode: dict, mining: tuple | None,
-               optimizer: torch.optim.Optimizer, normalise: Normalise,
-               lambda_pseudo: float) -> torch.Tensor:  # fmt: skip
+               optimizer: torch.optim.Optimizer, normalise: Normalise, lambda_pseudo: float,
+               micro_batches: int = 1) -> torch.Tensor:  # fmt: skip
     """One SGD step of Eq. 1 on B episodes and, when mining, M (augmented) images with their
-    pseudo masks; Eq. 6 moves the global background. -> (loss_gt, loss_pseudo), detached."""
+    pseudo masks; Eq. 6 moves the global background. -> (loss_gt, loss_pseudo), detached.
+    `micro_batches` bounds the encoder's activation memory; the step is the same."""
     device = normalise.device
     out = model(normalise(normalise.unit(episode["query"])),
                 normalise(normalise.unit(episode["supports"])).unbind(1),
                 episode["support_masks"].to(device, non_blocking=True).unbind(1),
-                mining=None if mining is None else mining[0])  # fmt: skip
+                mining=None if mining is None else mining[0],
+                micro_batches=micro_batches)  # fmt: skip
     loss_gt = segmentation_loss(out.logits, episode["query_mask"].to(device))
     loss_pseudo = (segmentation_loss(out.mining, mining[1].to(device)) if mining is not None
                    else torch.zeros((), device=device))  # fmt: skip
@@ -249,7 +253,8 @@ def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
             generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
             mining = (normalise(strong_photometric(normalise.unit(extra["image"]), generator)),
                       extra["mask"])  # fmt: skip
-        step_losses = train_step(model, episode, mining, optimizer, normalise, cfg.lambda_pseudo)
+        step_losses = train_step(model, episode, mining, optimizer, normalise, cfg.lambda_pseudo,
+                                 cfg.micro_batches)  # fmt: skip
         ema.update(model, step)
         if losses.add(step + 1, step_losses, learning_rate(cfg, step)):
             bar.set_postfix(gt=rows[-1]["loss_gt"], pseudo=rows[-1]["loss_pseudo"], refresh=False)
