@@ -5,7 +5,8 @@ and banks of an existing run (fold 0), in one process on the same episode lists:
   and over seed 0's list alone;
 - episode by episode: the same path encoding every episode anew (`episode_by_episode`, the
   paper's Table 7 measure of model speed), over seed 0's list;
-- the authors' loop shape: one episode at a time, fp32, autograd on (no_grad only), NCHW, the
+- the authors' loop shape: one episode at a time, fp32 (on CUDA: with TF32 convolutions unless
+  cuDNN's allow_tf32 is off; the table says which), autograd on (no_grad only), NCHW, the
   query and every support through the encoder in separate calls, over seed 0's list;
 
 and build-bank and evaluate as the workflow runs them. Every figure is set against its floor
@@ -42,7 +43,7 @@ from latentfss.episodes import EpisodeSampler, novel_classes, sample_test_episod
 from latentfss.metrics import IoUMeter
 from latentfss.model import Shots, load_model
 from latentfss.region_bank import load_bank
-from latentfss.runtime import pick_device
+from latentfss.runtime import pick_device, precision
 from latentfss.stages.evaluate import EvaluateConfig, at_label, episode_by_episode, evaluate_lists
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,6 +208,7 @@ def main() -> None:
         rate = {row["variant"]: row["episodes_per_s"] for row in rows if row["shot"] == shot}
         speedup[str(shot)] = round(rate["encode once"] / rate["episode by episode"], 2)
     results = {"machine": machine(), "threads": args.threads, "device": str(device),
+               "fp32": precision(device),
                "limits": rates, "evaluate": config["evaluate"],
                "speedup_vs_per_episode": speedup, "runs": rows, "stages": stages}  # fmt: skip
     save(results, markdown(results), args.out, "inference")
@@ -227,8 +229,9 @@ def markdown(r: dict) -> str:
         f"Evaluation in one process: encode once over {runs[0]['lists']} seeds x "
         f"{runs[0]['episodes'] // runs[0]['lists']} episodes, and over seed 0's list alone; "
         "episode by episode (every episode encoded anew: the paper's Table 7 measure) and the "
-        "authors' loop shape (one episode at a time, fp32, autograd on, NCHW, query and each "
-        "support through the encoder in separate calls) over seed 0's list. Episodes/s include "
+        f"authors' loop shape (one episode at a time, {r.get('fp32', 'fp32')}, autograd on, "
+        "NCHW, query and each support through the encoder in separate calls) over seed 0's "
+        "list. Episodes/s include "
         f"loading and resizing the images (data-loader workers: {e['workers']}) and scoring; "
         "the seed-0 rows score the same list, so their mIoU must agree.", "",
         "| shot | variant | episodes | images encoded (distinct) | seconds | episodes/s | "

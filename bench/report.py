@@ -18,6 +18,7 @@ rebuilt by running that script and then `python bench/report.py`. The raw number
 
 def main() -> None:
     fragments = sorted((REPO / "bench/results").glob("*.md"))
+    fragments.append(REPO / "bench/gpu_checklist.md")  # what is still to measure, last
     body = "\n".join(f.read_text() for f in fragments)
     (REPO / "BENCHMARKS.md").write_text(f"{HEADER}\n{body}")
     print(f"BENCHMARKS.md: {len(fragments)} section(s)")
