@@ -70,7 +70,7 @@ def annotate(config: dict, num_train: int, threads: int, work: Path) -> dict:
     work.mkdir()
     synthetic = json.dumps({**config["synthetic"], "num_train": num_train})
     annotation = json.dumps({k: v for k, v in config["annotation"].items()
-                             if k != "temporary_features"})  # fmt: skip
+                             if k != "keep_features"})  # fmt: skip
     index, features = work / "dataset", work / "features.zarr"
     run = {
         "make-synthetic": run_stage("make-synthetic", out=work / "voc", params=synthetic),

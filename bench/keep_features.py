@@ -150,7 +150,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite keep_features.md from keep_features.json",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        results = json.loads((args.out / "keep_features.json").read_text())
+        save(results, markdown(results), args.out, "keep_features")
+        return
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     with scratch() as tmp:
         default = annotation_times(config, Path(tmp) / "default", args.threads)
@@ -211,8 +220,9 @@ def markdown(r: dict) -> str:
         f"(equal both ways: {large['equal']['masks']}).",
         "",
         f"Precision (fold 0, the first {p['images']} train images, {p['pixels']:,} feature-grid "
-        f"pixels): features under bf16 autocast change {p['bf16_changed']:.2%} of the labels; "
-        f"fp32 features with a relative error of 1e-6 change {p['fp32_noise_1e-6_changed']:.3%}.",
+        f"pixels): features under bf16 autocast change {p['bf16_changed']:.2%} of the labels "
+        f"({round(p['bf16_changed'] * p['pixels']):,}); fp32 features with a relative error of "
+        f"1e-6 change {round(p['fp32_noise_1e-6_changed'] * p['pixels']):,} of them.",
     ]
     return "\n".join(lines) + "\n"
 

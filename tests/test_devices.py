@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ENCODER, cli
+from conftest import cli
 from latentfss.gpus import claim_gpu, release_gpus, visible_gpus
 from latentfss.runtime import pick_device, precision
 
@@ -61,33 +61,14 @@ def test_side_by_side_jobs_take_one_gpu_each(tmp_path, caplog):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")
-def test_device_cuda_without_a_gpu_stops_in_one_line(tiny_root, tmp_path, capsys, monkeypatch):
-    code, err = cli(
-        "extract-features",
-        "--index",
-        tmp_path / "none",
-        "--encoder-out",
-        tmp_path / "e.pt",
-        "--encoder",
-        ENCODER,
-        "--device",
-        "cuda",
-        capsys=capsys,
-    )
+def test_device_cuda_without_a_gpu_stops_in_one_line(tmp_path, capsys, monkeypatch):
+    stage = ("extract-features", "--index", tmp_path / "none", "--encoder-out", tmp_path / "e.pt")
+    code, err = cli(*stage, "--device", "cuda", capsys=capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"ERROR: device cuda: torch {torch.__version__} (CUDA ")
     assert "sees no GPU" in err and not (tmp_path / "e.pt").exists()
     monkeypatch.setenv("LATENTFSS_DEVICE", "gpu")
-    code, err = cli(
-        "extract-features",
-        "--index",
-        tmp_path / "none",
-        "--encoder-out",
-        tmp_path / "e.pt",
-        "--encoder",
-        ENCODER,
-        capsys=capsys,
-    )
+    code, err = cli(*stage, capsys=capsys)
     assert code == 2 and err.strip() == (
         "ERROR: device 'gpu': expected one of auto, cpu, cuda (--device or LATENTFSS_DEVICE)"
     )

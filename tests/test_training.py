@@ -149,7 +149,8 @@ def test_a_micro_batched_step_is_the_full_step():
     assert full.keys() == micro.keys()
     for key, value in full.items():
         if value.is_floating_point():
-            assert torch.allclose(value, micro[key], rtol=1e-4, atol=1e-6), key
+            scale = float(value.abs().max())  # float sums differ with the threads: ~1e-5 of it
+            assert torch.allclose(value, micro[key], rtol=0, atol=1e-4 * scale + 1e-7), key
 
 
 def test_joint_crop_pads_masks_with_ignore_and_keeps_labels():
