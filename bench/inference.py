@@ -36,7 +36,7 @@ import zarr
 from record import describe, machine, run_stage, save, scratch
 from torch.utils.data import DataLoader
 
-from latentfss.datasets.evaluation import TestEpisodes
+from latentfss.datasets.evaluation import EvaluateConfig, TestEpisodes, at_label
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise
 from latentfss.episodes import EpisodeSampler, novel_classes, sample_test_episodes
@@ -44,7 +44,7 @@ from latentfss.metrics import IoUMeter
 from latentfss.model import Shots, load_model
 from latentfss.region_bank import load_bank
 from latentfss.runtime import pick_device, precision
-from latentfss.stages.evaluate import EvaluateConfig, at_label, episode_by_episode, evaluate_lists
+from latentfss.stages.evaluate import episode_by_episode, evaluate_lists
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ from conftest import REPO
 from latentfss.clustering import ClusterConfig
 from latentfss.config import from_params, read_yaml, validate
 from latentfss.datasets import DatasetConfig
+from latentfss.datasets.evaluation import EvaluateConfig
 from latentfss.datasets.synthetic import SyntheticConfig
 from latentfss.encoder import EncoderConfig
 from latentfss.episodes import ProtocolConfig
@@ -29,6 +30,7 @@ SECTIONS = {
     "train": TrainConfig,
     "annotation": AnnotationConfig,
     "cluster": ClusterConfig,
+    "evaluate": EvaluateConfig,  # build-bank reads its resize, input_size, batch_size, workers
 }
 WORKFLOW_ONLY = {"annotation": {"keep_features"}}  # read by the Snakefile, not a stage
 

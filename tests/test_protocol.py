@@ -13,7 +13,13 @@ import zarr
 from PIL import Image
 
 from conftest import ANNOTATION, ENCODER, PROTOCOL, cli, params, summarize_runs
-from latentfss.datasets.evaluation import RESIZE_MODES, network_input, pfenet_size
+from latentfss.datasets.evaluation import (
+    RESIZE_MODES,
+    EvaluateConfig,
+    at_label,
+    network_input,
+    pfenet_size,
+)
 from latentfss.datasets.images import write_mask
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
@@ -22,7 +28,7 @@ from latentfss.episodes import sample_test_episodes as sample
 from latentfss.metrics import IoUMeter
 from latentfss.model import load_model
 from latentfss.region_bank import load_bank
-from latentfss.stages.evaluate import EvaluateConfig, at_label, episode_by_episode, evaluate_lists
+from latentfss.stages.evaluate import episode_by_episode, evaluate_lists
 
 # Fold 0 (novel 1-5, base 6-20) with min_support_pixels 30 (PROTOCOL): each train image's
 # objects as (class, side of its square). Two are Remain: one holds novel classes only, the

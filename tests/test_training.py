@@ -300,8 +300,8 @@ def test_training_without_mining_logs_no_pseudo_loss(annotated, tmp_path, capsys
                     "--out", tmp_path / "model.pt", "--log-csv", tmp_path / "train.csv",
                     "--params", params(iterations=2, batch_episodes=2, crop=48, log_every=1,
                                        workers=0),
-                    "--model", params(mine=False), "--protocol", params(min_support_pixels=30),
-                    capsys=capsys)  # fmt: skip
+                    "--model-params", params(mine=False),
+                    "--protocol", params(min_support_pixels=30), capsys=capsys)  # fmt: skip
     assert code == 0, err
     assert (pd.read_csv(tmp_path / "train.csv")["loss_pseudo"] == 0).all()
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from latentfss import store
 from latentfss.errors import InputError
+from latentfss.fs import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,18 @@ class RegionBank:
         relevant = (mu[..., None] * picked[:, :, 0]).sum(dim=1)
         rectified = (1 - self.beta) * prototypes + self.beta * relevant  # Eq. 8
         return torch.where((count > 0).any(dim=1, keepdim=True), rectified, prototypes)
+
+
+def save_bank(path: Path, embeddings: np.ndarray, regions: dict[str, np.ndarray],
+              **attrs) -> None:  # fmt: skip
+    """The bank directory `load_bank` reads: images.faiss (an inner-product index of the image
+    embeddings, row i = train image i) and regions.zarr (`regions`' arrays: prototypes (R, C),
+    image (R,) sorted, label, pixels; image_id (N,); `attrs`: what it was built for)."""
+    with atomic_dir(path) as tmp:
+        faiss.write_index(inner_product_index(embeddings), str(tmp / "images.faiss"))
+        group = store.create_group(tmp / "regions.zarr", **attrs)
+        for name, values in regions.items():
+            store.write_array(group, name, values)
 
 
 def load_bank(path, top_n: int, beta: float, device: torch.device,

@@ -13,6 +13,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from latentfss.episodes import IGNORE
 from latentfss.errors import InputError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The .jpg, .jpeg and .png files of a folder, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
 
 def voc_palette() -> list[int]:
     """The PASCAL VOC colour map (256 RGB triples, flattened): label 255 is cream, 0 black."""

@@ -17,17 +17,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from latentfss import store
 from latentfss.config import from_params
-from latentfss.datasets.evaluation import collate, network_input
+from latentfss.datasets.evaluation import EvaluateConfig, collate, network_input
 from latentfss.datasets.images import read_image
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each
-from latentfss.fs import atomic_dir, identity
+from latentfss.fs import identity
 from latentfss.model import load_model
 from latentfss.progress import progress
-from latentfss.prototypes import area_weights, image_embedding, masked_average, present_labels
-from latentfss.region_bank import inner_product_index
+from latentfss.prototypes import image_embedding, present_labels, region_prototypes
+from latentfss.region_bank import save_bank
 from latentfss.runtime import add_device_argument, pick_device, set_threads
-from latentfss.stages.evaluate import EvaluateConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,21 +86,20 @@ def run(args: argparse.Namespace) -> None:
         for image_feats, (_, mask) in zip(feats, batch, strict=True):
             labels = present_labels(mask)
             labels = labels[labels > 0]  # the sub-cluster regions, not the background
-            weights = area_weights(mask, labels, tuple(image_feats.shape[1:]))
-            regions.append(masked_average(image_feats.cpu(), weights).numpy())
+            prototypes, _, pixels = region_prototypes(image_feats.cpu(), mask, labels)
+            regions.append(prototypes)
             region_image += [row] * len(labels)
             region_label += labels.tolist()
-            region_pixels += np.bincount(mask.ravel(), minlength=256)[labels].tolist()
+            region_pixels += pixels.tolist()
             row += 1
     embeddings = np.concatenate(embeddings)
-    with atomic_dir(args.out) as tmp:
-        faiss.write_index(inner_product_index(embeddings), str(tmp / "images.faiss"))
-        group = store.create_group(tmp / "regions.zarr", resize=cfg.resize,
-                                   input_size=cfg.input_size, model=str(args.model),
-                                   model_identity=identity(args.model))  # fmt: skip
-        store.write_array(group, "prototypes", np.concatenate(regions).astype(np.float32))
-        store.write_array(group, "image", np.array(region_image, dtype=np.int64))
-        store.write_array(group, "label", np.array(region_label, dtype=np.int64))
-        store.write_array(group, "pixels", np.array(region_pixels, dtype=np.int64))
-        store.write_array(group, "image_id", image_ids)
+    regions = {
+        "prototypes": np.concatenate(regions).astype(np.float32),
+        "image": np.array(region_image, dtype=np.int64),
+        "label": np.array(region_label, dtype=np.int64),
+        "pixels": np.array(region_pixels, dtype=np.int64),
+        "image_id": image_ids,
+    }
+    save_bank(args.out, embeddings, regions, resize=cfg.resize, input_size=cfg.input_size,
+              model=str(args.model), model_identity=identity(args.model))  # fmt: skip
     log.info("bank: %d images, %d regions -> %s", len(embeddings), len(region_image), args.out)

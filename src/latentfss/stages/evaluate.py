@@ -19,7 +19,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -31,9 +30,10 @@ from torch.utils.data import DataLoader
 from latentfss.config import from_params
 from latentfss.datasets.evaluation import (
     QUERY_KEYS,
-    RESIZE_MODES,
+    EvaluateConfig,
     TestEpisodes,
     TestImages,
+    at_label,
     collate,
 )
 from latentfss.datasets.index import read_index
@@ -50,37 +50,12 @@ from latentfss.fs import atomic_file, identity
 from latentfss.metrics import IoUMeter
 from latentfss.model import MatchingNet, Shots, load_model
 from latentfss.progress import progress
-from latentfss.prototypes import upsample
 from latentfss.region_bank import RegionBank, load_bank
 from latentfss.runtime import add_device_argument, pick_device, set_threads
 
 log = logging.getLogger(__name__)
 
 SPEED_EPISODES = 21  # timed one at a time for Table 7's speed (the first is the warm-up)
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """The test protocol and inference settings (config section `evaluate`)."""
-
-    episodes: int = 100  # per seed (paper: 1000 PASCAL, 4000 COCO)
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    resize: str = "none"  # what the network sees: none | pfenet | square (network_input)
-    input_size: int = 128  # pfenet and square: the side of the network's input
-    batch_size: int = 16  # images loaded and encoded together; episodes rectified together
-    cache_mb: int = 2048  # features of query images kept between their two uses (on the device)
-    fg_rectify: bool = True  # Eq. 8-9 (paper Table 3, "FG")
-    top_n: int = 4  # N relevant train images
-    beta: float = 0.2  # rectification weight
-    workers: int = 1
-
-    def __post_init__(self) -> None:
-        if min(self.episodes, self.input_size, self.batch_size, self.top_n) < 1 or not self.seeds:
-            raise ValueError("episodes, input_size, batch_size, top_n and seeds must be positive")
-        if self.cache_mb < 0:
-            raise ValueError("cache_mb must be at least 0")
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}")
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,15 +70,6 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="", help="config section `protocol` as JSON")
     parser.add_argument("--threads", type=int, default=1, help="CPU cores the job may use")
     add_device_argument(parser)
-
-
-def at_label(logits: torch.Tensor, input_size: tuple[int, int], covered: tuple[int, int],
-             label_size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
-    """A query's grid logits (B, P, h, w) -> (B, P, H, W) at its label's resolution: upsampled
-    so that the part of the (h_in, w_in) input the image covers spans (H, W), padding cut off."""
-    (height, width), (covered_h, covered_w) = label_size, covered
-    size = (round(input_size[0] * height / covered_h), round(input_size[1] * width / covered_w))
-    return upsample(logits, size)[..., :height, :width]
 
 
 @torch.inference_mode()

@@ -22,7 +22,7 @@ from latentfss.datasets.images import read_mask
 from latentfss.datasets.index import read_index
 from latentfss.fs import atomic_dir
 from latentfss.progress import progress
-from latentfss.prototypes import area_weights, masked_average, present_labels
+from latentfss.prototypes import present_labels, region_prototypes
 from latentfss.runtime import set_threads
 
 log = logging.getLogger(__name__)
@@ -61,20 +61,17 @@ def run(args: argparse.Namespace) -> None:
             for row, image_feats in zip(block_rows, block, strict=True):  # (C, h, w)
                 mask = read_mask(masks[image_ids[row]], index.num_classes)
                 labels = present_labels(mask)
-                weights = area_weights(mask, labels, (h, w))  # (P, h, w)
-                protos = masked_average(image_feats, weights).numpy()  # (P, C)
-                mass = weights.sum(dim=(1, 2)).numpy()
+                protos, mass, counts = region_prototypes(image_feats, mask, labels)  # (P, C), ...
                 is_bg = labels == 0
                 rows["bg"].append(
                     protos[is_bg] if is_bg.any() else np.zeros((1, channels), "float32")
                 )
                 rows["bg_weight"].append(mass[is_bg] if is_bg.any() else np.zeros(1, "float32"))
                 fg = ~is_bg
-                counts = np.bincount(mask.ravel(), minlength=256)[labels[fg]]
                 rows["fg"].append(protos[fg])
                 rows["fg_image"].append(np.full(fg.sum(), row, dtype=np.int64))
                 rows["fg_class"].append(labels[fg].astype(np.int64))
-                rows["fg_pixels"].append(counts.astype(np.int64))
+                rows["fg_pixels"].append(counts[fg].astype(np.int64))
                 rows["fg_weight"].append(mass[fg])
         for writer in rows.values():
             writer.close()

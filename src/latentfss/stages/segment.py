@@ -20,15 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latentfss.datasets.evaluation import network_input
-from latentfss.datasets.images import read_image, read_upright
+from latentfss.datasets.evaluation import EvaluateConfig, at_label, network_input
+from latentfss.datasets.images import image_files, read_image, read_upright
 from latentfss.encoder import Normalise
 from latentfss.errors import InputError
 from latentfss.model import load_model
 from latentfss.region_bank import load_bank
 from latentfss.runtime import add_device_argument, pick_device, set_threads
-from latentfss.stages.evaluate import EvaluateConfig, at_label
-from latentfss.stages.write_pseudo_masks import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ def read_support_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 def query_images(path: Path) -> list[Path]:
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = image_files(path)
         if not images:
             raise InputError(f"{path}: no .jpg or .png image in this folder")
         return images

@@ -76,7 +76,7 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="model.pt to write")
     parser.add_argument("--log-csv", required=True, type=Path, help="train.csv to write")
     parser.add_argument("--params", default="", help="config section `train` as JSON")
-    parser.add_argument("--model", default="", help="config section `model` as JSON")
+    parser.add_argument("--model-params", default="", help="config section `model` as JSON")
     parser.add_argument("--protocol", default="", help="config section `protocol` as JSON")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU cores the job may use")
@@ -288,7 +288,7 @@ def save_model(args, model: MatchingNet, cfg: TrainConfig, model_cfg: ModelConfi
 
 def run(args: argparse.Namespace) -> None:
     cfg = from_params(TrainConfig, args.params, "train")
-    model_cfg = from_params(ModelConfig, args.model, "model")
+    model_cfg = from_params(ModelConfig, args.model_params, "model")
     protocol = from_params(ProtocolConfig, args.protocol, "protocol")
     if args.shot < 1:
         raise InputError(f"--shot must be at least 1, got {args.shot}")

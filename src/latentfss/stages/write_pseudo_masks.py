@@ -23,6 +23,7 @@ from PIL import Image
 
 from latentfss import features as annotation_features
 from latentfss import store
+from latentfss.datasets.images import image_files
 from latentfss.datasets.index import read_index
 from latentfss.episodes import IGNORE
 from latentfss.errors import InputError
@@ -33,7 +34,6 @@ from latentfss.prototypes import nearest_representative
 from latentfss.runtime import pick_device, set_threads
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUBSETS = ("train_set", "remain")
 
 
@@ -54,7 +54,7 @@ def unlabeled_images(folders: list[Path]) -> list[Path]:
     for folder in folders:
         if not folder.is_dir():
             raise InputError(f"{folder}: mining.unlabeled folder not found")
-        paths += sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += image_files(folder)
     return paths
 
 
