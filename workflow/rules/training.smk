@@ -31,7 +31,7 @@ rule train:
         " --pseudo-masks {input.pseudo_masks:q} {params.remain}"
         " --fold {wildcards.fold} --shot {wildcards.shot}"
         " --out {output.model:q} --log-csv {output.log_csv:q} --params {params.train:q}"
-        " --model {params.model:q} --protocol {params.protocol:q} --seed {params.seed}"
+        " --model-params {params.model:q} --protocol {params.protocol:q} --seed {params.seed}"
         " --threads {threads} --device {params.device} > {log:q} 2>&1"
 
 
