@@ -28,14 +28,21 @@ from latentfss.encoder import Encoder
 from latentfss.runtime import pick_device
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("make-synthetic", "prepare", "extract-features", "pool-prototypes", "cluster",
-          "write-pseudo-masks")  # fmt: skip
+STAGES = (
+    "make-synthetic",
+    "prepare",
+    "extract-features",
+    "pool-prototypes",
+    "cluster",
+    "write-pseudo-masks",
+)
 
 
 def euclidean_sse(x, assign) -> float:
     """K-Means objective of an assignment: squared distances to each cluster's mean."""
-    return float(sum(((x[assign == k] - x[assign == k].mean(0)) ** 2).sum()
-                     for k in set(assign.tolist())))  # fmt: skip
+    return float(
+        sum(((x[assign == k] - x[assign == k].mean(0)) ** 2).sum() for k in set(assign.tolist()))
+    )
 
 
 def compare_kmeans(x, k: int, niter: int, nredo: int, repeats: int = 3) -> dict:
@@ -56,39 +63,66 @@ def compare_kmeans(x, k: int, niter: int, nredo: int, repeats: int = 3) -> dict:
         runs["sklearn"].append(time.perf_counter() - start)
     faiss_s, sklearn_s = statistics.median(runs["faiss"]), statistics.median(runs["sklearn"])
     return {
-        "points": list(unit.shape), "k": k, "niter": niter, "nredo": nredo,
-        "faiss_seconds": round(faiss_s, 4), "sklearn_seconds": round(sklearn_s, 4),
+        "points": list(unit.shape),
+        "k": k,
+        "niter": niter,
+        "nredo": nredo,
+        "faiss_seconds": round(faiss_s, 4),
+        "sklearn_seconds": round(sklearn_s, 4),
         "sklearn_over_faiss": round(sklearn_s / faiss_s, 2),
-        "faiss_inertia_spherical": round(faiss_own, 3), "sklearn_inertia": round(sk.inertia_, 3),
+        "faiss_inertia_spherical": round(faiss_own, 3),
+        "sklearn_inertia": round(sk.inertia_, 3),
         "faiss_sse_of_assignment": round(euclidean_sse(unit, faiss_assign), 3),
         "sklearn_sse_of_assignment": round(euclidean_sse(unit, sk.labels_), 3),
-    }  # fmt: skip
+    }
 
 
 def annotate(config: dict, num_train: int, threads: int, work: Path) -> dict:
     """Every annotation stage on a synthetic dataset of `num_train` train images (fold 0)."""
     work.mkdir()
     synthetic = json.dumps({**config["synthetic"], "num_train": num_train})
-    annotation = json.dumps({k: v for k, v in config["annotation"].items()
-                             if k != "keep_features"})  # fmt: skip
+    annotation = json.dumps({k: v for k, v in config["annotation"].items() if k != "keep_features"})
     index, features = work / "dataset", work / "features.zarr"
     run = {
         "make-synthetic": run_stage("make-synthetic", out=work / "voc", params=synthetic),
-        "prepare": run_stage("prepare", out=index, threads=threads,
-                               params=json.dumps({"root": str(work / "voc")})),
-        "extract-features": run_stage("extract-features", index=index, out=features,
-                                        encoder_out=work / "encoder_init.pt",
-                                        encoder=json.dumps(config["encoder"]), params=annotation,
-                                        threads=threads, seed=config["seed"]),
-        "pool-prototypes": run_stage("pool-prototypes", index=index, features=features,
-                                       out=work / "prototypes.zarr", threads=threads),
-        "cluster": run_stage("cluster", index=index, prototypes=work / "prototypes.zarr",
-                               fold=0, out=work / "clusters.zarr",
-                               params=json.dumps(config["cluster"]), threads=threads),
-        "write-pseudo-masks": run_stage("write-pseudo-masks", index=index, features=features,
-                                          clusters=work / "clusters.zarr",
-                                          out=work / "pseudo_masks.zarr", threads=threads),
-    }  # fmt: skip
+        "prepare": run_stage(
+            "prepare", out=index, threads=threads, params=json.dumps({"root": str(work / "voc")})
+        ),
+        "extract-features": run_stage(
+            "extract-features",
+            index=index,
+            out=features,
+            encoder_out=work / "encoder_init.pt",
+            encoder=json.dumps(config["encoder"]),
+            params=annotation,
+            threads=threads,
+            seed=config["seed"],
+        ),
+        "pool-prototypes": run_stage(
+            "pool-prototypes",
+            index=index,
+            features=features,
+            out=work / "prototypes.zarr",
+            threads=threads,
+        ),
+        "cluster": run_stage(
+            "cluster",
+            index=index,
+            prototypes=work / "prototypes.zarr",
+            fold=0,
+            out=work / "clusters.zarr",
+            params=json.dumps(config["cluster"]),
+            threads=threads,
+        ),
+        "write-pseudo-masks": run_stage(
+            "write-pseudo-masks",
+            index=index,
+            features=features,
+            clusters=work / "clusters.zarr",
+            out=work / "pseudo_masks.zarr",
+            threads=threads,
+        ),
+    }
     everything = num_train + config["synthetic"]["num_val"]
     for name, result in run.items():
         result["images"] = everything if name in ("make-synthetic", "prepare") else num_train
@@ -113,14 +147,19 @@ def least_work(config: dict, work: Path, num_train: int, encoder_flops: int) -> 
         "pool-prototypes": {"bytes": feature_bytes},
         "cluster": {"flops": 2 * members * c["k"] * dims * c["niter"] * c["nredo"]},
         "write-pseudo-masks": {"bytes": feature_bytes + masks},
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--sizes", type=int, nargs="+", default=[800, 1600],
-                        help="train images; peak memory must not grow with them")  # fmt: skip
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[800, 1600],
+        help="train images; peak memory must not grow with them",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -150,28 +189,35 @@ def main() -> None:
     centres = rng.normal(size=(40, 1024))
     stand_in = centres[rng.integers(0, 40, 9000)] + rng.normal(0, 2.0, (9000, 1024))
     results = {
-        "machine": machine(), "threads": args.threads, "limits": rates,
+        "machine": machine(),
+        "threads": args.threads,
+        "limits": rates,
         "encoder_flops_per_image": encoder_flops,
         "config": {k: config[k] for k in ("synthetic", "encoder", "annotation", "cluster")},
-        "sizes": sizes, "features_zarr_mb": round(features_mb / 2**20, 1),
-        "kmeans_synthetic_fold0": compare_kmeans(prototypes, cluster["k"], cluster["niter"],
-                                                 cluster["nredo"]),
-        "kmeans_pascal_sized_stand_in": compare_kmeans(stand_in.astype(np.float32), cluster["k"],
-                                                       cluster["niter"], cluster["nredo"]),
-    }  # fmt: skip
+        "sizes": sizes,
+        "features_zarr_mb": round(features_mb / 2**20, 1),
+        "kmeans_synthetic_fold0": compare_kmeans(
+            prototypes, cluster["k"], cluster["niter"], cluster["nredo"]
+        ),
+        "kmeans_pascal_sized_stand_in": compare_kmeans(
+            stand_in.astype(np.float32), cluster["k"], cluster["niter"], cluster["nredo"]
+        ),
+    }
     save(results, markdown(results), args.out, "annotation")
 
 
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [
-        "## Offline annotation (`bench/annotation.py`)", "",
+        "## Offline annotation (`bench/annotation.py`)",
+        "",
         f"Machine: {describe(m)}; {r['threads']} threads. Synthetic benchmark at the "
         f"default config ({r['config']['encoder']['arch']}, input "
         f"{r['config']['annotation']['input_size']}) with "
         f"{' and '.join(map(str, r['sizes']))} train images: pooling, clustering and "
         "pseudo-mask writing stream through Zarr, so their peak memory should not grow with "
-        "the dataset. Each stage runs as its own process (seconds include its start-up).", "",
+        "the dataset. Each stage runs as its own process (seconds include its start-up).",
+        "",
         f"Limits measured in the same run (`bench/limits.py`): {limits.describe(r['limits'])}. "
         "A stage's floor is its least work over the limit that bounds it: compute = FLOPs "
         f"counted by torch's FlopCounterMode (the encoder: "
@@ -180,33 +226,44 @@ def markdown(r: dict) -> str:
         "memory = the float16 features read (and masks written); disk = the image files "
         "written (make-synthetic) or read (prepare). `% of limit` = floor / seconds; `after "
         "start-up` leaves out the stage's process start-up (Python and its imports: "
-        "`latentfss STAGE --help`).", "",
+        "`latentfss STAGE --help`).",
+        "",
         f"| stage | train images | images | seconds | images/s | peak RSS (MB) | {limits.HEADER} |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for size, stages in r["sizes"].items():
         for name, s in stages.items():
-            lines.append(f"| {name} | {size} | {s['images']} | {s['seconds']} | "
-                         f"{s['images_per_s']} | {s['peak_rss_mb']} | "
-                         f"{limits.cells(s)} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {size} | {s['images']} | {s['seconds']} | "
+                f"{s['images_per_s']} | {s['peak_rss_mb']} | "
+                f"{limits.cells(s)} |"
+            )
     first = next(iter(r["sizes"]))
-    lines += ["", f"features.zarr on disk at {first} train images: {r['features_zarr_mb']} MB.",
-              "",
-              "K-Means, faiss (spherical) against scikit-learn (k-means++, Euclidean on the "
-              "L2-normalised vectors), same K, iterations and restarts; median of 3 runs "
-              "after a warm-up. "
-              "`SSE` scores each method's assignment by the same measure (squared distances "
-              "to its clusters' means).", "",
-              "| data | points x dims | faiss s | sklearn s | sklearn/faiss | faiss SSE | "
-              "sklearn SSE |", "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    datasets = {"kmeans_synthetic_fold0": "synthetic fold-0 prototypes",
-                "kmeans_pascal_sized_stand_in": "Gaussian mixture, PASCAL-sized"}  # fmt: skip
+    lines += [
+        "",
+        f"features.zarr on disk at {first} train images: {r['features_zarr_mb']} MB.",
+        "",
+        "K-Means, faiss (spherical) against scikit-learn (k-means++, Euclidean on the "
+        "L2-normalised vectors), same K, iterations and restarts; median of 3 runs "
+        "after a warm-up. "
+        "`SSE` scores each method's assignment by the same measure (squared distances "
+        "to its clusters' means).",
+        "",
+        "| data | points x dims | faiss s | sklearn s | sklearn/faiss | faiss SSE | sklearn SSE |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    datasets = {
+        "kmeans_synthetic_fold0": "synthetic fold-0 prototypes",
+        "kmeans_pascal_sized_stand_in": "Gaussian mixture, PASCAL-sized",
+    }
     for key, label in datasets.items():
         k = r[key]
-        lines.append(f"| {label} | {k['points'][0]} x {k['points'][1]} | "
-                     f"{k['faiss_seconds']} | {k['sklearn_seconds']} | "
-                     f"{k['sklearn_over_faiss']} | {k['faiss_sse_of_assignment']} | "
-                     f"{k['sklearn_sse_of_assignment']} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {k['points'][0]} x {k['points'][1]} | "
+            f"{k['faiss_seconds']} | {k['sklearn_seconds']} | "
+            f"{k['sklearn_over_faiss']} | {k['faiss_sse_of_assignment']} | "
+            f"{k['sklearn_sse_of_assignment']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -27,9 +27,11 @@ def by_rule(jobs: pd.DataFrame) -> pd.DataFrame:
     jobs = jobs[~jobs["job"].str.startswith("total")].copy()
     jobs["rule"] = jobs["job"].map(lambda job: re.sub(r"_(fold|fg|bg)\d.*$", "", job))
     table = jobs.groupby("rule", sort=False).agg(
-        jobs=("job", "size"), seconds=("seconds", "sum"), longest=("seconds", "max"),
+        jobs=("job", "size"),
+        seconds=("seconds", "sum"),
+        longest=("seconds", "max"),
         peak_rss_mb=("max_rss_mb", "max"),
-    )  # fmt: skip
+    )
     return table.reset_index()
 
 
@@ -40,8 +42,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     table = by_rule(pd.read_csv(args.results / "benchmarks.csv"))
-    results = {"machine": machine(), "wall_seconds": args.wall,
-               "rules": table.round(1).to_dict(orient="records")}  # fmt: skip
+    results = {
+        "machine": machine(),
+        "wall_seconds": args.wall,
+        "rules": table.round(1).to_dict(orient="records"),
+    }
     save(results, markdown(results), args.out, "default_run")
 
 
@@ -49,19 +54,23 @@ def markdown(r: dict) -> str:
     total = sum(rule["seconds"] for rule in r["rules"])
     wall = f"; the run took {r['wall_seconds'] / 60:.1f} minutes" if r["wall_seconds"] else ""
     lines = [
-        "## The default run, rule by rule (`bench/default_run.py`)", "",
+        "## The default run, rule by rule (`bench/default_run.py`)",
+        "",
         f"Machine: {describe(r['machine'])}. `snakemake --cores 2` on a fresh clone, from the "
         "run's own `benchmarks.csv` (Snakemake's benchmark files: wall seconds and peak RSS of "
         f"each job, two jobs at a time sharing the 2 cores); {total / 60:.1f} job-minutes in "
         f"all{wall}. summarize and the inspect rules render tables and figures: they have no "
         "FLOP or byte floor worth the name. (Snakemake samples memory while a job runs: a job "
-        "of under a second can show less than its real peak.)", "",
+        "of under a second can show less than its real peak.)",
+        "",
         "| rule | jobs | seconds (all jobs) | longest job s | peak RSS (MB) |",
         "|---|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for rule in r["rules"]:
-        lines.append(f"| {rule['rule']} | {rule['jobs']} | {rule['seconds']} | "
-                     f"{rule['longest']} | {rule['peak_rss_mb']} |")  # fmt: skip
+        lines.append(
+            f"| {rule['rule']} | {rule['jobs']} | {rule['seconds']} | "
+            f"{rule['longest']} | {rule['peak_rss_mb']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

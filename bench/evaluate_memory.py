@@ -53,55 +53,85 @@ def main() -> None:
         tmp = Path(tmp)
         made = run_stage("make-synthetic", out=tmp / "voc", params=json.dumps(synthetic))
         dataset = {**config["dataset"], "root": str(tmp / "voc")}
-        run_stage("prepare", out=tmp / "dataset", params=json.dumps(dataset),
-                  threads=args.threads)  # fmt: skip
+        run_stage("prepare", out=tmp / "dataset", params=json.dumps(dataset), threads=args.threads)
         index = read_index(tmp / "dataset")
         channels = load_model(run / "model.pt")[0].encoder.channels
         for cache_mb in args.cache_mb:
-            params = {**config["evaluate"], "episodes": args.episodes, "seeds": [0],
-                      "cache_mb": cache_mb}  # fmt: skip
-            timed = run_stage("evaluate", index=tmp / "dataset", model=run / "model.pt",
-                              bank=run / "bank", fold=0, shot=1, out=tmp / f"eval{cache_mb}",
-                              params=json.dumps(params), protocol=json.dumps(config["protocol"]),
-                              threads=args.threads)  # fmt: skip
+            params = {
+                **config["evaluate"],
+                "episodes": args.episodes,
+                "seeds": [0],
+                "cache_mb": cache_mb,
+            }
+            timed = run_stage(
+                "evaluate",
+                index=tmp / "dataset",
+                model=run / "model.pt",
+                bank=run / "bank",
+                fold=0,
+                shot=1,
+                out=tmp / f"eval{cache_mb}",
+                params=json.dumps(params),
+                protocol=json.dumps(config["protocol"]),
+                threads=args.threads,
+            )
             metrics = json.loads((tmp / f"eval{cache_mb}/metrics.json").read_text())
-            episodes = np.loadtxt(tmp / f"eval{cache_mb}/episodes_seed0.csv", delimiter=",",
-                                  skiprows=1, usecols=1, dtype=np.int64)  # fmt: skip
+            episodes = np.loadtxt(
+                tmp / f"eval{cache_mb}/episodes_seed0.csv",
+                delimiter=",",
+                skiprows=1,
+                usecols=1,
+                dtype=np.int64,
+            )
             queries = np.unique(episodes)
             work = metrics["work"]  # seconds: evaluate_lists itself; stage_seconds: the process
-            rows.append({"cache_mb": cache_mb, "stage_seconds": timed["seconds"],
-                         "peak_rss_mb": timed["peak_rss_mb"], **work,
-                         "seconds": round(work["seconds"], 1),
-                         "distinct_queries": len(queries),
-                         "all_query_features_mb": round(feature_bytes(index, queries, channels)
-                                                        / 2**20),
-                         "episodes_per_s": round(metrics["episodes_per_s"], 1),
-                         "miou": round(100 * metrics["miou"], 2)})  # fmt: skip
+            rows.append(
+                {
+                    "cache_mb": cache_mb,
+                    "stage_seconds": timed["seconds"],
+                    "peak_rss_mb": timed["peak_rss_mb"],
+                    **work,
+                    "seconds": round(work["seconds"], 1),
+                    "distinct_queries": len(queries),
+                    "all_query_features_mb": round(feature_bytes(index, queries, channels) / 2**20),
+                    "episodes_per_s": round(metrics["episodes_per_s"], 1),
+                    "miou": round(100 * metrics["miou"], 2),
+                }
+            )
             print(rows[-1], flush=True)
-    results = {"machine": machine(), "threads": args.threads, "val_images": args.val_images,
-               "make_synthetic_seconds": made["seconds"], "channels": channels,
-               "runs": rows}  # fmt: skip
+    results = {
+        "machine": machine(),
+        "threads": args.threads,
+        "val_images": args.val_images,
+        "make_synthetic_seconds": made["seconds"],
+        "channels": channels,
+        "runs": rows,
+    }
     save(results, markdown(results), args.out, "evaluate_memory")
 
 
 def markdown(r: dict) -> str:
     lines = [
-        "## Evaluation's memory (`bench/evaluate_memory.py`)", "",
+        "## Evaluation's memory (`bench/evaluate_memory.py`)",
+        "",
         f"Machine: {describe(r['machine'])}; {r['threads']} threads. A synthetic val set of "
         f"{r['val_images']} images; the evaluate stage (its own process) on fold 0, 1-shot, "
         "with the default run's fold-0 model and bank, one list, once per `evaluate.cache_mb`. "
-        f"Features: {r['channels']} channels, float32. \"All queries kept\" is what keeping "
-        "the features of every query image would take.", "",
+        f'Features: {r["channels"]} channels, float32. "All queries kept" is what keeping '
+        "the features of every query image would take.",
+        "",
         "| cache_mb | episodes | distinct images | images encoded | all queries kept MB | "
         "peak RSS MB | seconds (stage) | episodes/s | mIoU (%) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for row in r["runs"]:
-        lines.append(f"| {row['cache_mb']} | {row['episodes']} | {row['distinct_images']} | "
-                     f"{row['encoded_images']} | {row['all_query_features_mb']} | "
-                     f"{row['peak_rss_mb']} | {row['seconds']} ({row['stage_seconds'] or '-'}) | "
-                     f"{row['episodes_per_s']} | "
-                     f"{row['miou']} |")  # fmt: skip
+        lines.append(
+            f"| {row['cache_mb']} | {row['episodes']} | {row['distinct_images']} | "
+            f"{row['encoded_images']} | {row['all_query_features_mb']} | "
+            f"{row['peak_rss_mb']} | {row['seconds']} ({row['stage_seconds'] or '-'}) | "
+            f"{row['episodes_per_s']} | "
+            f"{row['miou']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -56,12 +56,17 @@ def authors_loop(model, episodes: pd.DataFrame, index, cfg, bank, device):
     for episode in DataLoader(data, batch_size=None, num_workers=cfg.workers):
         with torch.no_grad():
             query = model.encoder(normalise(normalise.unit(episode["query"][None])))
-            shots = [model.shots(model.encoder(normalise(normalise.unit(s[None]))), m[None])
-                     for s, m in zip(episode["supports"], episode["support_masks"],
-                                     strict=True)]  # fmt: skip
+            shots = [
+                model.shots(model.encoder(normalise(normalise.unit(s[None]))), m[None])
+                for s, m in zip(episode["supports"], episode["support_masks"], strict=True)
+            ]
             fg, bg = model.prototypes(Shots.stack(shots), bank)
-            logits = at_label(model.match(query, fg, bg), tuple(episode["query"].shape[1:]),
-                              episode["covered"], episode["size"])  # fmt: skip
+            logits = at_label(
+                model.match(query, fg, bg),
+                tuple(episode["query"].shape[1:]),
+                episode["covered"],
+                episode["size"],
+            )
         yield logits[0].argmax(0).cpu().numpy(), episode["label"].numpy(), episode["class_id"]
 
 
@@ -104,8 +109,7 @@ class Floors:
         return self.encoder(sorted(set(episodes["query"]) | supports)) + self.matching(episodes)
 
 
-def measure_variants(results: Path, shot: int, episodes: int, config: dict,
-                     device) -> list[dict]:  # fmt: skip
+def measure_variants(results: Path, shot: int, episodes: int, config: dict, device) -> list[dict]:
     run = results / f"fold0/shot{shot}"
     model, _ = load_model(run / "model.pt")
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -115,8 +119,7 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict,
     index = read_index(results / "dataset")
     novel = novel_classes(0, index.num_classes, config["protocol"]["class_split"])
     val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
-    sampler = EpisodeSampler.from_pixels(val, novel, config["protocol"]["min_support_pixels"],
-                                         shot)  # fmt: skip
+    sampler = EpisodeSampler.from_pixels(val, novel, config["protocol"]["min_support_pixels"], shot)
     lists = {f"seed{seed}": sample_test_episodes(sampler, episodes, seed) for seed in cfg.seeds}
     seed0 = {"seed0": lists["seed0"]}
     floors = Floors(model, index, cfg, device)
@@ -124,10 +127,19 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict,
 
     def record(variant: str, meters: dict, seconds: float, flops: int, **extra) -> None:
         count = sum(len(lists[name]) for name in meters)
-        rows.append({"shot": shot, "variant": variant, "lists": len(meters), "episodes": count,
-                     "episodes_per_s": round(count / seconds, 2), "seconds": round(seconds, 2),
-                     "miou": round(100 * float(np.mean([m.miou() for m in meters.values()])), 2),
-                     "work": {"flops": flops}, **extra})  # fmt: skip
+        rows.append(
+            {
+                "shot": shot,
+                "variant": variant,
+                "lists": len(meters),
+                "episodes": count,
+                "episodes_per_s": round(count / seconds, 2),
+                "seconds": round(seconds, 2),
+                "miou": round(100 * float(np.mean([m.miou() for m in meters.values()])), 2),
+                "work": {"flops": flops},
+                **extra,
+            }
+        )
         print(rows[-1], flush=True)
 
     for variant, chosen in (("encode once", lists), ("encode once, seed 0 alone", seed0)):
@@ -157,26 +169,49 @@ def measure_stages(results: Path, shot: int, config: dict, threads: int, tmp: Pa
     run, e = results / f"fold0/shot{shot}", config["evaluate"]
     model, _ = load_model(run / "model.pt")
     index = read_index(results / "dataset")
-    floors = Floors(model, index, EvaluateConfig(**{**e, "seeds": tuple(e["seeds"])}),
-                    torch.device("cpu"))  # fmt: skip
+    floors = Floors(
+        model, index, EvaluateConfig(**{**e, "seeds": tuple(e["seeds"])}), torch.device("cpu")
+    )
     train_set = zarr.open_group(str(results / "fold0/pseudo_masks.zarr"), mode="r")["image_id"]
     keys = ("resize", "input_size", "batch_size", "workers")
-    bank = run_stage("build-bank", index=results / "dataset", model=run / "model.pt",
-                     pseudo_masks=results / "fold0/pseudo_masks.zarr", out=tmp / "bank",
-                     params=json.dumps({k: e[k] for k in keys}), threads=threads)  # fmt: skip
-    evaluate = run_stage("evaluate", index=results / "dataset", model=run / "model.pt",
-                         bank=run / "bank", fold=0, shot=shot, out=tmp / "eval",
-                         params=json.dumps(e), protocol=json.dumps(config["protocol"]),
-                         threads=threads)  # fmt: skip
+    bank = run_stage(
+        "build-bank",
+        index=results / "dataset",
+        model=run / "model.pt",
+        pseudo_masks=results / "fold0/pseudo_masks.zarr",
+        out=tmp / "bank",
+        params=json.dumps({k: e[k] for k in keys}),
+        threads=threads,
+    )
+    evaluate = run_stage(
+        "evaluate",
+        index=results / "dataset",
+        model=run / "model.pt",
+        bank=run / "bank",
+        fold=0,
+        shot=shot,
+        out=tmp / "eval",
+        params=json.dumps(e),
+        protocol=json.dumps(config["protocol"]),
+        threads=threads,
+    )
     lists = pd.concat([pd.read_csv(tmp / f"eval/episodes_seed{seed}.csv") for seed in e["seeds"]])
     rows = []
     for name, timed, items, flops in (
         ("build-bank", bank, train_set.shape[0], floors.encoder(train_set[:])),
         ("evaluate", evaluate, len(lists), floors.encode_once(lists)),
     ):
-        rows.append({"stage": name, "shot": shot, "items": items, **timed,
-                     "per_s": round(items / timed["seconds"], 1), "work": {"flops": flops},
-                     "startup": limits.startup_seconds(name)})  # fmt: skip
+        rows.append(
+            {
+                "stage": name,
+                "shot": shot,
+                "items": items,
+                **timed,
+                "per_s": round(items / timed["seconds"], 1),
+                "work": {"flops": flops},
+                "startup": limits.startup_seconds(name),
+            }
+        )
     return rows
 
 
@@ -190,16 +225,19 @@ def main() -> None:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     for shot in (1, 5):
         if not (args.results / f"fold0/shot{shot}/bank").is_dir():
-            raise SystemExit(f"{args.results}: run `snakemake --cores 2` first (needs fold 0's "
-                             "models and region banks)")  # fmt: skip
+            raise SystemExit(
+                f"{args.results}: run `snakemake --cores 2` first (needs fold 0's "
+                "models and region banks)"
+            )
     torch.set_num_threads(args.threads)
     device = pick_device()
     rows, stages = [], []
     with scratch() as tmp:
         rates = limits.measure(device, tmp)
         for shot in (1, 5):
-            stages += measure_stages(args.results, shot, config, args.threads,
-                                     Path(tmp) / str(shot))  # fmt: skip
+            stages += measure_stages(
+                args.results, shot, config, args.threads, Path(tmp) / str(shot)
+            )
             rows += measure_variants(args.results, shot, args.episodes, config, device)
         rates = limits.measure(device, tmp, before=rates)
     limits.add_floors(rows + stages, rates)
@@ -207,25 +245,35 @@ def main() -> None:
     for shot in (1, 5):
         rate = {row["variant"]: row["episodes_per_s"] for row in rows if row["shot"] == shot}
         speedup[str(shot)] = round(rate["encode once"] / rate["episode by episode"], 2)
-    results = {"machine": machine(), "threads": args.threads, "device": str(device),
-               "fp32": precision(device),
-               "limits": rates, "evaluate": config["evaluate"],
-               "speedup_vs_per_episode": speedup, "runs": rows, "stages": stages}  # fmt: skip
+    results = {
+        "machine": machine(),
+        "threads": args.threads,
+        "device": str(device),
+        "fp32": precision(device),
+        "limits": rates,
+        "evaluate": config["evaluate"],
+        "speedup_vs_per_episode": speedup,
+        "runs": rows,
+        "stages": stages,
+    }
     save(results, markdown(results), args.out, "inference")
 
 
 def markdown(r: dict) -> str:
     e, runs = r["evaluate"], r["runs"]
     lines = [
-        "## Inference (`bench/inference.py`)", "",
+        "## Inference (`bench/inference.py`)",
+        "",
         f"Machine: {describe(r['machine'])}; {r['threads']} threads, device {r['device']}. "
         f"Default synthetic config: ResNet-18 (the trained fold-0 models), resize "
         f"{e['resize']}{'' if e['resize'] == 'none' else ' to ' + str(e['input_size'])}, "
-        f"top-N {e['top_n']}, beta {e['beta']}, rectified.", "",
+        f"top-N {e['top_n']}, beta {e['beta']}, rectified.",
+        "",
         f"Limits measured in the same run (`bench/limits.py`): {limits.describe(r['limits'])}. "
         "The floor: FLOPs over the matrix-multiply rate; the encoder's (FlopCounterMode) for "
         "each image encoded plus the matching's (2 x C multiply-adds per prototype and query "
-        "feature cell).", "",
+        "feature cell).",
+        "",
         f"Evaluation in one process: encode once over {runs[0]['lists']} seeds x "
         f"{runs[0]['episodes'] // runs[0]['lists']} episodes, and over seed 0's list alone; "
         "episode by episode (every episode encoded anew: the paper's Table 7 measure) and the "
@@ -233,37 +281,52 @@ def markdown(r: dict) -> str:
         "NCHW, query and each support through the encoder in separate calls) over seed 0's "
         "list. Episodes/s include "
         f"loading and resizing the images (data-loader workers: {e['workers']}) and scoring; "
-        "the seed-0 rows score the same list, so their mIoU must agree.", "",
+        "the seed-0 rows score the same list, so their mIoU must agree.",
+        "",
         "| shot | variant | episodes | images encoded (distinct) | seconds | episodes/s | "
         "vs episode by episode | mIoU (%) | % of limit |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for shot in (1, 5):
         rows = [run for run in runs if run["shot"] == shot]
         anew = next(run for run in rows if run["variant"] == "episode by episode")
         for run in rows:
             images = run.get("images")
-            encoded = (f"{images['encoded_images']} ({images['distinct_images']})" if images
-                       else f"{run['episodes'] * (shot + 1)}")  # fmt: skip
-            lines.append(f"| {shot} | {run['variant']} | {run['episodes']} | {encoded} | "
-                         f"{run['seconds']} | {run['episodes_per_s']} | "
-                         f"{run['episodes_per_s'] / anew['episodes_per_s']:.1f}x | "
-                         f"{run['miou']} | {run['of_limit_pct']} |")  # fmt: skip
+            encoded = (
+                f"{images['encoded_images']} ({images['distinct_images']})"
+                if images
+                else f"{run['episodes'] * (shot + 1)}"
+            )
+            lines.append(
+                f"| {shot} | {run['variant']} | {run['episodes']} | {encoded} | "
+                f"{run['seconds']} | {run['episodes_per_s']} | "
+                f"{run['episodes_per_s'] / anew['episodes_per_s']:.1f}x | "
+                f"{run['miou']} | {run['of_limit_pct']} |"
+            )
     lines += [
-        "", "`speedup_vs_per_episode` (encode once over every seed against episode by "
+        "",
+        "`speedup_vs_per_episode` (encode once over every seed against episode by "
         f"episode): {', '.join(f'{k}-shot {v}x' for k, v in r['speedup_vs_per_episode'].items())}.",
-        "", "The stages as the workflow runs them (fold 0, each its own process; evaluate: "
+        "",
+        "The stages as the workflow runs them (fold 0, each its own process; evaluate: "
         f"{e['episodes']} episodes x {len(e['seeds'])} seeds, and 21 episodes one at a time for "
-        "Table 7's speed):", "",
+        "Table 7's speed):",
+        "",
         f"| stage | shot | images or episodes | seconds | per s | peak RSS MB | {limits.HEADER} |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for s in r["stages"]:
-        lines.append(f"| {s['stage']} | {s['shot']} | {s['items']} | {s['seconds']} | "
-                     f"{s['per_s']} | {s['peak_rss_mb']} | {limits.cells(s)} |")  # fmt: skip
+        lines.append(
+            f"| {s['stage']} | {s['shot']} | {s['items']} | {s['seconds']} | "
+            f"{s['per_s']} | {s['peak_rss_mb']} | {limits.cells(s)} |"
+        )
     if r["device"] == "cpu":
-        lines += ["", "Not measured yet: the PASCAL preset (ResNet-50, original resolution) on "
-                  "a GPU; no GPU was lent to the task that built this.", ""]  # fmt: skip
+        lines += [
+            "",
+            "Not measured yet: the PASCAL preset (ResNet-50, original resolution) on "
+            "a GPU; no GPU was lent to the task that built this.",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -75,13 +75,19 @@ def measure(device: torch.device, directory: str, before: dict | None = None) ->
     A shared machine's rates dip while its other tenants work, so benchmarks measure them
     before and after their runs and keep the best (`before`)."""
     flops, dtype = matmul_rate(device)
-    rates = {"matmul_flop_per_s": flops,
-             "memory_bytes_per_s": memory_bandwidth(torch.device("cpu")),
-             "disk_write_bytes_per_s": disk_write_rate(directory)}  # fmt: skip
+    rates = {
+        "matmul_flop_per_s": flops,
+        "memory_bytes_per_s": memory_bandwidth(torch.device("cpu")),
+        "disk_write_bytes_per_s": disk_write_rate(directory),
+    }
     if before is not None:
         rates = {key: max(rate, before[key]) for key, rate in rates.items()}
-    return {**rates, "matmul_dtype": dtype, "threads": torch.get_num_threads(),
-            "device": str(device)}  # fmt: skip
+    return {
+        **rates,
+        "matmul_dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
 
 
 def count_flops(step) -> int:
@@ -93,10 +99,12 @@ def count_flops(step) -> int:
 
 
 def describe(limits: dict) -> str:
-    return (f"{limits['matmul_flop_per_s'] / 1e9:.0f} GFLOP/s ({limits['matmul_dtype']} "
-            f"matrix multiply), host memory {limits['memory_bytes_per_s'] / 1e9:.1f} GB/s (copy), "
-            f"disk {limits['disk_write_bytes_per_s'] / 1e6:.0f} MB/s (fsync-ed write), "
-            f"{limits['threads']} threads on {limits['device']}")  # fmt: skip
+    return (
+        f"{limits['matmul_flop_per_s'] / 1e9:.0f} GFLOP/s ({limits['matmul_dtype']} "
+        f"matrix multiply), host memory {limits['memory_bytes_per_s'] / 1e9:.1f} GB/s (copy), "
+        f"disk {limits['disk_write_bytes_per_s'] / 1e6:.0f} MB/s (fsync-ed write), "
+        f"{limits['threads']} threads on {limits['device']}"
+    )
 
 
 def add_floors(rows: list[dict], limits: dict) -> None:
@@ -112,13 +120,18 @@ def add_floors(rows: list[dict], limits: dict) -> None:
             least, bound = work["disk_bytes"] / limits["disk_write_bytes_per_s"], "disk"
         else:
             least, bound = work["bytes"] / limits["memory_bytes_per_s"], "memory"
-        row.update(work, bound=bound, floor_seconds=round(least, 4),
-                   of_limit_pct=round(100 * least / seconds, 2))  # fmt: skip
+        row.update(
+            work,
+            bound=bound,
+            floor_seconds=round(least, 4),
+            of_limit_pct=round(100 * least / seconds, 2),
+        )
         if startup is not None:
             after = seconds - startup
-            row.update(startup_seconds=startup,
-                       of_limit_after_startup_pct=round(100 * least / after, 2) if after > 0.1
-                       else None)  # fmt: skip
+            row.update(
+                startup_seconds=startup,
+                of_limit_after_startup_pct=round(100 * least / after, 2) if after > 0.1 else None,
+            )
 
 
 HEADER = "bound | floor s | % of limit | start-up s | % after start-up"
@@ -126,6 +139,11 @@ HEADER = "bound | floor s | % of limit | start-up s | % after start-up"
 
 def cells(row: dict) -> str:
     """The HEADER columns of a row that add_floors filled, as Markdown cells."""
-    cells = [row["bound"], row["floor_seconds"], row["of_limit_pct"],
-             row.get("startup_seconds"), row.get("of_limit_after_startup_pct")]  # fmt: skip
+    cells = [
+        row["bound"],
+        row["floor_seconds"],
+        row["of_limit_pct"],
+        row.get("startup_seconds"),
+        row.get("of_limit_after_startup_pct"),
+    ]
     return " | ".join("-" if cell is None else str(cell) for cell in cells)

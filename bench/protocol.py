@@ -38,8 +38,14 @@ def train_sets(results: Path) -> list[dict]:
     rows = []
     for clusters in sorted(results.glob("fold*/clusters.zarr")):
         size = zarr.open_group(str(clusters), mode="r")["train_set"].shape[0]
-        rows.append({"fold": int(clusters.parent.name[4:]), "train": train, "train_set": size,
-                     "remain": train - size})  # fmt: skip
+        rows.append(
+            {
+                "fold": int(clusters.parent.name[4:]),
+                "train": train,
+                "train_set": size,
+                "remain": train - size,
+            }
+        )
     return rows
 
 
@@ -53,13 +59,26 @@ def small_queries(results: Path, min_pixels: int) -> list[dict]:
         lists = [pd.read_csv(p) for p in results.glob(f"fold*/shot{shot}/eval/episodes_seed*.csv")]
         episodes = pd.concat(lists)
         sizes = pixels.loc[list(zip(episodes["query"], episodes["class_id"], strict=True))]
-        rows.append({"shot": shot, "episodes": len(episodes),
-                     "small": int((sizes.to_numpy() < min_pixels).sum())})  # fmt: skip
+        rows.append(
+            {
+                "shot": shot,
+                "episodes": len(episodes),
+                "small": int((sizes.to_numpy() < min_pixels).sum()),
+            }
+        )
     return rows
 
 
-def evaluate(results: Path, run: Path, fold: int, shot: int, mode: str, config: dict,
-             threads: int, bank: Path | None = None) -> dict:  # fmt: skip
+def evaluate(
+    results: Path,
+    run: Path,
+    fold: int,
+    shot: int,
+    mode: str,
+    config: dict,
+    threads: int,
+    bank: Path | None = None,
+) -> dict:
     """mIoU of one trained model evaluated in `mode` as the workflow runs it (its own process);
     a region bank is built in that mode unless `bank` is given."""
     params = {**config["evaluate"], "resize": mode}
@@ -67,17 +86,35 @@ def evaluate(results: Path, run: Path, fold: int, shot: int, mode: str, config: 
     with scratch() as tmp:
         if bank is None:
             bank = Path(tmp) / "bank"
-            run_stage("build-bank", index=results / "dataset", model=run / "model.pt",
-                      pseudo_masks=results / f"fold{fold}/pseudo_masks.zarr", out=bank,
-                      params=json.dumps({k: params[k] for k in bank_keys}),
-                      threads=threads)  # fmt: skip
-        timed = run_stage("evaluate", index=results / "dataset", model=run / "model.pt",
-                          bank=bank, fold=fold, shot=shot, out=Path(tmp) / "eval",
-                          params=json.dumps(params), protocol=json.dumps(config["protocol"]),
-                          threads=threads)  # fmt: skip
+            run_stage(
+                "build-bank",
+                index=results / "dataset",
+                model=run / "model.pt",
+                pseudo_masks=results / f"fold{fold}/pseudo_masks.zarr",
+                out=bank,
+                params=json.dumps({k: params[k] for k in bank_keys}),
+                threads=threads,
+            )
+        timed = run_stage(
+            "evaluate",
+            index=results / "dataset",
+            model=run / "model.pt",
+            bank=bank,
+            fold=fold,
+            shot=shot,
+            out=Path(tmp) / "eval",
+            params=json.dumps(params),
+            protocol=json.dumps(config["protocol"]),
+            threads=threads,
+        )
         miou = json.loads((Path(tmp) / "eval/metrics.json").read_text())["miou"]
-    row = {"mode": mode, "fold": fold, "shot": shot, "miou": 100 * miou,
-           "evaluate_seconds": timed["seconds"]}  # fmt: skip
+    row = {
+        "mode": mode,
+        "fold": fold,
+        "shot": shot,
+        "miou": 100 * miou,
+        "evaluate_seconds": timed["seconds"],
+    }
     print(row, flush=True)
     return row
 
@@ -95,16 +132,21 @@ def other_modes(results: Path, config: dict, threads: int) -> list[dict]:
     for run, m in main_runs(results):
         fold, shot, own = m["fold"], m["shot"], m["evaluate"]["resize"]
         rows.append({"mode": own, "fold": fold, "shot": shot, "miou": 100 * m["miou"]})
-        rows += [evaluate(results, run, fold, shot, mode, config, threads)
-                 for mode in RESIZE_MODES if mode != own]  # fmt: skip
+        rows += [
+            evaluate(results, run, fold, shot, mode, config, threads)
+            for mode in RESIZE_MODES
+            if mode != own
+        ]
     return rows
 
 
 def before_models(before: Path, config: dict, threads: int) -> list[dict]:
     """The models of a run of the code before, in its only input mode (square) with its own
     banks, scored by today's evaluation: today's episode lists and upsampling."""
-    return [evaluate(before, run, m["fold"], m["shot"], "square", config, threads,
-                     bank=run / "bank") for run, m in main_runs(before)]  # fmt: skip
+    return [
+        evaluate(before, run, m["fold"], m["shot"], "square", config, threads, bank=run / "bank")
+        for run, m in main_runs(before)
+    ]
 
 
 def tables(summary: Path) -> dict:
@@ -113,12 +155,20 @@ def tables(summary: Path) -> dict:
     if "remain" not in runs:  # runs of the code before mining.remain existed
         runs["remain"] = False
     main = runs.drop_duplicates(["shot", "fold"])  # summarize writes the main runs first
-    table1 = {f"{shot}-shot": {"folds": g["miou"].round(1).tolist(), "mean": g["miou"].mean()}
-              for shot, g in main.groupby("shot")}  # fmt: skip
+    table1 = {
+        f"{shot}-shot": {"folds": g["miou"].round(1).tolist(), "mean": g["miou"].mean()}
+        for shot, g in main.groupby("shot")
+    }
     rows = runs.groupby(["shot", *SWITCHES])["miou"]
-    ablations = [{"shot": key[0], **dict(zip(SWITCHES, map(bool, key[1:]), strict=True)),
-                  "folds": g.round(1).tolist(), "mean": g.mean()}
-                 for key, g in rows]  # fmt: skip
+    ablations = [
+        {
+            "shot": key[0],
+            **dict(zip(SWITCHES, map(bool, key[1:]), strict=True)),
+            "folds": g.round(1).tolist(),
+            "mean": g.mean(),
+        }
+        for key, g in rows
+    ]
     return {"table1": table1, "rows": ablations}
 
 
@@ -130,15 +180,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    results = {"machine": machine(), "threads": args.threads, "evaluate": config["evaluate"],
-               "train_sets": train_sets(args.results),
-               "small_queries": small_queries(args.results,
-                                              config["protocol"]["min_support_pixels"]),
-               "after": tables(args.results / "summary.csv"),
-               "before": tables(args.before / "summary.csv") if args.before else None,
-               "modes": other_modes(args.results, config, args.threads),
-               "before_models": (before_models(args.before, config, args.threads)
-                                 if args.before else None)}  # fmt: skip
+    results = {
+        "machine": machine(),
+        "threads": args.threads,
+        "evaluate": config["evaluate"],
+        "train_sets": train_sets(args.results),
+        "small_queries": small_queries(args.results, config["protocol"]["min_support_pixels"]),
+        "after": tables(args.results / "summary.csv"),
+        "before": tables(args.before / "summary.csv") if args.before else None,
+        "modes": other_modes(args.results, config, args.threads),
+        "before_models": (
+            before_models(args.before, config, args.threads) if args.before else None
+        ),
+    }
     save(results, markdown(results), args.out, "protocol")
 
 
@@ -150,15 +204,21 @@ def _mark(row: dict) -> str:
 def markdown(r: dict) -> str:
     e = r["evaluate"]
     lines = [
-        "## The data protocol (`bench/protocol.py`)", "",
+        "## The data protocol (`bench/protocol.py`)",
+        "",
         f"Machine: {describe(r['machine'])}. The synthetic default run; mIoU (%), mean over "
-        f"{len(e['seeds'])} seeds of {e['episodes']} episodes.", "",
+        f"{len(e['seeds'])} seeds of {e['episodes']} episodes.",
+        "",
         "Each fold's train set (train images holding a base class with at least "
-        "`min_support_pixels`) and Remain (the others):", "",
-        "| fold | train images | train set | Remain |", "|---:|---:|---:|---:|",
-    ]  # fmt: skip
-    lines += [f"| {t['fold']} | {t['train']} | {t['train_set']} | {t['remain']} |"
-              for t in r["train_sets"]]  # fmt: skip
+        "`min_support_pixels`) and Remain (the others):",
+        "",
+        "| fold | train images | train set | Remain |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {t['fold']} | {t['train']} | {t['train_set']} | {t['remain']} |"
+        for t in r["train_sets"]
+    ]
     lines += [
         "",
         "Test episodes whose query holds less than `min_support_pixels` of the "
@@ -171,25 +231,41 @@ def markdown(r: dict) -> str:
         for q in r["small_queries"]
     ]
     runs = [("after", r["after"])] + ([("before", r["before"])] if r["before"] else [])
-    lines += ["", "Every row that ran, per fold and its mean (FG, BG, Mine: Table 3's switches; "
-              "Remain: Table 5's):", "", "| code | shot | switches | folds | mean |",
-              "|---|---:|---|---|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "Every row that ran, per fold and its mean (FG, BG, Mine: Table 3's switches; "
+        "Remain: Table 5's):",
+        "",
+        "| code | shot | switches | folds | mean |",
+        "|---|---:|---|---|---:|",
+    ]
     for name, t in runs:
         for row in t["rows"]:
             folds = " / ".join(f"{v:.1f}" for v in row["folds"])
-            lines.append(f"| {name} | {row['shot']} | {_mark(row)} | {folds} | "
-                         f"**{row['mean']:.1f}** |")  # fmt: skip
+            lines.append(
+                f"| {name} | {row['shot']} | {_mark(row)} | {folds} | **{row['mean']:.1f}** |"
+            )
     modes = pd.DataFrame(r["modes"])
-    lines += ["", f"The main run's models in each `evaluate.resize` mode (input "
-              f"{e['input_size']} for pfenet and square; each mode's own region bank):", "",
-              "| mode | shot | folds | mean |", "|---|---:|---|---:|"]  # fmt: skip
+    lines += [
+        "",
+        f"The main run's models in each `evaluate.resize` mode (input "
+        f"{e['input_size']} for pfenet and square; each mode's own region bank):",
+        "",
+        "| mode | shot | folds | mean |",
+        "|---|---:|---|---:|",
+    ]
     for (mode, shot), g in modes.sort_values("fold").groupby(["mode", "shot"]):
         lines.append(f"| {mode} | {shot} | {_folds(g)} | **{g['miou'].mean():.1f}** |")
     if r["before_models"]:
-        lines += ["", "The models of the code before, in its input (square) with its banks, "
-                  "scored by today's evaluation (today's episode lists and upsampling) and by "
-                  "its own (its summary.csv):", "", "| evaluation | shot | folds | mean |",
-                  "|---|---:|---|---:|"]  # fmt: skip
+        lines += [
+            "",
+            "The models of the code before, in its input (square) with its banks, "
+            "scored by today's evaluation (today's episode lists and upsampling) and by "
+            "its own (its summary.csv):",
+            "",
+            "| evaluation | shot | folds | mean |",
+            "|---|---:|---|---:|",
+        ]
         today = pd.DataFrame(r["before_models"]).sort_values("fold")
         own = pd.DataFrame(r["before"]["rows"])
         own = own[own["fg"] & own["bg"] & own["mine"]]

@@ -36,8 +36,10 @@ def statistics(encoder, paths: list[str], cfg: AnnotationConfig, device) -> dict
     cos = np.einsum("nchw,c->nhw", f, direction) / (
         np.linalg.norm(f, axis=1) * np.linalg.norm(direction) + 1e-12
     )
-    return {"positional_variance": round(float(positional), 3),
-            "cosine_to_mean": round(float(cos.mean()), 3)}  # fmt: skip
+    return {
+        "positional_variance": round(float(positional), 3),
+        "cosine_to_mean": round(float(cos.mean()), 3),
+    }
 
 
 def main() -> None:
@@ -58,19 +60,29 @@ def main() -> None:
     before = statistics(encoder, paths, cfg, device)
     calibrate_batchnorm(encoder, normalised_batches(paths, cfg, device, 2))
     after = statistics(encoder, paths, cfg, device)
-    result = {"arch": config["encoder"]["arch"], "input_size": cfg.input_size,
-              "images": len(paths), "random_init": before, "calibrated": after}  # fmt: skip
-    text = "\n".join([
-        "## Random weights and BatchNorm calibration (`bench/random_features.py`)", "",
-        f"{result['arch']} layer3 features of {len(paths)} synthetic train images at input "
-        f"{cfg.input_size}, same seeded random weights before and after calibrating BatchNorm "
-        "on those images.", "",
-        "| encoder | variance explained by position | mean cosine to the mean feature |",
-        "|---|---:|---:|",
-        f"| random init | {before['positional_variance']} | {before['cosine_to_mean']} |",
-        f"| random init + calibrated BN | {after['positional_variance']} | "
-        f"{after['cosine_to_mean']} |", "",
-    ])  # fmt: skip
+    result = {
+        "arch": config["encoder"]["arch"],
+        "input_size": cfg.input_size,
+        "images": len(paths),
+        "random_init": before,
+        "calibrated": after,
+    }
+    text = "\n".join(
+        [
+            "## Random weights and BatchNorm calibration (`bench/random_features.py`)",
+            "",
+            f"{result['arch']} layer3 features of {len(paths)} synthetic train images at input "
+            f"{cfg.input_size}, same seeded random weights before and after calibrating BatchNorm "
+            "on those images.",
+            "",
+            "| encoder | variance explained by position | mean cosine to the mean feature |",
+            "|---|---:|---:|",
+            f"| random init | {before['positional_variance']} | {before['cosine_to_mean']} |",
+            f"| random init + calibrated BN | {after['positional_variance']} | "
+            f"{after['cosine_to_mean']} |",
+            "",
+        ]
+    )
     save(result, text, args.out, "random_features")
 
 

@@ -30,12 +30,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 def timed_train(results: Path, out: Path, shot: int, params: dict, threads: int) -> dict:
     """One training run in its own process: wall seconds, steps/s, peak RSS."""
-    run = run_stage("train", index=results / "dataset", encoder_init=results / "encoder_init.pt",
-                    pseudo_masks=results / "fold0/pseudo_masks.zarr", fold=0, shot=shot,
-                    out=out / "model.pt", log_csv=out / "train.csv", params=json.dumps(params),
-                    threads=threads)  # fmt: skip
-    return {"shot": shot, "iterations": params["iterations"], **run,
-            "iterations_per_s": round(params["iterations"] / run["seconds"], 3)}  # fmt: skip
+    run = run_stage(
+        "train",
+        index=results / "dataset",
+        encoder_init=results / "encoder_init.pt",
+        pseudo_masks=results / "fold0/pseudo_masks.zarr",
+        fold=0,
+        shot=shot,
+        out=out / "model.pt",
+        log_csv=out / "train.csv",
+        params=json.dumps(params),
+        threads=threads,
+    )
+    return {
+        "shot": shot,
+        "iterations": params["iterations"],
+        **run,
+        "iterations_per_s": round(params["iterations"] / run["seconds"], 3),
+    }
 
 
 def iteration_flops(results: Path, config: dict, shot: int) -> int:
@@ -45,8 +57,9 @@ def iteration_flops(results: Path, config: dict, shot: int) -> int:
     to 100 (5-shot) GFLOP counted here per iteration at the default)."""
     t = config["train"]
     k = zarr.open_group(str(results / "fold0/pseudo_masks.zarr"), mode="r").attrs["K"]
-    model = MatchingNet(load_encoder(results / "encoder_init.pt"),
-                        ModelConfig(**config["model"]), k + 1).train()  # fmt: skip
+    model = MatchingNet(
+        load_encoder(results / "encoder_init.pt"), ModelConfig(**config["model"]), k + 1
+    ).train()
     for module in model.encoder.modules():  # frozen BatchNorm, as in training
         if isinstance(module, torch.nn.BatchNorm2d):
             module.requires_grad_(False)
@@ -69,10 +82,14 @@ def main() -> None:
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     if not (args.results / "fold0/pseudo_masks.zarr").is_dir():
-        raise SystemExit(f"{args.results}: run `snakemake --cores 2` first (needs fold 0's "
-                         "pseudo masks)")  # fmt: skip
-    params = {**config["train"], "iterations": args.iterations,
-              "checkpoint_every": 10 * args.iterations}  # fmt: skip
+        raise SystemExit(
+            f"{args.results}: run `snakemake --cores 2` first (needs fold 0's pseudo masks)"
+        )
+    params = {
+        **config["train"],
+        "iterations": args.iterations,
+        "checkpoint_every": 10 * args.iterations,
+    }
     torch.set_num_threads(args.threads)
     startup = limits.startup_seconds("train")
     runs = []
@@ -84,34 +101,48 @@ def main() -> None:
             runs.append({**run, "work": {"flops": flops}, "startup": startup})
         rates = limits.measure(pick_device(), tmp, before=rates)
         limits.add_floors(runs, rates)
-    results = {"machine": machine(), "threads": args.threads, "limits": rates,
-               "train": config["train"], "runs": runs}  # fmt: skip
+    results = {
+        "machine": machine(),
+        "threads": args.threads,
+        "limits": rates,
+        "train": config["train"],
+        "runs": runs,
+    }
     save(results, markdown(results), args.out, "train")
 
 
 def markdown(r: dict) -> str:
     t, m = r["train"], r["machine"]
     lines = [
-        "## Training (`bench/train.py`)", "",
+        "## Training (`bench/train.py`)",
+        "",
         f"Machine: {describe(m)}; {r['threads']} threads. Default synthetic config: ResNet-18, "
         f"crop {t['crop']}, "
         f"B = {t['batch_episodes']} episodes + M = {t['batch_pseudo']} pseudo-labelled images "
         "per iteration, fold 0. Seconds include process start, data loading and saving; "
         "peak RSS is the training process's own (its data-loader worker is a process of its own; "
-        "Snakemake's benchmark files count both).", "",
+        "Snakemake's benchmark files count both).",
+        "",
         f"Limits measured in the same run (`bench/limits.py`): {limits.describe(r['limits'])}. "
         "The floor: every iteration's encoder and mining head, forward and backward, counted by "
-        "FlopCounterMode, over the matrix-multiply rate.", "",
+        "FlopCounterMode, over the matrix-multiply rate.",
+        "",
         f"| shot | iterations | seconds | iterations/s | peak RSS (MB) | GFLOP | {limits.HEADER} |",
         "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for run in r["runs"]:
-        lines.append(f"| {run['shot']} | {run['iterations']} | {run['seconds']} | "
-                     f"{run['iterations_per_s']} | {run['peak_rss_mb']} | "
-                     f"{run['flops'] / 1e9:.0f} | {limits.cells(run)} |")  # fmt: skip
+        lines.append(
+            f"| {run['shot']} | {run['iterations']} | {run['seconds']} | "
+            f"{run['iterations_per_s']} | {run['peak_rss_mb']} | "
+            f"{run['flops'] / 1e9:.0f} | {limits.cells(run)} |"
+        )
     if r["limits"]["device"] == "cpu":
-        lines += ["", "Not measured yet: the PASCAL preset (ResNet-50, crop 473, B = 4, M = 32) "
-                  "on a GPU; no GPU was lent to the task that built this.", ""]  # fmt: skip
+        lines += [
+            "",
+            "Not measured yet: the PASCAL preset (ResNet-50, crop 473, B = 4, M = 32) "
+            "on a GPU; no GPU was lent to the task that built this.",
+            "",
+        ]
     return "\n".join(lines)
 
 

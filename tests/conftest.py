@@ -74,20 +74,60 @@ def annotated(tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("annotated")
     steps = [
         ("prepare", "--out", out / "dataset", "--params", params(root=str(tiny_root))),
-        ("extract-features", "--index", out / "dataset", "--out", out / "features.zarr",
-         "--encoder-out", out / "encoder_init.pt", "--encoder", ENCODER, "--params", ANNOTATION),
-        ("pool-prototypes", "--index", out / "dataset", "--features", out / "features.zarr",
-         "--out", out / "prototypes.zarr"),
-    ]  # fmt: skip
+        (
+            "extract-features",
+            "--index",
+            out / "dataset",
+            "--out",
+            out / "features.zarr",
+            "--encoder-out",
+            out / "encoder_init.pt",
+            "--encoder",
+            ENCODER,
+            "--params",
+            ANNOTATION,
+        ),
+        (
+            "pool-prototypes",
+            "--index",
+            out / "dataset",
+            "--features",
+            out / "features.zarr",
+            "--out",
+            out / "prototypes.zarr",
+        ),
+    ]
     for fold in (0, 1):
         steps += [
-            ("cluster", "--index", out / "dataset", "--prototypes", out / "prototypes.zarr",
-             "--fold", fold, "--out", out / f"fold{fold}/clusters.zarr", "--params",
-             params(k=3, nredo=2), "--protocol", PROTOCOL, "--seed", "0"),
-            ("write-pseudo-masks", "--index", out / "dataset", "--features",
-             out / "features.zarr", "--clusters", out / f"fold{fold}/clusters.zarr",
-             "--out", out / f"fold{fold}/pseudo_masks.zarr"),
-        ]  # fmt: skip
+            (
+                "cluster",
+                "--index",
+                out / "dataset",
+                "--prototypes",
+                out / "prototypes.zarr",
+                "--fold",
+                fold,
+                "--out",
+                out / f"fold{fold}/clusters.zarr",
+                "--params",
+                params(k=3, nredo=2),
+                "--protocol",
+                PROTOCOL,
+                "--seed",
+                "0",
+            ),
+            (
+                "write-pseudo-masks",
+                "--index",
+                out / "dataset",
+                "--features",
+                out / "features.zarr",
+                "--clusters",
+                out / f"fold{fold}/clusters.zarr",
+                "--out",
+                out / f"fold{fold}/pseudo_masks.zarr",
+            ),
+        ]
     with cpu_only():
         for step in steps:
             assert cli(*step)[0] == 0, step
@@ -106,31 +146,58 @@ def run_latentfss(*argv: str) -> subprocess.CompletedProcess:
     )
 
 
-def write_metrics(path: Path, fold: int, miou: float, fg: bool, bg: bool, mine: bool,
-                  remain: bool = False) -> Path:  # fmt: skip
+def write_metrics(
+    path: Path, fold: int, miou: float, fg: bool, bg: bool, mine: bool, remain: bool = False
+) -> Path:
     """A metrics.json with the keys summarize reads, as evaluate writes them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    metrics = {"fold": fold, "shot": 1, "miou": miou, "miou_std": 0.01, "fbiou": 0.6,
-               "episodes_per_s": 10.0, "model_episodes_per_s": 2.0, "parameters": 1000,
-               "device": "cpu",
-               "evaluate": {"fg_rectify": fg},
-               "model_config": {"bg_rectify": bg, "mine": mine},
-               "mining": {"remain": remain}}  # fmt: skip
+    metrics = {
+        "fold": fold,
+        "shot": 1,
+        "miou": miou,
+        "miou_std": 0.01,
+        "fbiou": 0.6,
+        "episodes_per_s": 10.0,
+        "model_episodes_per_s": 2.0,
+        "parameters": 1000,
+        "device": "cpu",
+        "evaluate": {"fg_rectify": fg},
+        "model_config": {"bg_rectify": bg, "mine": mine},
+        "mining": {"remain": remain},
+    }
     path.write_text(json.dumps(metrics))
     return path
 
 
-def summarize_runs(tmp_path: Path, runs: dict[tuple, tuple[float, ...]], main: tuple,
-                   capsys) -> str:  # fmt: skip
+def summarize_runs(
+    tmp_path: Path, runs: dict[tuple, tuple[float, ...]], main: tuple, capsys
+) -> str:
     """`latentfss summarize` over runs given as switches (fg, bg, mine[, remain]) -> mIoU of
     each fold, `main` the main run and the others ablations: summary.md's text (summary.csv
     beside it)."""
-    paths = {switches: [write_metrics(tmp_path / "".join(map(str, switches)) / f"{fold}.json",
-                                      fold, miou, *map(bool, switches))
-                        for fold, miou in enumerate(mious)]
-             for switches, mious in runs.items()}  # fmt: skip
+    paths = {
+        switches: [
+            write_metrics(
+                tmp_path / "".join(map(str, switches)) / f"{fold}.json",
+                fold,
+                miou,
+                *map(bool, switches),
+            )
+            for fold, miou in enumerate(mious)
+        ]
+        for switches, mious in runs.items()
+    }
     ablations = [p for switches, ps in paths.items() if switches != main for p in ps]
-    code, err = cli("summarize", *paths[main], "--ablations", *ablations, "--csv",
-                    tmp_path / "s.csv", "--md", tmp_path / "s.md", capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "summarize",
+        *paths[main],
+        "--ablations",
+        *ablations,
+        "--csv",
+        tmp_path / "s.csv",
+        "--md",
+        tmp_path / "s.md",
+        capsys=capsys,
+    )
     assert code == 0, err
     return (tmp_path / "s.md").read_text()

@@ -48,12 +48,17 @@ def test_map_weighs_cells_by_the_area_a_label_covers():
 def test_nearest_representative_is_argmax_cosine():
     feats, reps = torch.randn(2, 8, 5, 7), torch.randn(4, 8)
     f, r = feats.numpy(), reps.numpy()
-    cos = np.einsum("bchw,kc->bkhw", f / np.linalg.norm(f, axis=1, keepdims=True),
-                    r / np.linalg.norm(r, axis=1, keepdims=True))  # fmt: skip
+    cos = np.einsum(
+        "bchw,kc->bkhw",
+        f / np.linalg.norm(f, axis=1, keepdims=True),
+        r / np.linalg.norm(r, axis=1, keepdims=True),
+    )
     assert np.array_equal(nearest_representative(feats, reps).numpy(), cos.argmax(axis=1))
     # scaling a representative or a feature does not change a cosine label
-    assert torch.equal(nearest_representative(3 * feats, reps * (torch.rand(4, 1) + 0.1)),
-                       nearest_representative(feats, reps))  # fmt: skip
+    assert torch.equal(
+        nearest_representative(3 * feats, reps * (torch.rand(4, 1) + 0.1)),
+        nearest_representative(feats, reps),
+    )
 
 
 def planted(seed=0, per=40, dims=16):
@@ -120,8 +125,9 @@ def test_prototypes_store_is_eq2_of_the_features(annotated):
     mask = read_mask(index.images.loc[image_ids[row], "mask"], 20)
     feats = features["feats"][row].astype(np.float32)  # (C, 8, 8)
     for label in np.unique(mask[mask != IGNORE]):
-        weight = F.adaptive_avg_pool2d(torch.from_numpy(mask == label)[None, None].float(),
-                                       (8, 8))[0, 0].numpy()  # fmt: skip
+        weight = F.adaptive_avg_pool2d(torch.from_numpy(mask == label)[None, None].float(), (8, 8))[
+            0, 0
+        ].numpy()
         expected = (feats * weight).sum(axis=(1, 2)) / weight.sum()
         got = group["bg"][row] if label == 0 else fg[(fg_image == row) & (fg_class == label)][0]
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
@@ -167,8 +173,9 @@ def test_pseudo_masks_are_eq3_recomputed_independently(annotated):
         f /= np.linalg.norm(f, axis=0, keepdims=True)
         r = reps / np.linalg.norm(reps, axis=1, keepdims=True)
         cos = torch.from_numpy(np.einsum("chw,kc->khw", f, r))[None]
-        up = F.interpolate(cos, size=(heights[row], widths[row]), mode="bilinear",
-                           align_corners=True)[0]  # fmt: skip
+        up = F.interpolate(
+            cos, size=(heights[row], widths[row]), mode="bilinear", align_corners=True
+        )[0]
         labels = masks[row]
         assert np.array_equal(labels[: heights[row], : widths[row]], up.argmax(0).numpy())
         assert (labels[heights[row] :] == IGNORE).all() and (
@@ -179,14 +186,37 @@ def test_pseudo_masks_are_eq3_recomputed_independently(annotated):
 
 def test_rerunning_a_stage_gives_identical_arrays(annotated, tmp_path, on_cpu):
     steps = {
-        "features.zarr": ("extract-features", "--index", annotated / "dataset", "--out",
-                          tmp_path / "features.zarr", "--encoder-out", tmp_path / "e.pt",
-                          "--encoder", ENCODER, "--params", ANNOTATION),
-        "fold0/clusters.zarr": ("cluster", "--index", annotated / "dataset", "--prototypes",
-                                annotated / "prototypes.zarr", "--fold", "0", "--out",
-                                tmp_path / "fold0/clusters.zarr", "--params",
-                                params(k=3, nredo=2), "--protocol", PROTOCOL, "--seed", "0"),
-    }  # fmt: skip
+        "features.zarr": (
+            "extract-features",
+            "--index",
+            annotated / "dataset",
+            "--out",
+            tmp_path / "features.zarr",
+            "--encoder-out",
+            tmp_path / "e.pt",
+            "--encoder",
+            ENCODER,
+            "--params",
+            ANNOTATION,
+        ),
+        "fold0/clusters.zarr": (
+            "cluster",
+            "--index",
+            annotated / "dataset",
+            "--prototypes",
+            annotated / "prototypes.zarr",
+            "--fold",
+            "0",
+            "--out",
+            tmp_path / "fold0/clusters.zarr",
+            "--params",
+            params(k=3, nredo=2),
+            "--protocol",
+            PROTOCOL,
+            "--seed",
+            "0",
+        ),
+    }
     for name, step in steps.items():
         assert cli(*step)[0] == 0
         first = zarr.open_group(str(annotated / name), mode="r")
@@ -200,10 +230,21 @@ def test_unlabelled_images_join_the_pseudo_mask_store(annotated, tmp_path, tiny_
     extra.mkdir()
     for i, size in enumerate([(50, 40), (33, 61)]):
         Image.fromarray(np.full((*size, 3), 60 * i, np.uint8)).save(extra / f"x{i}.jpg")
-    code, _ = cli("write-pseudo-masks", "--index", annotated / "dataset", "--features",
-                  annotated / "features.zarr", "--clusters", annotated / "fold0/clusters.zarr",
-                  "--out", tmp_path / "pm.zarr", "--unlabeled", extra, "--encoder-init",
-                  annotated / "encoder_init.pt")  # fmt: skip
+    code, _ = cli(
+        "write-pseudo-masks",
+        "--index",
+        annotated / "dataset",
+        "--features",
+        annotated / "features.zarr",
+        "--clusters",
+        annotated / "fold0/clusters.zarr",
+        "--out",
+        tmp_path / "pm.zarr",
+        "--unlabeled",
+        extra,
+        "--encoder-init",
+        annotated / "encoder_init.pt",
+    )
     assert code == 0
     group = zarr.open_group(str(tmp_path / "pm.zarr"), mode="r")
     assert group["image_id"][-2:].tolist() == [-1, -1]
@@ -230,8 +271,9 @@ def test_zarr_round_trip_with_chunk_aligned_row_writes(tmp_path):
 def test_inspect_renders_figures_and_summary(annotated, tmp_path, capsys):
     for view in ("pseudo-masks", "prototypes"):
         out = tmp_path / f"{view}.png"
-        code, err = cli("inspect", view, "--results", annotated, "--fold", "0", "--out", out,
-                        capsys=capsys)  # fmt: skip
+        code, err = cli(
+            "inspect", view, "--results", annotated, "--fold", "0", "--out", out, capsys=capsys
+        )
         assert code == 0, err
         assert Image.open(out).size[0] > 100
     assert cli("inspect", "summary", "--results", annotated)[0] == 0
@@ -243,10 +285,20 @@ def test_inspect_renders_figures_and_summary(annotated, tmp_path, capsys):
 def test_unlabelled_images_need_the_initial_encoder(annotated, tmp_path, capsys):
     (tmp_path / "extra").mkdir()
     Image.new("RGB", (40, 30)).save(tmp_path / "extra/a.png")
-    code, err = cli("write-pseudo-masks", "--index", annotated / "dataset", "--features",
-                    annotated / "features.zarr", "--clusters", annotated / "fold0/clusters.zarr",
-                    "--out", tmp_path / "pm.zarr", "--unlabeled", tmp_path / "extra",
-                    capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "write-pseudo-masks",
+        "--index",
+        annotated / "dataset",
+        "--features",
+        annotated / "features.zarr",
+        "--clusters",
+        annotated / "fold0/clusters.zarr",
+        "--out",
+        tmp_path / "pm.zarr",
+        "--unlabeled",
+        tmp_path / "extra",
+        capsys=capsys,
+    )
     assert code == 2 and err.strip() == (
         "ERROR: --unlabeled images need --encoder-init (encoder_init.pt) to embed them"
     )
@@ -260,11 +312,22 @@ def test_without_features_zarr_the_features_are_computed_again_to_the_same_bits(
     tensors); pool-prototypes and write-pseudo-masks compute the features again from it, in
     extract-features' batches (5 here, the last one partial), and write the same arrays."""
     index, clusters = annotated / "dataset", annotated / "fold0/clusters.zarr"
-    code, _ = cli("extract-features", "--index", index, "--encoder-out", tmp_path / "e.pt",
-                  "--encoder", ENCODER, "--params", ANNOTATION)  # fmt: skip
+    code, _ = cli(
+        "extract-features",
+        "--index",
+        index,
+        "--encoder-out",
+        tmp_path / "e.pt",
+        "--encoder",
+        ENCODER,
+        "--params",
+        ANNOTATION,
+    )
     assert code == 0 and not list(tmp_path.glob("*.zarr"))
-    saved, first = (torch.load(p, weights_only=True)["state_dict"]
-                    for p in (tmp_path / "e.pt", annotated / "encoder_init.pt"))  # fmt: skip
+    saved, first = (
+        torch.load(p, weights_only=True)["state_dict"]
+        for p in (tmp_path / "e.pt", annotated / "encoder_init.pt")
+    )
     assert all(v.device.type == "cpu" and torch.equal(v, first[k]) for k, v in saved.items())
     computed = ("--encoder-init", tmp_path / "e.pt", "--annotation", ANNOTATION)
     stored = ("--features", annotated / "features.zarr")
@@ -285,8 +348,14 @@ def test_without_features_zarr_the_features_are_computed_again_to_the_same_bits(
 
 
 def test_features_come_from_a_store_or_an_encoder(annotated, tmp_path, capsys):
-    code, err = cli("pool-prototypes", "--index", annotated / "dataset", "--out",
-                    tmp_path / "p.zarr", capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "pool-prototypes",
+        "--index",
+        annotated / "dataset",
+        "--out",
+        tmp_path / "p.zarr",
+        capsys=capsys,
+    )
     assert code == 2 and err.strip() == (
         "ERROR: give --features (features.zarr) or --encoder-init (encoder_init.pt)"
     )

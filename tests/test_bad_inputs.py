@@ -75,20 +75,36 @@ def damage_missing_list(root):
     return root / "ImageSets/Segmentation/val.txt", "list file not found"
 
 
-DAMAGES = [damage_corrupt, damage_truncated, damage_mask_size, damage_label_range,
-           damage_rgb_mask, damage_list_entry, damage_missing_list]  # fmt: skip
+DAMAGES = [
+    damage_corrupt,
+    damage_truncated,
+    damage_mask_size,
+    damage_label_range,
+    damage_rgb_mask,
+    damage_list_entry,
+    damage_missing_list,
+]
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda d: d.__name__.removeprefix("damage_"))
 @pytest.mark.parametrize("threads", [1, 2])
-def test_bad_dataset_file_is_named_and_the_old_index_survives(root, tmp_path, capsys, damage,
-                                                              threads):  # fmt: skip
+def test_bad_dataset_file_is_named_and_the_old_index_survives(
+    root, tmp_path, capsys, damage, threads
+):
     out = tmp_path / "dataset"
     assert prepare(capsys, out, root=str(root))[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     path, reason = damage(root)
-    code, err = cli("prepare", "--out", out, "--params", params(root=str(root)),
-                    "--threads", str(threads), capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "prepare",
+        "--out",
+        out,
+        "--params",
+        params(root=str(root)),
+        "--threads",
+        str(threads),
+        capsys=capsys,
+    )
     assert code == 2
     assert_one_error_line(err, str(path), reason)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -124,12 +140,19 @@ def test_bad_coco_json_is_named(tmp_path, capsys):
 
 
 def test_bad_synthetic_params_are_named(tmp_path, capsys):
-    code, err = cli("make-synthetic", "--out", tmp_path / "s", "--params",
-                    params(num_train=0), capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "make-synthetic", "--out", tmp_path / "s", "--params", params(num_train=0), capsys=capsys
+    )
     assert code == 2
     assert_one_error_line(err, "synthetic: num_train and num_val must be positive")
-    code, err = cli("make-synthetic", "--out", tmp_path / "s", "--params",
-                    params(max_objects="4"), capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "make-synthetic",
+        "--out",
+        tmp_path / "s",
+        "--params",
+        params(max_objects="4"),
+        capsys=capsys,
+    )
     assert_one_error_line(err, "synthetic.max_objects: '4' is not of type int")
 
 
@@ -145,7 +168,8 @@ def test_make_synthetic_never_overwrites_a_foreign_directory(tmp_path, capsys):
 def test_the_console_script_prints_one_line_and_exits_2(root):
     """The same through a real process: what a user or a Snakemake log sees."""
     path, reason = damage_truncated(root)
-    done = run_latentfss("prepare", "--out", root.parent / "dataset",
-                         "--params", params(root=str(root)))  # fmt: skip
+    done = run_latentfss(
+        "prepare", "--out", root.parent / "dataset", "--params", params(root=str(root))
+    )
     assert done.returncode == 2
     assert_one_error_line(done.stderr, str(path), reason)

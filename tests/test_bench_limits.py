@@ -22,8 +22,7 @@ def test_flops_of_a_convolution_forward_and_backward_by_hand():
 
 
 def test_floors_pick_their_limit_and_leave_start_up_apart():
-    limits = {"matmul_flop_per_s": 1e11, "memory_bytes_per_s": 1e10,
-              "disk_write_bytes_per_s": 1e9}  # fmt: skip
+    limits = {"matmul_flop_per_s": 1e11, "memory_bytes_per_s": 1e10, "disk_write_bytes_per_s": 1e9}
     rows = [
         {"seconds": 4.0, "work": {"flops": 2e11}, "startup": 2.0},
         {"seconds": 1.0, "work": {"bytes": 1e8}},

@@ -8,9 +8,19 @@ from conftest import cli, params, run_latentfss, write_metrics
 from latentfss.cli import STAGES
 
 RULE_NAMES = [
-    "make_synthetic", "prepare", "extract_features", "pool_prototypes", "cluster",
-    "write_pseudo_masks", "train", "build_bank", "evaluate", "summarize", "inspect", "segment",
-]  # fmt: skip
+    "make_synthetic",
+    "prepare",
+    "extract_features",
+    "pool_prototypes",
+    "cluster",
+    "write_pseudo_masks",
+    "train",
+    "build_bank",
+    "evaluate",
+    "summarize",
+    "inspect",
+    "segment",
+]
 
 
 def test_help_lists_every_stage_named_as_its_rule():
@@ -29,13 +39,18 @@ def test_stage_help_shows_its_arguments():
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["cluster", "--index", "x", "--prototypes", "y", "--fold", "7", "--out", "z"],
-         "ERROR: latentfss cluster: argument --fold: invalid choice: 7 (choose from 0, 1, 2, 3)"),
-        (["evaluate", "--index", "x"], "ERROR: latentfss evaluate: the following arguments are "
-         "required: --model, --fold, --shot, --out"),
+        (
+            ["cluster", "--index", "x", "--prototypes", "y", "--fold", "7", "--out", "z"],
+            "ERROR: latentfss cluster: argument --fold: invalid choice: 7 (choose from 0, 1, 2, 3)",
+        ),
+        (
+            ["evaluate", "--index", "x"],
+            "ERROR: latentfss evaluate: the following arguments are "
+            "required: --model, --fold, --shot, --out",
+        ),
         (["nosuch"], "ERROR: latentfss: argument STAGE: invalid choice: 'nosuch'"),
     ],
-)  # fmt: skip
+)
 def test_usage_errors_are_one_line_with_exit_code_2(argv, message):
     done = run_latentfss(*argv)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
@@ -53,9 +68,17 @@ def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_survives(
     import pandas as pd
 
     out = tmp_path / "out"
-    argv = {"prepare": ["prepare", "--out", out, "--params", params(root=str(tiny_root))],
-            "summarize": ["summarize", write_metrics(tmp_path / "m.json", 0, 0.5, True, True,
-                          True), "--csv", out, "--md", tmp_path / "s.md"]}[stage]  # fmt: skip
+    argv = {
+        "prepare": ["prepare", "--out", out, "--params", params(root=str(tiny_root))],
+        "summarize": [
+            "summarize",
+            write_metrics(tmp_path / "m.json", 0, 0.5, True, True, True),
+            "--csv",
+            out,
+            "--md",
+            tmp_path / "s.md",
+        ],
+    }[stage]
     assert cli(*argv)[0] == 0
     before = sorted(p.name for p in tmp_path.rglob("*"))
 

@@ -51,10 +51,13 @@ def test_config_yaml_equals_the_schema_defaults():
 @pytest.mark.parametrize("section", SECTIONS)
 def test_stage_dataclass_defaults_equal_the_config(section):
     config = validate({}, SCHEMA)
-    defaults = {k: list(v) if isinstance(v, tuple) else v  # YAML lists are frozen as tuples
-                for k, v in dataclasses.asdict(SECTIONS[section]()).items()}  # fmt: skip
-    stage_keys = {k: v for k, v in config[section].items()
-                  if k not in WORKFLOW_ONLY.get(section, set())}  # fmt: skip
+    defaults = {
+        k: list(v) if isinstance(v, tuple) else v  # YAML lists are frozen as tuples
+        for k, v in dataclasses.asdict(SECTIONS[section]()).items()
+    }
+    stage_keys = {
+        k: v for k, v in config[section].items() if k not in WORKFLOW_ONLY.get(section, set())
+    }
     assert defaults == stage_keys
 
 

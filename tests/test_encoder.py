@@ -114,7 +114,8 @@ def test_imagenet_weights_come_from_the_torch_cache(tmp_path, monkeypatch):
 
 def test_saved_initial_encoder_round_trips(tmp_path):
     encoder = Encoder("resnet18")
-    torch.save({"state_dict": encoder.state_dict(), "encoder": {"arch": "resnet18"}},
-               tmp_path / "e.pt")  # fmt: skip
+    torch.save(
+        {"state_dict": encoder.state_dict(), "encoder": {"arch": "resnet18"}}, tmp_path / "e.pt"
+    )
     loaded = load_encoder(tmp_path / "e.pt")
     torch.testing.assert_close(loaded.layer2[0].conv1.weight, encoder.layer2[0].conv1.weight)

@@ -78,14 +78,24 @@ def long_table(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
 
 
 # A hand-built train split of fold 0 (novel 1-5, base 6-20), min_support_pixels 100:
-TRAIN = long_table([
-    (0, 0, 900), (0, 6, 400), (0, 1, 50),  # base class 6 large: in the train set
-    (1, 0, 800), (1, 1, 500), (1, 2, 300),  # novel classes only: Remain
-    (2, 0, 700), (2, 7, 99), (2, 3, 400),  # its base class is small: Remain
-    (3, 0, 600), (3, 7, 100), (3, 6, 20),  # class 7 exactly at the threshold: train set
-    (4, 0, 1000),  # background only: Remain
-    (5, 6, 300),
-])  # fmt: skip
+TRAIN = long_table(
+    [
+        (0, 0, 900),
+        (0, 6, 400),
+        (0, 1, 50),  # base class 6 large: in the train set
+        (1, 0, 800),
+        (1, 1, 500),
+        (1, 2, 300),  # novel classes only: Remain
+        (2, 0, 700),
+        (2, 7, 99),
+        (2, 3, 400),  # its base class is small: Remain
+        (3, 0, 600),
+        (3, 7, 100),
+        (3, 6, 20),  # class 7 exactly at the threshold: train set
+        (4, 0, 1000),  # background only: Remain
+        (5, 6, 300),
+    ]
+)
 
 
 def test_a_folds_train_set_is_the_images_with_a_large_base_class():
@@ -107,12 +117,20 @@ def test_training_episodes_never_touch_remain():
 
 
 # A hand-built val split of fold 0, min_support_pixels 2048:
-VAL = long_table([
-    (0, 1, 5000), (0, 2, 10),  # a large class 1 and a 10-pixel class 2
-    (1, 1, 3000), (2, 2, 3000), (3, 2, 2500), (3, 1, 10), (5, 2, 3000), (6, 1, 2048),
-    (4, 3, 100),  # a small object alone: never a query, never a support
-    (7, 9, 9000),  # a base class: not in this fold's test episodes
-])  # fmt: skip
+VAL = long_table(
+    [
+        (0, 1, 5000),
+        (0, 2, 10),  # a large class 1 and a 10-pixel class 2
+        (1, 1, 3000),
+        (2, 2, 3000),
+        (3, 2, 2500),
+        (3, 1, 10),
+        (5, 2, 3000),
+        (6, 1, 2048),
+        (4, 3, 100),  # a small object alone: never a query, never a support
+        (7, 9, 9000),  # a base class: not in this fold's test episodes
+    ]
+)
 
 
 def test_test_queries_are_uniform_and_their_class_uniform_among_those_present_at_any_size():

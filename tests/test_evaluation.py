@@ -80,19 +80,68 @@ def evaluated(annotated, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluated")
     model, bank, eval_dir = out / "model.pt", out / "bank", out / "eval"
     steps = [
-        ("train", "--index", annotated / "dataset", "--encoder-init", annotated / "encoder_init.pt",
-         "--pseudo-masks", annotated / "fold0/pseudo_masks.zarr", "--fold", "0", "--shot", "1",
-         "--out", model, "--log-csv", out / "train.csv", "--protocol",
-         PROTOCOL,
-         "--params", params(iterations=3, batch_episodes=2, batch_pseudo=2, crop=48, workers=0)),
-        ("build-bank", "--index", annotated / "dataset", "--model", model, "--pseudo-masks",
-         annotated / "fold0/pseudo_masks.zarr", "--out", bank, "--params", params(input_size=64)),
-        ("evaluate", "--index", annotated / "dataset", "--model", model, "--bank", bank,
-         "--fold", "0", "--shot", "1", "--out", eval_dir, "--protocol", PROTOCOL,
-         "--params", params(episodes=12, seeds=[0, 1], input_size=64, batch_size=5, workers=0)),
-        ("summarize", eval_dir / "metrics.json", "--csv", out / "summary.csv", "--md",
-         out / "summary.md"),
-    ]  # fmt: skip
+        (
+            "train",
+            "--index",
+            annotated / "dataset",
+            "--encoder-init",
+            annotated / "encoder_init.pt",
+            "--pseudo-masks",
+            annotated / "fold0/pseudo_masks.zarr",
+            "--fold",
+            "0",
+            "--shot",
+            "1",
+            "--out",
+            model,
+            "--log-csv",
+            out / "train.csv",
+            "--protocol",
+            PROTOCOL,
+            "--params",
+            params(iterations=3, batch_episodes=2, batch_pseudo=2, crop=48, workers=0),
+        ),
+        (
+            "build-bank",
+            "--index",
+            annotated / "dataset",
+            "--model",
+            model,
+            "--pseudo-masks",
+            annotated / "fold0/pseudo_masks.zarr",
+            "--out",
+            bank,
+            "--params",
+            params(input_size=64),
+        ),
+        (
+            "evaluate",
+            "--index",
+            annotated / "dataset",
+            "--model",
+            model,
+            "--bank",
+            bank,
+            "--fold",
+            "0",
+            "--shot",
+            "1",
+            "--out",
+            eval_dir,
+            "--protocol",
+            PROTOCOL,
+            "--params",
+            params(episodes=12, seeds=[0, 1], input_size=64, batch_size=5, workers=0),
+        ),
+        (
+            "summarize",
+            eval_dir / "metrics.json",
+            "--csv",
+            out / "summary.csv",
+            "--md",
+            out / "summary.md",
+        ),
+    ]
     with cpu_only():
         for step in steps:
             assert cli(*step)[0] == 0, step
@@ -127,11 +176,26 @@ def test_evaluation_outputs_and_replay(evaluated, annotated, capsys, on_cpu):
     assert len(episodes) == 12 and episodes["class_id"].between(1, 5).all()
     replay = evaluated / "replay"
     faiss.omp_set_num_threads(2)
-    code, err = cli("evaluate", "--index", annotated / "dataset", "--model",
-                    evaluated / "model.pt", "--bank", evaluated / "bank", "--fold", "0",
-                    "--shot", "1", "--out", replay, "--episodes",
-                    evaluated / "eval/episodes_seed1.csv", "--params",
-                    params(input_size=64, batch_size=3, workers=0), capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "evaluate",
+        "--index",
+        annotated / "dataset",
+        "--model",
+        evaluated / "model.pt",
+        "--bank",
+        evaluated / "bank",
+        "--fold",
+        "0",
+        "--shot",
+        "1",
+        "--out",
+        replay,
+        "--episodes",
+        evaluated / "eval/episodes_seed1.csv",
+        "--params",
+        params(input_size=64, batch_size=3, workers=0),
+        capsys=capsys,
+    )
     assert code == 0, err
     assert faiss.omp_get_max_threads() == 1  # the bank's searches keep to --threads (default 1)
     again = json.loads((replay / "metrics.json").read_text())["runs"]["episodes_seed1"]
@@ -149,14 +213,20 @@ def test_summary_tables(evaluated):
 
 
 def test_ablation_table_has_a_row_per_set_of_switches_in_the_papers_order(tmp_path, capsys):
-    runs = {(1, 1, 1): (0.60, 0.70), (0, 0, 0): (0.40, 0.50), (0, 1, 0): (0.45, 0.55),
-            (1, 0, 0): (0.42, 0.52)}  # fmt: skip
+    runs = {
+        (1, 1, 1): (0.60, 0.70),
+        (0, 0, 0): (0.40, 0.50),
+        (0, 1, 0): (0.45, 0.55),
+        (1, 0, 0): (0.42, 0.52),
+    }
     text = summarize_runs(tmp_path, runs, main=(1, 1, 1), capsys=capsys)
     table = text[text.index("| FG | BG | Mine") :].split("\n\n")[0].splitlines()[2:]
-    assert table == ["|  |  |  | 1 | 40.0 | 50.0 | **45.0** |",
-                     "| ✓ |  |  | 1 | 42.0 | 52.0 | **47.0** |",
-                     "|  | ✓ |  | 1 | 45.0 | 55.0 | **50.0** |",
-                     "| ✓ | ✓ | ✓ | 1 | 60.0 | 70.0 | **65.0** |"]  # fmt: skip
+    assert table == [
+        "|  |  |  | 1 | 40.0 | 50.0 | **45.0** |",
+        "| ✓ |  |  | 1 | 42.0 | 52.0 | **47.0** |",
+        "|  | ✓ |  | 1 | 45.0 | 55.0 | **50.0** |",
+        "| ✓ | ✓ | ✓ | 1 | 60.0 | 70.0 | **65.0** |",
+    ]
     assert "| 1-shot fold0 | 1-shot fold1 | 1-shot mean |" in text  # Table 1: the main run only
     assert "**65.0**" in text.split("## Ablations")[0]
     assert len(pd.read_csv(tmp_path / "s.csv")) == 8
@@ -184,15 +254,34 @@ def test_segment_writes_a_mask_and_an_overlay_per_query(evaluated, tiny_root, tm
     queries.mkdir()
     for name in ("val_00001", "val_00004"):
         (queries / f"{name}.jpg").write_bytes((tiny_root / f"JPEGImages/{name}.jpg").read_bytes())
-    code, err = cli("segment", "--model", evaluated / "model.pt", "--support", image, mask,
-                    "--support", image, mask, "--query", queries, "--out", tmp_path / "out",
-                    "--bank", evaluated / "bank", "--input-size", "64", capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "segment",
+        "--model",
+        evaluated / "model.pt",
+        "--support",
+        image,
+        mask,
+        "--support",
+        image,
+        mask,
+        "--query",
+        queries,
+        "--out",
+        tmp_path / "out",
+        "--bank",
+        evaluated / "bank",
+        "--input-size",
+        "64",
+        capsys=capsys,
+    )
     assert code == 0, err
     for name in ("val_00001", "val_00004"):
         source = Image.open(queries / f"{name}.jpg")
         predicted = Image.open(tmp_path / f"out/{name}_mask.png")
-        assert predicted.size == source.size and Image.open(
-            tmp_path / f"out/{name}_overlay.png").size == source.size  # fmt: skip
+        assert (
+            predicted.size == source.size
+            and Image.open(tmp_path / f"out/{name}_overlay.png").size == source.size
+        )
         assert set(np.unique(np.array(predicted))) <= {0, 255}
 
 
@@ -209,9 +298,21 @@ def test_segment_reads_phone_photos_as_displayed(evaluated, tiny_root, tmp_path,
     assert upright.size == shown.size and Image.open(tmp_path / "phone.jpg").size != shown.size
     upright.save(tmp_path / "upright.png")  # the same pixels as displayed, untagged
     for query, out in (("phone.jpg", "tagged"), ("upright.png", "plain")):
-        code, err = cli("segment", "--model", evaluated / "model.pt", "--support",
-                        tmp_path / "phone.jpg", mask, "--query", tmp_path / query, "--out",
-                        tmp_path / out, "--input-size", "64", capsys=capsys)  # fmt: skip
+        code, err = cli(
+            "segment",
+            "--model",
+            evaluated / "model.pt",
+            "--support",
+            tmp_path / "phone.jpg",
+            mask,
+            "--query",
+            tmp_path / query,
+            "--out",
+            tmp_path / out,
+            "--input-size",
+            "64",
+            capsys=capsys,
+        )
         assert code == 0, err
     tagged = np.array(Image.open(tmp_path / "tagged/phone_mask.png"))
     assert tagged.shape == (shown.height, shown.width)
@@ -232,66 +333,137 @@ def test_segment_refuses_bad_supports_in_one_line(evaluated, tiny_root, tmp_path
         ((tmp_path / "broken.jpg", mask), "broken.jpg: not a readable image"),
     ]
     for (support_image, support_mask), needle in cases:
-        code, err = cli("segment", "--model", evaluated / "model.pt", "--support",
-                        support_image, support_mask, "--query", image, "--out",
-                        tmp_path / "out", capsys=capsys)  # fmt: skip
+        code, err = cli(
+            "segment",
+            "--model",
+            evaluated / "model.pt",
+            "--support",
+            support_image,
+            support_mask,
+            "--query",
+            image,
+            "--out",
+            tmp_path / "out",
+            capsys=capsys,
+        )
         assert code == 2 and err.startswith("ERROR: ") and needle in err and err.count("\n") == 1
 
 
-def test_a_bank_built_for_another_model_or_input_is_refused(evaluated, annotated, tmp_path,
-                                                            capsys):  # fmt: skip
+def test_a_bank_built_for_another_model_or_input_is_refused(evaluated, annotated, tmp_path, capsys):
     other = tmp_path / "model.pt"  # the same bytes, made again: another model.pt
     other.write_bytes((evaluated / "model.pt").read_bytes())
     for model, resize, needle in (
         (other, "none", "another model_identity"),
         (evaluated / "model.pt", "square", "another resize"),
     ):
-        code, err = cli("evaluate", "--index", annotated / "dataset", "--model", model,
-                        "--bank", evaluated / "bank", "--fold", "0", "--shot", "1", "--out",
-                        tmp_path / "eval", "--params", params(resize=resize, workers=0),
-                        capsys=capsys)  # fmt: skip
+        code, err = cli(
+            "evaluate",
+            "--index",
+            annotated / "dataset",
+            "--model",
+            model,
+            "--bank",
+            evaluated / "bank",
+            "--fold",
+            "0",
+            "--shot",
+            "1",
+            "--out",
+            tmp_path / "eval",
+            "--params",
+            params(resize=resize, workers=0),
+            capsys=capsys,
+        )
         assert code == 2 and needle in err and "build-bank" in err and err.count("\n") == 1
         assert not (tmp_path / "eval").exists()
 
 
-def test_a_replayed_list_of_another_fold_or_shot_is_refused(evaluated, annotated, tmp_path,
-                                                            capsys):  # fmt: skip
+def test_a_replayed_list_of_another_fold_or_shot_is_refused(evaluated, annotated, tmp_path, capsys):
     (tmp_path / "junk.csv").write_text("a,b\n1,2\n")
     listed, junk = evaluated / "eval/episodes_seed0.csv", tmp_path / "junk.csv"
-    for episodes, fold, shot, needle in ((listed, "1", "1", "does not have"),
-                                         (listed, "0", "5", "not 5-shot"),
-                                         (junk, "0", "1", "not an episode list")):  # fmt: skip
-        code, err = cli("evaluate", "--index", annotated / "dataset", "--model",
-                        evaluated / "model.pt", "--fold", fold, "--shot", shot, "--out",
-                        tmp_path / "eval", "--episodes", episodes, "--params",
-                        params(fg_rectify=False, workers=0), capsys=capsys)  # fmt: skip
+    for episodes, fold, shot, needle in (
+        (listed, "1", "1", "does not have"),
+        (listed, "0", "5", "not 5-shot"),
+        (junk, "0", "1", "not an episode list"),
+    ):
+        code, err = cli(
+            "evaluate",
+            "--index",
+            annotated / "dataset",
+            "--model",
+            evaluated / "model.pt",
+            "--fold",
+            fold,
+            "--shot",
+            shot,
+            "--out",
+            tmp_path / "eval",
+            "--episodes",
+            episodes,
+            "--params",
+            params(fg_rectify=False, workers=0),
+            capsys=capsys,
+        )
         assert code == 2 and needle in err and err.count("\n") == 1, err
     assert not (tmp_path / "eval").exists()
 
 
 def test_rectification_without_a_bank_is_one_line(evaluated, annotated, tmp_path, capsys):
-    code, err = cli("evaluate", "--index", annotated / "dataset", "--model",
-                    evaluated / "model.pt", "--fold", "0", "--shot", "1", "--out",
-                    tmp_path / "eval", capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "evaluate",
+        "--index",
+        annotated / "dataset",
+        "--model",
+        evaluated / "model.pt",
+        "--fold",
+        "0",
+        "--shot",
+        "1",
+        "--out",
+        tmp_path / "eval",
+        capsys=capsys,
+    )
     assert code == 2
     assert err.strip() == "ERROR: evaluate.fg_rectify needs --bank (run `latentfss build-bank`)"
     assert not (tmp_path / "eval").exists()
 
 
-def test_a_model_from_before_mining_remain_evaluates_and_summarizes(evaluated, annotated,
-                                                                     tmp_path, capsys):  # fmt: skip
+def test_a_model_from_before_mining_remain_evaluates_and_summarizes(
+    evaluated, annotated, tmp_path, capsys
+):
     checkpoint = torch.load(evaluated / "model.pt")
     del checkpoint["config"]["mining"]  # as train wrote model.pt before mining.remain existed
     torch.save(checkpoint, tmp_path / "model.pt")
-    code, err = cli("evaluate", "--index", annotated / "dataset", "--model", tmp_path / "model.pt",
-                    "--fold", "0", "--shot", "1", "--out", tmp_path / "eval",
-                    "--episodes", evaluated / "eval/episodes_seed0.csv",
-                    "--params", params(fg_rectify=False, workers=0), capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "evaluate",
+        "--index",
+        annotated / "dataset",
+        "--model",
+        tmp_path / "model.pt",
+        "--fold",
+        "0",
+        "--shot",
+        "1",
+        "--out",
+        tmp_path / "eval",
+        "--episodes",
+        evaluated / "eval/episodes_seed0.csv",
+        "--params",
+        params(fg_rectify=False, workers=0),
+        capsys=capsys,
+    )
     assert code == 0, err
     metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert metrics["mining"] == {"remain": False}
     del metrics["mining"]  # and a metrics.json written before it
     (tmp_path / "eval/metrics.json").write_text(json.dumps(metrics))
-    code, err = cli("summarize", tmp_path / "eval/metrics.json", "--csv", tmp_path / "s.csv",
-                    "--md", tmp_path / "s.md", capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "summarize",
+        tmp_path / "eval/metrics.json",
+        "--csv",
+        tmp_path / "s.csv",
+        "--md",
+        tmp_path / "s.md",
+        capsys=capsys,
+    )
     assert code == 0, err

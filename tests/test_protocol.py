@@ -34,16 +34,22 @@ from latentfss.stages.evaluate import episode_by_episode, evaluate_lists
 # objects as (class, side of its square). Two are Remain: one holds novel classes only, the
 # other a base class below 30 pixels (5 x 5) beside a large novel one.
 TRAIN = {
-    "base_a": [(6, 20), (1, 12)], "base_b": [(6, 16), (7, 14)], "base_c": [(7, 18), (8, 12)],
-    "base_d": [(8, 16), (6, 10)], "base_e": [(9, 20), (2, 10)], "base_f": [(9, 14), (7, 16)],
-    "only_novel": [(1, 20), (2, 16)], "small_base": [(6, 5), (3, 20)],
-}  # fmt: skip
+    "base_a": [(6, 20), (1, 12)],
+    "base_b": [(6, 16), (7, 14)],
+    "base_c": [(7, 18), (8, 12)],
+    "base_d": [(8, 16), (6, 10)],
+    "base_e": [(9, 20), (2, 10)],
+    "base_f": [(9, 14), (7, 16)],
+    "only_novel": [(1, 20), (2, 16)],
+    "small_base": [(6, 5), (3, 20)],
+}
 REMAIN = {"only_novel", "small_base"}
 VAL = {f"val_{i}": [(1 + i % 2, 18), (2 - i % 2, 12)] for i in range(6)}
 
 
-def write_image(root, name: str, objects: list[tuple[int, int]], size: tuple[int, int],
-                rng: np.random.Generator) -> None:  # fmt: skip
+def write_image(
+    root, name: str, objects: list[tuple[int, int]], size: tuple[int, int], rng: np.random.Generator
+) -> None:
     """Grey noise with one square per object (a colour of its class), side by side."""
     image = rng.integers(80, 120, (*size, 3)).astype(np.uint8)
     mask = np.zeros(size, np.uint8)
@@ -70,26 +76,103 @@ def hand_built(tmp_path_factory):
         (root / f"ImageSets/Segmentation/{split}.txt").write_text("\n".join(images) + "\n")
     pseudo, remain = out / "pseudo_masks.zarr", out / "remain/pseudo_masks.zarr"
     steps = [
-        ("prepare", "--out", out / "dataset", "--params",
-         params(name="pascal", root=str(root), train_list="voc")),
-        ("extract-features", "--index", out / "dataset", "--out", out / "features.zarr",
-         "--encoder-out", out / "encoder_init.pt", "--encoder", ENCODER, "--params", ANNOTATION),
-        ("pool-prototypes", "--index", out / "dataset", "--features", out / "features.zarr",
-         "--out", out / "prototypes.zarr"),
-        ("cluster", "--index", out / "dataset", "--prototypes", out / "prototypes.zarr",
-         "--fold", "0", "--out", out / "clusters.zarr", "--params", params(k=2, nredo=1),
-         "--protocol", PROTOCOL),
-        *[("write-pseudo-masks", "--index", out / "dataset", "--features", out / "features.zarr",
-           "--clusters", out / "clusters.zarr", "--out", path, "--images", images)
-          for path, images in ((pseudo, "train_set"), (remain, "remain"))],
-        ("train", "--index", out / "dataset", "--encoder-init", out / "encoder_init.pt",
-         "--pseudo-masks", pseudo, "--remain", remain, "--fold", "0", "--shot", "1",
-         "--out", out / "model.pt", "--log-csv", out / "train.csv", "--protocol", PROTOCOL,
-         "--params", params(iterations=2, batch_episodes=2, batch_pseudo=2, crop=48,
-                            workers=0)),
-        ("build-bank", "--index", out / "dataset", "--model", out / "model.pt",
-         "--pseudo-masks", pseudo, "--out", out / "bank", "--params", params(workers=0)),
-    ]  # fmt: skip
+        (
+            "prepare",
+            "--out",
+            out / "dataset",
+            "--params",
+            params(name="pascal", root=str(root), train_list="voc"),
+        ),
+        (
+            "extract-features",
+            "--index",
+            out / "dataset",
+            "--out",
+            out / "features.zarr",
+            "--encoder-out",
+            out / "encoder_init.pt",
+            "--encoder",
+            ENCODER,
+            "--params",
+            ANNOTATION,
+        ),
+        (
+            "pool-prototypes",
+            "--index",
+            out / "dataset",
+            "--features",
+            out / "features.zarr",
+            "--out",
+            out / "prototypes.zarr",
+        ),
+        (
+            "cluster",
+            "--index",
+            out / "dataset",
+            "--prototypes",
+            out / "prototypes.zarr",
+            "--fold",
+            "0",
+            "--out",
+            out / "clusters.zarr",
+            "--params",
+            params(k=2, nredo=1),
+            "--protocol",
+            PROTOCOL,
+        ),
+        *[
+            (
+                "write-pseudo-masks",
+                "--index",
+                out / "dataset",
+                "--features",
+                out / "features.zarr",
+                "--clusters",
+                out / "clusters.zarr",
+                "--out",
+                path,
+                "--images",
+                images,
+            )
+            for path, images in ((pseudo, "train_set"), (remain, "remain"))
+        ],
+        (
+            "train",
+            "--index",
+            out / "dataset",
+            "--encoder-init",
+            out / "encoder_init.pt",
+            "--pseudo-masks",
+            pseudo,
+            "--remain",
+            remain,
+            "--fold",
+            "0",
+            "--shot",
+            "1",
+            "--out",
+            out / "model.pt",
+            "--log-csv",
+            out / "train.csv",
+            "--protocol",
+            PROTOCOL,
+            "--params",
+            params(iterations=2, batch_episodes=2, batch_pseudo=2, crop=48, workers=0),
+        ),
+        (
+            "build-bank",
+            "--index",
+            out / "dataset",
+            "--model",
+            out / "model.pt",
+            "--pseudo-masks",
+            pseudo,
+            "--out",
+            out / "bank",
+            "--params",
+            params(workers=0),
+        ),
+    ]
     for step in steps:
         assert cli(*step)[0] == 0, step
     return out
@@ -149,8 +232,9 @@ def test_the_network_sees_what_each_resize_mode_says():
     assert (padded_mask[:, 472:] == IGNORE).all() and (padded_image[:, 352:] == 0).all()
 
 
-@pytest.mark.parametrize("mode,label_size", [("none", (129, 97)), ("square", (200, 100)),
-                                             ("pfenet", (200, 100))])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode,label_size", [("none", (129, 97)), ("square", (200, 100)), ("pfenet", (200, 100))]
+)
 def test_predictions_land_on_the_label_pixels_they_come_from(mode, label_size):
     """A grid map holding each cell's input row (cell i sits at pixel 8i), brought to the label:
     each label pixel gets the input row it was resized to (to a pixel)."""
@@ -186,8 +270,9 @@ def test_encoding_each_image_once_scores_what_encoding_every_episode_does(hand_b
             once, work = evaluate_lists(model, lists, index, cfg, bank, cpu, novel)
             for name, episodes in lists.items():
                 meter = IoUMeter(novel)
-                for pred, label, class_id in episode_by_episode(model, episodes, index, cfg,
-                                                                bank, cpu):  # fmt: skip
+                for pred, label, class_id in episode_by_episode(
+                    model, episodes, index, cfg, bank, cpu
+                ):
                     assert pred.shape == label.shape  # scored at the label's own size
                     meter.update(pred, label, class_id)
                 assert counts(once[name]) == counts(meter)  # so the same per-class IoU
@@ -204,9 +289,11 @@ def test_summary_has_a_table5_when_the_remain_row_ran(tmp_path, capsys):
     runs = {(1, 1, 1, 0): (0.60, 0.70), (0, 1, 0, 0): (0.50, 0.55), (1, 1, 1, 1): (0.62, 0.71)}
     text = summarize_runs(tmp_path, runs, main=(1, 1, 1, 0), capsys=capsys)
     table = text[text.index("| Unlabeled source") :].split("\n\n")[0].splitlines()[2:]
-    assert table == ["| None | 1 | 50.0 | 55.0 | **52.5** |",
-                     "| Trainset | 1 | 60.0 | 70.0 | **65.0** |",
-                     "| Trainset + Remain | 1 | 62.0 | 71.0 | **66.5** |"]  # fmt: skip
+    assert table == [
+        "| None | 1 | 50.0 | 55.0 | **52.5** |",
+        "| Trainset | 1 | 60.0 | 70.0 | **65.0** |",
+        "| Trainset + Remain | 1 | 62.0 | 71.0 | **66.5** |",
+    ]
     table3 = text[text.index("| FG | BG | Mine") :].split("\n\n")[0]
     assert "62.0" not in table3  # the Remain run is not a Table 3 row
     assert len(pd.read_csv(tmp_path / "s.csv")) == 6

@@ -42,8 +42,16 @@ def test_prepare_indexes_every_image_with_its_pixel_counts(tiny_root, tiny_index
 
 def test_parallel_prepare_gives_the_same_index(tiny_root, tiny_index, tmp_path, capsys):
     out = tmp_path / "dataset"
-    code, _ = cli("prepare", "--out", out, "--params", params(root=str(tiny_root)),
-                  "--threads", "2", capsys=capsys)  # fmt: skip
+    code, _ = cli(
+        "prepare",
+        "--out",
+        out,
+        "--params",
+        params(root=str(tiny_root)),
+        "--threads",
+        "2",
+        capsys=capsys,
+    )
     assert code == 0
     again = read_index(out)
     assert again.images.equals(tiny_index.images) and again.pixels.equals(tiny_index.pixels)
@@ -58,8 +66,11 @@ def write_list(root: Path, name: str, lines: list[str]) -> None:
 def test_pascal_train_lists_merge_deduplicate_and_drop_val(tmp_path):
     write_list(tmp_path, "train", ["a", "b", "v1"])
     # SBD list in PFENet's "image mask" format, overlapping VOC train and val
-    write_list(tmp_path, "sbd_train", [f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png"
-                                       for i in ("b", "c", "v2", "d")])  # fmt: skip
+    write_list(
+        tmp_path,
+        "sbd_train",
+        [f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png" for i in ("b", "c", "v2", "d")],
+    )
     write_list(tmp_path, "trainaug", ["c", "a", "v2"])
     write_list(tmp_path, "val", ["v1", "v2"])
     assert voc.split_ids(tmp_path, "voc_sbd") == {
@@ -91,16 +102,34 @@ def make_coco(root: Path) -> None:
         "train2014": (
             [(1, 40, 50), (2, 20, 30)],
             [
-                {"id": 10, "image_id": 1, "category_id": 90, "iscrowd": 0, "area": 100.0,
-                 "segmentation": rectangle(10, 10, 20, 20)},
-                {"id": 11, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 750.0,
-                 "segmentation": rectangle(5, 5, 35, 30)},
-                {"id": 12, "image_id": 2, "category_id": 3, "iscrowd": 1, "area": 100.0,
-                 "segmentation": {"size": [20, 30], "counts": [0, 100, 500]}},
+                {
+                    "id": 10,
+                    "image_id": 1,
+                    "category_id": 90,
+                    "iscrowd": 0,
+                    "area": 100.0,
+                    "segmentation": rectangle(10, 10, 20, 20),
+                },
+                {
+                    "id": 11,
+                    "image_id": 1,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "area": 750.0,
+                    "segmentation": rectangle(5, 5, 35, 30),
+                },
+                {
+                    "id": 12,
+                    "image_id": 2,
+                    "category_id": 3,
+                    "iscrowd": 1,
+                    "area": 100.0,
+                    "segmentation": {"size": [20, 30], "counts": [0, 100, 500]},
+                },
             ],
         ),
         "val2014": ([(7, 32, 32)], []),
-    }  # fmt: skip
+    }
     (root / "annotations").mkdir(parents=True)
     for folder, (records, anns) in splits.items():
         (root / folder).mkdir()
@@ -123,8 +152,9 @@ def coco_root(tmp_path_factory):
 def test_coco_json_converts_to_class_index_masks(coco_root, tmp_path, capsys):
     pytest.importorskip("pycocotools")
     out = tmp_path / "dataset"
-    code, err = cli("prepare", "--out", out, "--params", params(name="coco", root=str(coco_root)),
-                    capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "prepare", "--out", out, "--params", params(name="coco", root=str(coco_root)), capsys=capsys
+    )
     assert code == 0, err
     index = read_index(out)
     assert index.meta["class_names"] == ["person", "car", "toothbrush"]  # ascending category id
@@ -144,8 +174,14 @@ def test_coco_json_converts_to_class_index_masks(coco_root, tmp_path, capsys):
 def test_coco_conversion_is_deterministic(coco_root, tmp_path, capsys):
     pytest.importorskip("pycocotools")
     for name in ("a", "b"):
-        cli("prepare", "--out", tmp_path / name, "--params",
-            params(name="coco", root=str(coco_root)), capsys=capsys)  # fmt: skip
+        cli(
+            "prepare",
+            "--out",
+            tmp_path / name,
+            "--params",
+            params(name="coco", root=str(coco_root)),
+            capsys=capsys,
+        )
     pngs = sorted((tmp_path / "a" / "masks").rglob("*.png"))
     assert len(pngs) == 3
     for png in pngs:

@@ -125,24 +125,39 @@ def test_a_micro_batched_step_is_the_full_step():
 
     generator = torch.Generator().manual_seed(0)
     masks = torch.randint(0, 2, (2, 2, 48, 48), dtype=torch.uint8, generator=generator)
-    episode = {"query": torch.randint(0, 255, (2, 3, 48, 48), dtype=torch.uint8,
-                                      generator=generator),
-               "supports": torch.randint(0, 255, (2, 2, 3, 48, 48), dtype=torch.uint8,
-                                         generator=generator),
-               "support_masks": masks, "query_mask": masks[:, 1].clone()}  # fmt: skip
-    mining = (torch.randn(4, 3, 48, 48, generator=generator),
-              torch.randint(0, 4, (4, 48, 48), generator=generator))  # fmt: skip
+    episode = {
+        "query": torch.randint(0, 255, (2, 3, 48, 48), dtype=torch.uint8, generator=generator),
+        "supports": torch.randint(
+            0, 255, (2, 2, 3, 48, 48), dtype=torch.uint8, generator=generator
+        ),
+        "support_masks": masks,
+        "query_mask": masks[:, 1].clone(),
+    }
+    mining = (
+        torch.randn(4, 3, 48, 48, generator=generator),
+        torch.randint(0, 4, (4, 48, 48), generator=generator),
+    )
     models, losses = [], []
     for micro_batches in (1, 3):
         model = small_model().train()
         for module in model.encoder.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.requires_grad_(False)
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
-                                    momentum=0.9)  # fmt: skip
+        optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9
+        )
         for _ in range(2):  # the second step also moves the momenta and the global background
-            losses.append(train_step(model, episode, mining, optimizer, Normalise(torch.device(
-                "cpu")), 1.0, micro_batches))  # fmt: skip
+            losses.append(
+                train_step(
+                    model,
+                    episode,
+                    mining,
+                    optimizer,
+                    Normalise(torch.device("cpu")),
+                    1.0,
+                    micro_batches,
+                )
+            )
         models.append(model.state_dict())
     assert torch.allclose(losses[0], losses[2]) and torch.allclose(losses[1], losses[3])
     full, micro = models
@@ -197,15 +212,29 @@ def test_episodes_follow_the_protocol(annotated):
 
 def train_args(annotated, out, shot=1) -> argparse.Namespace:
     return argparse.Namespace(
-        index=annotated / "dataset", encoder_init=annotated / "encoder_init.pt",
-        pseudo_masks=annotated / "fold0/pseudo_masks.zarr", fold=0, shot=shot,
-        out=out / "model.pt", log_csv=out / "train.csv", seed=0, threads=1, remain=None,
+        index=annotated / "dataset",
+        encoder_init=annotated / "encoder_init.pt",
+        pseudo_masks=annotated / "fold0/pseudo_masks.zarr",
+        fold=0,
+        shot=shot,
+        out=out / "model.pt",
+        log_csv=out / "train.csv",
+        seed=0,
+        threads=1,
+        remain=None,
         device="cpu",  # exact comparisons: CUDA kernels are not bit-deterministic
-    )  # fmt: skip
+    )
 
 
-TINY_TRAIN = TrainConfig(iterations=6, batch_episodes=2, batch_pseudo=2, crop=48, log_every=2,
-                         checkpoint_every=2, workers=0)  # fmt: skip
+TINY_TRAIN = TrainConfig(
+    iterations=6,
+    batch_episodes=2,
+    batch_pseudo=2,
+    crop=48,
+    log_every=2,
+    checkpoint_every=2,
+    workers=0,
+)
 PROTOCOL = ProtocolConfig(min_support_pixels=30)  # as the fixture clustered
 
 
@@ -237,8 +266,9 @@ def test_a_state_from_another_run_is_not_resumed(annotated, tmp_path, caplog):
     expected = {}
     for name, cfg in (("tiny", TINY_TRAIN), ("faster", faster)):
         args = train_args(annotated, tmp_path / name)
-        train(argparse.Namespace(**{**vars(args), "encoder_init": init}), cfg, ModelConfig(),
-              PROTOCOL)  # fmt: skip
+        train(
+            argparse.Namespace(**{**vars(args), "encoder_init": init}), cfg, ModelConfig(), PROTOCOL
+        )
         expected[name] = tmp_path / name / "model.pt"
     run = tmp_path / "run"
     args = argparse.Namespace(**{**vars(train_args(annotated, run)), "encoder_init": init})
@@ -271,8 +301,9 @@ def test_a_state_from_another_run_is_not_resumed(annotated, tmp_path, caplog):
         train(args, TINY_TRAIN, ModelConfig(), PROTOCOL)
     assert "resuming from step 2" in caplog.text
     train(args, TINY_TRAIN, ModelConfig(), PROTOCOL, stop_at=3)  # then another encoder arch
-    torch.save({"state_dict": Encoder("resnet50").state_dict(), "encoder": {"arch": "resnet50"}},
-               init)  # fmt: skip
+    torch.save(
+        {"state_dict": Encoder("resnet50").state_dict(), "encoder": {"arch": "resnet50"}}, init
+    )
     caplog.clear()
     with caplog.at_level(logging.INFO):
         train(args, dataclasses.replace(TINY_TRAIN, iterations=1), ModelConfig(), PROTOCOL)
@@ -294,14 +325,30 @@ def test_model_file_and_training_log(annotated, tmp_path):
 
 
 def test_training_without_mining_logs_no_pseudo_loss(annotated, tmp_path, capsys):
-    code, err = cli("train", "--index", annotated / "dataset", "--encoder-init",
-                    annotated / "encoder_init.pt", "--pseudo-masks",
-                    annotated / "fold0/pseudo_masks.zarr", "--fold", "0", "--shot", "1",
-                    "--out", tmp_path / "model.pt", "--log-csv", tmp_path / "train.csv",
-                    "--params", params(iterations=2, batch_episodes=2, crop=48, log_every=1,
-                                       workers=0),
-                    "--model-params", params(mine=False),
-                    "--protocol", params(min_support_pixels=30), capsys=capsys)  # fmt: skip
+    code, err = cli(
+        "train",
+        "--index",
+        annotated / "dataset",
+        "--encoder-init",
+        annotated / "encoder_init.pt",
+        "--pseudo-masks",
+        annotated / "fold0/pseudo_masks.zarr",
+        "--fold",
+        "0",
+        "--shot",
+        "1",
+        "--out",
+        tmp_path / "model.pt",
+        "--log-csv",
+        tmp_path / "train.csv",
+        "--params",
+        params(iterations=2, batch_episodes=2, crop=48, log_every=1, workers=0),
+        "--model-params",
+        params(mine=False),
+        "--protocol",
+        params(min_support_pixels=30),
+        capsys=capsys,
+    )
     assert code == 0, err
     assert (pd.read_csv(tmp_path / "train.csv")["loss_pseudo"] == 0).all()
 

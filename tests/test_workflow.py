@@ -26,8 +26,18 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, presets=())
     if config is not None:
         (workdir / "test.yaml").write_text(yaml.safe_dump(config))
         files.append(str(workdir / "test.yaml"))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"),
-           "--directory", str(workdir), "--cores", "2", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow/Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+    ]
     if files:
         cmd += ["--configfile", *files]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=tool_env())
@@ -40,18 +50,33 @@ def jobs(out: str) -> set[str]:
 
 
 def test_lint_and_format_are_clean():
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
-                          capture_output=True, text=True, env=tool_env())  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    fmt = subprocess.run(["snakefmt", "--check", "workflow"], cwd=REPO,
-                         capture_output=True, text=True, env=tool_env())  # fmt: skip
+    fmt = subprocess.run(
+        ["snakefmt", "--check", "workflow"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
     assert fmt.returncode == 0, fmt.stderr
 
 
 def test_python_code_is_ruff_clean():
     for args in (["check"], ["format", "--check"]):
-        done = subprocess.run(["ruff", *args, "src", "tests", "bench"], cwd=REPO,
-                              capture_output=True, text=True, env=tool_env())  # fmt: skip
+        done = subprocess.run(
+            ["ruff", *args, "src", "tests", "bench"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=tool_env(),
+        )
         assert done.returncode == 0, done.stdout
 
 
@@ -66,14 +91,26 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     assert code == 0, out
     results = tmp_path / "results/synthetic"
     assert (results / "dataset/images.csv").read_text().count("\n") == 1 + 48 + 64
-    for path in ("features.zarr", "encoder_init.pt", "prototypes.zarr", "fold0/clusters.zarr",
-                 "fold1/pseudo_masks.zarr", "benchmarks/prepare.tsv", "fold0/shot5/model.pt",
-                 "fold1/shot1/train.csv", "fold1/pseudo_masks.png", "fold1/shot5/bank",
-                 "fold0/shot1/eval/episodes_seed0.csv", "summary.csv", "summary.md",
-                 "ablations/bg0_mine0_remain0/fold1/shot5/model.pt",
-                 "ablations/fg0_bg0_mine0_remain0/fold0/shot1/eval/metrics.json",
-                 "fold1/remain/pseudo_masks.zarr", "ablations/bg1_mine1_remain1/fold0/shot1/bank",
-                 "ablations/fg1_bg1_mine1_remain1/fold1/shot5/eval/metrics.json"):  # fmt: skip
+    for path in (
+        "features.zarr",
+        "encoder_init.pt",
+        "prototypes.zarr",
+        "fold0/clusters.zarr",
+        "fold1/pseudo_masks.zarr",
+        "benchmarks/prepare.tsv",
+        "fold0/shot5/model.pt",
+        "fold1/shot1/train.csv",
+        "fold1/pseudo_masks.png",
+        "fold1/shot5/bank",
+        "fold0/shot1/eval/episodes_seed0.csv",
+        "summary.csv",
+        "summary.md",
+        "ablations/bg0_mine0_remain0/fold1/shot5/model.pt",
+        "ablations/fg0_bg0_mine0_remain0/fold0/shot1/eval/metrics.json",
+        "fold1/remain/pseudo_masks.zarr",
+        "ablations/bg1_mine1_remain1/fold0/shot1/bank",
+        "ablations/fg1_bg1_mine1_remain1/fold1/shot5/eval/metrics.json",
+    ):
         assert (results / path).exists(), path
     assert not (results / "fold2").exists()  # only the configured folds
     assert not (results / "ablations/bg0_mine0_remain0/fold0/shot1/bank").exists()  # fg off
@@ -83,9 +120,14 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     assert (results / "training.png").stat().st_size > 0
     benchmarks = pd.read_csv(results / "benchmarks.csv")
     jobs_timed = set(benchmarks["job"])
-    assert {"prepare", "train_fold1_shot5", "train_bg0_mine0_remain0_fold0_shot1",
-            "evaluate_fg0_bg0_mine0_remain0_fold1_shot5", "write_pseudo_masks_fold0_remain",
-            "total (sequential)"} <= jobs_timed  # fmt: skip
+    assert {
+        "prepare",
+        "train_fold1_shot5",
+        "train_bg0_mine0_remain0_fold0_shot1",
+        "evaluate_fg0_bg0_mine0_remain0_fold1_shot5",
+        "write_pseudo_masks_fold0_remain",
+        "total (sequential)",
+    } <= jobs_timed
     assert "results table results/synthetic/summary.md" in out  # the closing message
     report = tmp_path / "report.html"
     code, out = snakemake(tmp_path, "--report", str(report), config=TINY_CONFIG)
@@ -102,9 +144,19 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     for section, edit, expected in [
         ("evaluate", {"episodes": 7}, {"evaluate", "evaluate_ablation", *tables}),
         ("train", {"iterations": 3}, trained),
-        ("cluster", {"k": 2}, {"cluster", "write_pseudo_masks", "write_pseudo_masks_remain",
-                              "inspect_pseudo_masks", "inspect_prototypes", *trained}),
-    ]:  # fmt: skip
+        (
+            "cluster",
+            {"k": 2},
+            {
+                "cluster",
+                "write_pseudo_masks",
+                "write_pseudo_masks_remain",
+                "inspect_pseudo_masks",
+                "inspect_prototypes",
+                *trained,
+            },
+        ),
+    ]:
         edited = {**TINY_CONFIG, section: {**TINY_CONFIG.get(section, {}), **edit}}
         code, out = snakemake(tmp_path, "-n", config=edited)
         assert code == 0 and jobs(out) == expected, (section, jobs(out))
@@ -153,8 +205,11 @@ def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tm
         zarr.open_group(str(r / "fold0/pseudo_masks.zarr"), mode="r")["masks"][:] for r in (a, b)
     ]
     assert np.array_equal(*masks)
-    for name in ("fold0/shot1/train.csv", "fold0/shot1/eval/episodes_seed0.csv",
-                 "dataset/pixels.csv"):  # fmt: skip
+    for name in (
+        "fold0/shot1/train.csv",
+        "fold0/shot1/eval/episodes_seed0.csv",
+        "dataset/pixels.csv",
+    ):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     metrics = [json.loads((r / "fold0/shot1/eval/metrics.json").read_text()) for r in (a, b)]
     assert [m["miou"] for m in metrics] == [metrics[0]["miou"]] * 2
@@ -167,10 +222,12 @@ def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tm
         ({"dataset": {"nme": "pascal"}}, "ERROR: config: unknown key 'dataset.nme'"),
         ({"synthetic": {"num_train": "many"}}, "ERROR: config: synthetic.num_train: 'many' is"),
         ({"folds": [0, 4]}, "ERROR: config: folds.1: 4 is not one of [0, 1, 2, 3]"),
-        ({"dataset": {"name": "pascal", "root": "/no/VOC2012"}},
-         "ERROR: dataset.root: /no/VOC2012 is not a directory"),
+        (
+            {"dataset": {"name": "pascal", "root": "/no/VOC2012"}},
+            "ERROR: dataset.root: /no/VOC2012 is not a directory",
+        ),
     ],
-)  # fmt: skip
+)
 def test_config_errors_stop_snakemake_with_one_line(tmp_path, config, message):
     code, out = snakemake(tmp_path, "-n", config=config)
     assert code == 2
@@ -182,15 +239,20 @@ def test_pascal_preset_dry_run_on_a_voc_root(tiny_root, tmp_path):
     root = shutil.copytree(tiny_root, tmp_path / "VOC2012")
     lists = root / "ImageSets/Segmentation"
     (lists / "sbd_train.txt").write_text("train_00001\ntrain_00002\n")
-    code, out = snakemake(tmp_path, "-n", config={"dataset": {"root": str(root)}},
-                          presets=["workflow/presets/pascal.yaml"])  # fmt: skip
+    code, out = snakemake(
+        tmp_path,
+        "-n",
+        config={"dataset": {"root": str(root)}},
+        presets=["workflow/presets/pascal.yaml"],
+    )
     assert code == 0, out
     assert "prepare" in out and "make_synthetic" not in out
 
 
 def test_table3_preset_adds_one_run_per_row_and_trains_only_new_models(tmp_path):
-    code, out = snakemake(tmp_path, "-n", "--quiet", "rules",
-                          presets=["config.yaml", "workflow/presets/table3.yaml"])  # fmt: skip
+    code, out = snakemake(
+        tmp_path, "-n", "--quiet", "rules", presets=["config.yaml", "workflow/presets/table3.yaml"]
+    )
     assert code == 0, out
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
     assert counts["train"] == "4" and counts["evaluate"] == "4"  # 4 folds, 1-shot
@@ -200,8 +262,9 @@ def test_table3_preset_adds_one_run_per_row_and_trains_only_new_models(tmp_path)
 
 
 def test_table5_preset_trains_the_none_and_remain_rows(tmp_path):
-    code, out = snakemake(tmp_path, "-n", "--quiet", "rules",
-                          presets=["config.yaml", "workflow/presets/table5.yaml"])  # fmt: skip
+    code, out = snakemake(
+        tmp_path, "-n", "--quiet", "rules", presets=["config.yaml", "workflow/presets/table5.yaml"]
+    )
     assert code == 0, out
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
     assert counts["write_pseudo_masks_remain"] == "4"  # Remain is pseudo-labelled per fold
@@ -247,8 +310,9 @@ def test_without_kept_features_no_features_zarr_and_its_readers_encode(tmp_path)
 
 def test_slurm_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(tmp_path):
     profile = str(REPO / "workflow/profiles/slurm")
-    code, out = snakemake(tmp_path, "-n", "--workflow-profile", profile, "--cores", "16",
-                          presets=["config.yaml"])  # fmt: skip
+    code, out = snakemake(
+        tmp_path, "-n", "--workflow-profile", profile, "--cores", "16", presets=["config.yaml"]
+    )
     assert code == 0, out
     resources = dict(re.findall(r"^rule (\w+):.*?resources: ([^\n]*)", out, re.M | re.S))
     for rule in ("extract_features", "train", "build_bank", "evaluate"):
@@ -296,14 +360,19 @@ def test_conda_envs_install_latentfss_and_one_faiss(tmp_path):
         "--editable",
         ".",
     ]
-    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 1 and "from the latentfss checkout" in done.stderr
 
 
 def test_coco_preset_dry_run_on_a_coco_root(tmp_path):
     make_coco(tmp_path / "coco")
-    code, out = snakemake(tmp_path, "-n", config={"dataset": {"root": str(tmp_path / "coco")}},
-                          presets=["workflow/presets/coco.yaml"])  # fmt: skip
+    code, out = snakemake(
+        tmp_path,
+        "-n",
+        config={"dataset": {"root": str(tmp_path / "coco")}},
+        presets=["workflow/presets/coco.yaml"],
+    )
     assert code == 0, out
     assert "prepare" in out and "make_synthetic" not in out

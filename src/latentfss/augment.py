@@ -11,8 +11,13 @@ from PIL import Image
 from latentfss.episodes import IGNORE
 
 
-def scale_crop_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop: int,
-                    scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def scale_crop_flip(
+    image: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    crop: int,
+    scale: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
     """Random rescale (image bilinear, mask nearest), a random crop x crop window (padding the
     image with 0 and the mask with IGNORE where the image is smaller) and a horizontal flip.
 
@@ -45,8 +50,9 @@ def _grey(images: torch.Tensor) -> torch.Tensor:
 
 def _rotate_hue(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Hue rotation about the grey axis (YIQ), angle (B,) in radians."""
-    to_yiq = images.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
-                                [0.211, -0.523, 0.312]])  # fmt: skip
+    to_yiq = images.new_tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]]
+    )
     cos, sin = torch.cos(angle), torch.sin(angle)
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
     rotate = torch.stack(
@@ -56,7 +62,7 @@ def _rotate_hue(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
             torch.stack([zero, sin, cos], -1),
         ],
         dim=1,
-    )  # (B, 3, 3) fmt: skip
+    )  # (B, 3, 3)
     matrix = torch.linalg.inv(to_yiq) @ rotate @ to_yiq
     return torch.einsum("bij,bjhw->bihw", matrix, images)
 

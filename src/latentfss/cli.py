@@ -49,8 +49,10 @@ def faiss_clash() -> str | None:
     if len(installed) < 2:
         return None
     names = " ".join(item.split()[0] for item in installed)
-    return (f"{' and '.join(installed)} are installed together; they share the faiss module: "
-            f"pip uninstall -y {names}, then {FAISS_INSTALL}")  # fmt: skip
+    return (
+        f"{' and '.join(installed)} are installed together; they share the faiss module: "
+        f"pip uninstall -y {names}, then {FAISS_INSTALL}"
+    )
 
 
 class Parser(argparse.ArgumentParser):

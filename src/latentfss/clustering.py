@@ -33,16 +33,30 @@ def spherical_kmeans(
     if len(x) < cfg.k:
         raise ValueError(f"{len(x)} prototypes cannot make {cfg.k} clusters")
     unit = np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12), "float32")
-    kmeans = faiss.Kmeans(unit.shape[1], cfg.k, niter=cfg.niter, nredo=cfg.nredo, spherical=True,
-                          seed=seed, max_points_per_centroid=1 << 30, verbose=False,
-                          gpu=faiss.get_num_gpus() > 0)  # fmt: skip
+    kmeans = faiss.Kmeans(
+        unit.shape[1],
+        cfg.k,
+        niter=cfg.niter,
+        nredo=cfg.nredo,
+        spherical=True,
+        seed=seed,
+        max_points_per_centroid=1 << 30,
+        verbose=False,
+        gpu=faiss.get_num_gpus() > 0,
+    )
     kmeans.train(unit)
     distances, assign = kmeans.index.search(unit, 1)
     return kmeans.centroids.copy(), assign[:, 0].astype(np.int64), float(distances.sum())
 
 
-def fold_background(bg: np.ndarray, bg_weight: np.ndarray, fg: np.ndarray, fg_weight: np.ndarray,
-                    fg_image: np.ndarray, hidden: np.ndarray) -> np.ndarray:  # fmt: skip
+def fold_background(
+    bg: np.ndarray,
+    bg_weight: np.ndarray,
+    fg: np.ndarray,
+    fg_weight: np.ndarray,
+    fg_image: np.ndarray,
+    hidden: np.ndarray,
+) -> np.ndarray:
     """Per-image background prototypes of a fold, where `hidden` fg rows (novel classes, which
     training images must not reveal) count as background: the Eq. 2 average over both.
 

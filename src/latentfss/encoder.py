@@ -94,8 +94,9 @@ class _Residual(nn.Module):
 
 
 class BasicBlock(_Residual):
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -111,8 +112,9 @@ class BasicBlock(_Residual):
 class Bottleneck(_Residual):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -128,20 +130,26 @@ class Bottleneck(_Residual):
         return self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
 
 
-DEPTHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3)),
-          "resnet101": (Bottleneck, (3, 4, 23, 3))}  # fmt: skip
+DEPTHS = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+}
 
 
-def _layer(block: type[_Residual], inplanes: int, planes: int, depth: int,
-           stride: int) -> nn.Sequential:  # fmt: skip
+def _layer(
+    block: type[_Residual], inplanes: int, planes: int, depth: int, stride: int
+) -> nn.Sequential:
     """torchvision's ResNet._make_layer: the projection shortcut is built before the blocks."""
     out = planes * block.expansion
     downsample = None
     if stride != 1 or inplanes != out:
-        downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False),
-                                   nn.BatchNorm2d(out))  # fmt: skip
-    return nn.Sequential(block(inplanes, planes, stride, downsample),
-                         *(block(out, planes) for _ in range(depth - 1)))  # fmt: skip
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+        )
+    return nn.Sequential(
+        block(inplanes, planes, stride, downsample), *(block(out, planes) for _ in range(depth - 1))
+    )
 
 
 def _dilate(layer: nn.Sequential) -> None:
@@ -196,8 +204,9 @@ class Encoder(nn.Module):
         return self
 
 
-def encode_batches(encoder: Encoder, batches: Sequence[torch.Tensor],
-                   chunks: int = 1) -> list[torch.Tensor]:  # fmt: skip
+def encode_batches(
+    encoder: Encoder, batches: Sequence[torch.Tensor], chunks: int = 1
+) -> list[torch.Tensor]:
     """Layer3 features of normalised image batches (N_i, 3, H_i, W_i), in order. The batches
     of one image size go through the encoder together, so images that differ in size
     (`evaluate.resize: none`) cost one pass per distinct size.
@@ -225,8 +234,9 @@ def encode_batches(encoder: Encoder, batches: Sequence[torch.Tensor],
 
 
 @torch.inference_mode()
-def encode_each(encoder: Encoder, images: Sequence[torch.Tensor],
-                normalise: Normalise) -> list[torch.Tensor]:  # fmt: skip
+def encode_each(
+    encoder: Encoder, images: Sequence[torch.Tensor], normalise: Normalise
+) -> list[torch.Tensor]:
     """Float32 layer3 features (C, h, w) of each uint8 (3, H, W) image (`encode_batches`,
     bf16 autocast on CUDA)."""
     with autocast(normalise.device):
@@ -260,8 +270,9 @@ def _imagenet_state(arch: str) -> dict:
     if cached.is_file():
         return read_torch(cached, f"place {url} there")
     try:
-        return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True,
-                                                  weights_only=True)  # fmt: skip
+        return torch.hub.load_state_dict_from_url(
+            url, progress=False, check_hash=True, weights_only=True
+        )
     except Exception as e:  # no network: say where the file must go
         raise InputError(
             f"encoder.weights: imagenet weights for {arch} are not in {cached} and could not be "
@@ -304,6 +315,11 @@ def build_encoder(cfg: EncoderConfig) -> Encoder:
             if keys:
                 log.warning("%d %s keys in %s: %s", len(keys), kind, cfg.weights, ", ".join(keys))
     params = sum(p.numel() for p in encoder.parameters())
-    log.info("encoder %s (weights: %s): %.2fM parameters, %d channels", cfg.arch, cfg.weights,
-             params / 1e6, encoder.channels)  # fmt: skip
+    log.info(
+        "encoder %s (weights: %s): %.2fM parameters, %d channels",
+        cfg.arch,
+        cfg.weights,
+        params / 1e6,
+        encoder.channels,
+    )
     return encoder

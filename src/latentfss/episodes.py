@@ -63,8 +63,9 @@ def class_image_lists(
     return {c: np.sort(kept.loc[kept["class_id"] == c, "image_id"].to_numpy()) for c in classes}
 
 
-def fold_images(pixels: pd.DataFrame, classes: tuple[int, ...] | list[int],
-                min_pixels: int) -> np.ndarray:  # fmt: skip
+def fold_images(
+    pixels: pd.DataFrame, classes: tuple[int, ...] | list[int], min_pixels: int
+) -> np.ndarray:
     """Sorted ids of the images holding at least one of `classes` with >= `min_pixels` pixels.
 
     With a fold's base classes over the train split this is the fold's train set, the only
@@ -95,8 +96,9 @@ class EpisodeSampler:
     shots: int
 
     @classmethod
-    def from_pixels(cls, pixels: pd.DataFrame, classes: tuple[int, ...] | list[int],
-                    min_pixels: int, shots: int) -> EpisodeSampler:  # fmt: skip
+    def from_pixels(
+        cls, pixels: pd.DataFrame, classes: tuple[int, ...] | list[int], min_pixels: int, shots: int
+    ) -> EpisodeSampler:
         """`pixels`: the index's long table restricted to one split."""
         supports = class_image_lists(pixels, classes, min_pixels)
         present = pixels[pixels["class_id"].isin(classes)]

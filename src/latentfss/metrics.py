@@ -32,8 +32,10 @@ class IoUMeter:
                 self.union[class_id] += union
 
     def per_class(self) -> dict[int, float]:
-        return {c: self.inter[c] / self.union[c] if self.union[c] else float("nan")
-                for c in self.class_ids}  # fmt: skip
+        return {
+            c: self.inter[c] / self.union[c] if self.union[c] else float("nan")
+            for c in self.class_ids
+        }
 
     def miou(self) -> float:
         return float(np.nanmean(list(self.per_class().values())))

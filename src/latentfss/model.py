@@ -92,10 +92,14 @@ class MiningHead(nn.Sequential):
 
     def __init__(self, in_channels: int, classes: int, hidden: int = 256) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True), nn.Conv2d(hidden, hidden, 3, padding=1, bias=False),
-            nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, classes, 1),
-        )  # fmt: skip
+            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, classes, 1),
+        )
 
 
 class MatchingNet(nn.Module):
@@ -122,8 +126,9 @@ class MatchingNet(nn.Module):
         fg_w, bg_w = mask_weights(masks.to(feats.device), tuple(feats.shape[-2:]))
         return Shots(pool(feats, fg_w), pool(feats, bg_w), image_embedding(feats))
 
-    def prototypes(self, shots: Shots, bank: RegionBank | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def prototypes(
+        self, shots: Shots, bank: RegionBank | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """K-shot episodes: Shots of (B, K, C) -> fg, bg (B, C), the means over the K shots; fg
         rectified by Eq. 8-9 with a bank, a K-shot support's embedding the mean of its shots'."""
         fg, bg = shots.fg.mean(dim=1), shots.bg.mean(dim=1)
@@ -150,16 +155,21 @@ class MatchingNet(nn.Module):
         else:
             self.bg_global.mul_(self.cfg.bg_momentum).add_((1 - self.cfg.bg_momentum) * mean)
 
-    def match(self, query_feats: torch.Tensor, fg: torch.Tensor,
-              bg: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def match(self, query_feats: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
         """Eq. 4-5 logits (B, 2, h, w) of query features (B, C, h, w) against the support
         prototypes (B, C): channel 0 = background (fused by Eq. 7), 1 = the support class."""
         prototypes = torch.stack([self.background(bg), fg], dim=1)  # (B, 2, C)
         return cosine_logits(query_feats, prototypes, self.cfg.sigma)
 
-    def forward(self, query: torch.Tensor, supports: Sequence[torch.Tensor],
-                support_masks: Sequence[torch.Tensor], bank: RegionBank | None = None,
-                mining: torch.Tensor | None = None, micro_batches: int = 1) -> Output:  # fmt: skip
+    def forward(
+        self,
+        query: torch.Tensor,
+        supports: Sequence[torch.Tensor],
+        support_masks: Sequence[torch.Tensor],
+        bank: RegionBank | None = None,
+        mining: torch.Tensor | None = None,
+        micro_batches: int = 1,
+    ) -> Output:
         """B episodes: normalised query images (B, 3, H, W) and K shots, each normalised images
         (B, 3, H_k, W_k) with binary masks (B, H_k, W_k); optionally M images for the mining
         head. One encoder pass per distinct image size (bf16 autocast on CUDA), in

@@ -42,8 +42,9 @@ def present_labels(mask: np.ndarray) -> np.ndarray:
     return labels[labels != IGNORE]
 
 
-def region_prototypes(feats: torch.Tensor, mask: np.ndarray,
-                      labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def region_prototypes(
+    feats: torch.Tensor, mask: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eq. 2 for each of `labels` in a class-index mask: feats (C, h, w) on the CPU, mask (H, W)
     -> prototypes (P, C), each label's mass on the feature grid (P,) and its pixels (P,)."""
     weights = area_weights(mask, labels, tuple(feats.shape[1:]))  # (P, h, w)
@@ -51,8 +52,9 @@ def region_prototypes(feats: torch.Tensor, mask: np.ndarray,
     return masked_average(feats, weights).numpy(), weights.sum(dim=(1, 2)).numpy(), pixels
 
 
-def nearest_representative(feats: torch.Tensor, reps: torch.Tensor,
-                           size: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
+def nearest_representative(
+    feats: torch.Tensor, reps: torch.Tensor, size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Eq. 3: M(x,y) = argmax_k cos(F(x,y), p_k), computed on the feature grid.
 
     feats (B, C, h, w), reps (K+1, C) -> (B, H, W) int64 labels. With `size`, the cosine maps

@@ -79,8 +79,7 @@ class RegionBank:
         return torch.where((count > 0).any(dim=1, keepdim=True), rectified, prototypes)
 
 
-def save_bank(path: Path, embeddings: np.ndarray, regions: dict[str, np.ndarray],
-              **attrs) -> None:  # fmt: skip
+def save_bank(path: Path, embeddings: np.ndarray, regions: dict[str, np.ndarray], **attrs) -> None:
     """The bank directory `load_bank` reads: images.faiss (an inner-product index of the image
     embeddings, row i = train image i) and regions.zarr (`regions`' arrays: prototypes (R, C),
     image (R,) sorted, label, pixels; image_id (N,); `attrs`: what it was built for)."""
@@ -91,8 +90,9 @@ def save_bank(path: Path, embeddings: np.ndarray, regions: dict[str, np.ndarray]
             store.write_array(group, name, values)
 
 
-def load_bank(path, top_n: int, beta: float, device: torch.device,
-              built_for: dict | None = None) -> RegionBank:  # fmt: skip
+def load_bank(
+    path, top_n: int, beta: float, device: torch.device, built_for: dict | None = None
+) -> RegionBank:
     """A bank written by `latentfss build-bank` (images.faiss and regions.zarr), its regions
     on `device`. `built_for`: the attrs it must have been built with (the model's identity,
     the resize mode), else one line says to build it again."""
@@ -100,8 +100,9 @@ def load_bank(path, top_n: int, beta: float, device: torch.device,
     group = store.open_group(path / "regions.zarr", "build-bank")
     differ = [key for key, value in (built_for or {}).items() if group.attrs.get(key) != value]
     if differ:
-        raise InputError(f"{path}: built for another {', '.join(differ)}; run `latentfss "
-                         "build-bank` again")  # fmt: skip
+        raise InputError(
+            f"{path}: built for another {', '.join(differ)}; run `latentfss build-bank` again"
+        )
     index = on_device(faiss.read_index(str(path / "images.faiss")), device)
     where = "the GPU" if device.type == "cuda" and faiss.get_num_gpus() else "the CPU"
     log.info("region bank %s: %d images, faiss index on %s", path, index.ntotal, where)

@@ -22,8 +22,13 @@ warnings.filterwarnings("ignore", message="Object at .snakemake_timestamp is not
 def create_group(path: str | Path, **attrs) -> zarr.Group:
     """A new Zarr v3 group whose attrs record what made it (code version, time, given attrs)."""
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    group.attrs.update({**attrs, "code_version": code_version(),
-                        "created": datetime.now(UTC).isoformat(timespec="seconds")})  # fmt: skip
+    group.attrs.update(
+        {
+            **attrs,
+            "code_version": code_version(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
     return group
 
 
@@ -34,12 +39,14 @@ def open_group(path: str | Path, stage: str) -> zarr.Group:
     return zarr.open_group(str(path), mode="r")
 
 
-def create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype, chunks=None,
-                 fill_value=0) -> zarr.Array:  # fmt: skip
+def create_array(
+    group: zarr.Group, name: str, shape: tuple[int, ...], dtype, chunks=None, fill_value=0
+) -> zarr.Array:
     """An empty array, chunked along the first axis by default (whole rows per chunk)."""
     chunks = chunks or (min(shape[0], 4096) or 1, *shape[1:])
-    return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
-                              compressors=COMPRESSOR, fill_value=fill_value)  # fmt: skip
+    return group.create_array(
+        name, shape=shape, dtype=dtype, chunks=chunks, compressors=COMPRESSOR, fill_value=fill_value
+    )
 
 
 def write_array(group: zarr.Group, name: str, data: np.ndarray) -> zarr.Array:

@@ -46,8 +46,12 @@ class EvaluateConfig:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}")
 
 
-def at_label(logits: torch.Tensor, input_size: tuple[int, int], covered: tuple[int, int],
-             label_size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+def at_label(
+    logits: torch.Tensor,
+    input_size: tuple[int, int],
+    covered: tuple[int, int],
+    label_size: tuple[int, int],
+) -> torch.Tensor:
     """A query's grid logits (B, P, h, w) -> (B, P, H, W) at its label's resolution: upsampled
     so that the part of the (h_in, w_in) input the image covers spans (H, W), padding cut off."""
     (height, width), (covered_h, covered_w) = label_size, covered
@@ -55,8 +59,9 @@ def at_label(logits: torch.Tensor, input_size: tuple[int, int], covered: tuple[i
     return upsample(logits, size)[..., :height, :width]
 
 
-def _resize(image: np.ndarray, mask: np.ndarray, height: int,
-            width: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _resize(
+    image: np.ndarray, mask: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     if image.shape[:2] == (height, width):
         return image, mask
     image = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
@@ -74,8 +79,9 @@ def pfenet_size(height: int, width: int, size: int) -> tuple[int, int]:
     return tuple(max(8, side // 8 * 8) for side in scaled)
 
 
-def network_input(image: np.ndarray, mask: np.ndarray, mode: str,
-                  size: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:  # fmt: skip
+def network_input(
+    image: np.ndarray, mask: np.ndarray, mode: str, size: int
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """(H, W, 3) uint8 image and (H, W) mask -> the network's (3, h, w) uint8 image, its (h, w)
     mask and (h', w'), the top-left part of (h, w) that the image covers (the rest is padding).
 
@@ -109,8 +115,9 @@ class TestImages(Dataset):
     its `label`, the class-index mask at the original size (queries' labels come from it).
     A query needs only QUERY_KEYS."""
 
-    def __init__(self, image_ids: list[int], images: pd.DataFrame, num_classes: int,
-                 resize: str, size: int) -> None:  # fmt: skip
+    def __init__(
+        self, image_ids: list[int], images: pd.DataFrame, num_classes: int, resize: str, size: int
+    ) -> None:
         self.image_ids, self.paths = list(image_ids), images[["image", "mask"]]
         self.num_classes, self.resize, self.size = num_classes, resize, size
 
@@ -120,19 +127,24 @@ class TestImages(Dataset):
     def __getitem__(self, i: int) -> dict:
         image_path, mask_path = self.paths.loc[self.image_ids[i]]
         label = read_mask(mask_path, self.num_classes)
-        image, mask, covered = network_input(read_image(image_path), label, self.resize,
-                                             self.size)  # fmt: skip
-        return {"image_id": self.image_ids[i], "image": image, "mask": mask.numpy(),
-                "covered": covered, "input_size": tuple(image.shape[1:]),
-                "label": label}  # fmt: skip
+        image, mask, covered = network_input(read_image(image_path), label, self.resize, self.size)
+        return {
+            "image_id": self.image_ids[i],
+            "image": image,
+            "mask": mask.numpy(),
+            "covered": covered,
+            "input_size": tuple(image.shape[1:]),
+            "label": label,
+        }
 
 
 class TestEpisodes(Dataset):
     """Episode i: the query and supports as the network sees them (`network_input`), the
     supports' binary masks likewise, and the query's binary label at its original `size`."""
 
-    def __init__(self, episodes: pd.DataFrame, images: pd.DataFrame, num_classes: int,
-                 resize: str, size: int) -> None:  # fmt: skip
+    def __init__(
+        self, episodes: pd.DataFrame, images: pd.DataFrame, num_classes: int, resize: str, size: int
+    ) -> None:
         self.episodes, self.paths = episodes.reset_index(drop=True), images[["image", "mask"]]
         self.num_classes, self.resize, self.size = num_classes, resize, size
 
@@ -148,11 +160,19 @@ class TestEpisodes(Dataset):
         class_id = int(row["class_id"])
         image, label = self._load(int(row["query"]), class_id)
         query, _, covered = network_input(image, label, self.resize, self.size)
-        shots = [network_input(*self._load(int(s), class_id), self.resize, self.size)
-                 for s in str(row["supports"]).split()]  # fmt: skip
-        return {"query": query, "covered": covered, "size": label.shape,
-                "label": torch.from_numpy(label), "supports": [s[0] for s in shots],
-                "support_masks": [s[1] for s in shots], "class_id": class_id}  # fmt: skip
+        shots = [
+            network_input(*self._load(int(s), class_id), self.resize, self.size)
+            for s in str(row["supports"]).split()
+        ]
+        return {
+            "query": query,
+            "covered": covered,
+            "size": label.shape,
+            "label": torch.from_numpy(label),
+            "supports": [s[0] for s in shots],
+            "support_masks": [s[1] for s in shots],
+            "class_id": class_id,
+        }
 
 
 def collate(items: list) -> list:

@@ -27,8 +27,15 @@ class EpisodeSamples(Dataset):
     supports of one class), with its binary labels (the class = 1, every other pixel 0, 255
     ignored), each image jointly rescaled, cropped and flipped with its label."""
 
-    def __init__(self, images: pd.DataFrame, sampler: EpisodeSampler, num_classes: int,
-                 crop: int, scale: tuple[float, float], seed: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        images: pd.DataFrame,
+        sampler: EpisodeSampler,
+        num_classes: int,
+        crop: int,
+        scale: tuple[float, float],
+        seed: int,
+    ) -> None:
         self.paths, self.sampler, self.num_classes = images[["image", "mask"]], sampler, num_classes
         self.crop, self.scale, self.seed = crop, scale, seed
 
@@ -46,9 +53,12 @@ class EpisodeSamples(Dataset):
         query, class_id, supports = self.sampler.draw(rng)
         query_image, query_mask = self._load(query, class_id, rng)
         shots = [self._load(s, class_id, rng) for s in supports]
-        return {"query": query_image, "query_mask": query_mask,
-                "supports": torch.stack([s[0] for s in shots]),
-                "support_masks": torch.stack([s[1] for s in shots])}  # fmt: skip
+        return {
+            "query": query_image,
+            "query_mask": query_mask,
+            "supports": torch.stack([s[0] for s in shots]),
+            "support_masks": torch.stack([s[1] for s in shots]),
+        }
 
 
 class PseudoSamples(Dataset):
@@ -56,8 +66,14 @@ class PseudoSamples(Dataset):
     cropped and flipped. The stream is the rows of the given pseudo_masks.zarr stores: the
     fold's train set (and any `mining.unlabeled` images), plus Remain with `mining.remain`."""
 
-    def __init__(self, stores: list[Path], images: pd.DataFrame, crop: int,
-                 scale: tuple[float, float], seed: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stores: list[Path],
+        images: pd.DataFrame,
+        crop: int,
+        scale: tuple[float, float],
+        seed: int,
+    ) -> None:
         self.store_paths, self.paths, self.rows, sizes = [str(p) for p in stores], [], [], []
         for number, path in enumerate(self.store_paths):
             group = zarr.open_group(path, mode="r")
@@ -79,7 +95,5 @@ class PseudoSamples(Dataset):
         i = int(rng.integers(len(self.paths)))
         (store, row), (height, width) = self.rows[i], self.sizes[i]
         mask = self.masks[store][row, :height, :width]
-        image, labels = scale_crop_flip(read_image(self.paths[i]), mask, rng, self.crop,
-                                        self.scale)  # fmt: skip
-        return {"image": torch.from_numpy(image).permute(2, 0, 1),
-                "mask": torch.from_numpy(labels)}  # fmt: skip
+        image, labels = scale_crop_flip(read_image(self.paths[i]), mask, rng, self.crop, self.scale)
+        return {"image": torch.from_numpy(image).permute(2, 0, 1), "mask": torch.from_numpy(labels)}

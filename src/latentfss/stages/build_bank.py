@@ -48,8 +48,9 @@ class TrainImages(Dataset):
             self.masks = zarr.open_group(self.store_path, mode="r")["masks"]
         height, width = self.sizes[i]
         mask = self.masks[i, :height, :width]
-        image, mask, _ = network_input(read_image(self.paths[i]), mask, self.cfg.resize,
-                                       self.cfg.input_size)  # fmt: skip
+        image, mask, _ = network_input(
+            read_image(self.paths[i]), mask, self.cfg.resize, self.cfg.input_size
+        )
         return image, mask.numpy()
 
 
@@ -76,8 +77,9 @@ def run(args: argparse.Namespace) -> None:
     image_ids = pseudo["image_id"][:]
     image_ids = image_ids[image_ids >= 0]  # the fold's train set (unlabelled ones: not banked)
     data = TrainImages(index.images.loc[image_ids, "image"].tolist(), args.pseudo_masks, cfg)
-    loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                        collate_fn=collate)  # fmt: skip
+    loader = DataLoader(
+        data, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate
+    )
     embeddings, regions, region_image, region_label, region_pixels = [], [], [], [], []
     row = 0
     for batch in progress(loader, len(loader), "build-bank"):
@@ -100,6 +102,13 @@ def run(args: argparse.Namespace) -> None:
         "pixels": np.array(region_pixels, dtype=np.int64),
         "image_id": image_ids,
     }
-    save_bank(args.out, embeddings, regions, resize=cfg.resize, input_size=cfg.input_size,
-              model=str(args.model), model_identity=identity(args.model))  # fmt: skip
+    save_bank(
+        args.out,
+        embeddings,
+        regions,
+        resize=cfg.resize,
+        input_size=cfg.input_size,
+        model=str(args.model),
+        model_identity=identity(args.model),
+    )
     log.info("bank: %d images, %d regions -> %s", len(embeddings), len(region_image), args.out)

@@ -73,19 +73,26 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @torch.inference_mode()
-def predict_episode(model: MatchingNet, episode: dict, normalise: Normalise,
-                    bank: RegionBank | None) -> np.ndarray:  # fmt: skip
+def predict_episode(
+    model: MatchingNet, episode: dict, normalise: Normalise, bank: RegionBank | None
+) -> np.ndarray:
     """One episode (a `TestEpisodes` item) through `MatchingNet.forward`, nothing cached: the
     binary prediction (H, W) at the query's original `size`."""
-    query, *supports = (normalise(normalise.unit(image[None]))
-                        for image in [episode["query"], *episode["supports"]])  # fmt: skip
+    query, *supports = (
+        normalise(normalise.unit(image[None])) for image in [episode["query"], *episode["supports"]]
+    )
     logits = model(query, supports, [m[None] for m in episode["support_masks"]], bank).logits
-    return at_label(logits, tuple(episode["query"].shape[-2:]), episode["covered"],
-                    episode["size"])[0].argmax(0).cpu().numpy()  # fmt: skip
+    return (
+        at_label(logits, tuple(episode["query"].shape[-2:]), episode["covered"], episode["size"])[0]
+        .argmax(0)
+        .cpu()
+        .numpy()
+    )
 
 
-def episode_by_episode(model: MatchingNet, episodes: pd.DataFrame, index, cfg: EvaluateConfig,
-                       bank, device) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:  # fmt: skip
+def episode_by_episode(
+    model: MatchingNet, episodes: pd.DataFrame, index, cfg: EvaluateConfig, bank, device
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """(prediction, label, class_id) of every episode of a list, in order, each encoded anew:
     the protocol as the references run it, and the paper's Table 7 measure of model speed."""
     data = TestEpisodes(episodes, index.images, index.num_classes, cfg.resize, cfg.input_size)
@@ -96,21 +103,29 @@ def episode_by_episode(model: MatchingNet, episodes: pd.DataFrame, index, cfg: E
         yield pred, episode["label"].numpy(), episode["class_id"]
 
 
-def encoded(model: MatchingNet, image_ids, index, cfg: EvaluateConfig, normalise: Normalise,
-            what: str) -> Iterator[tuple[dict, torch.Tensor]]:  # fmt: skip
+def encoded(
+    model: MatchingNet, image_ids, index, cfg: EvaluateConfig, normalise: Normalise, what: str
+) -> Iterator[tuple[dict, torch.Tensor]]:
     """(`TestImages` item, its float32 features (C, h, w)) of each image, loaded in workers."""
     data = TestImages(image_ids, index.images, index.num_classes, cfg.resize, cfg.input_size)
-    loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                        collate_fn=collate)  # fmt: skip
+    loader = DataLoader(
+        data, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate
+    )
     for batch in progress(loader, len(loader), f"evaluate {what}"):
         feats = encode_each(model.encoder, [item["image"] for item in batch], normalise)
         yield from zip(batch, feats, strict=True)
 
 
 @torch.inference_mode()
-def evaluate_lists(model: MatchingNet, lists: dict[str, pd.DataFrame], index,
-                   cfg: EvaluateConfig, bank: RegionBank | None, device: torch.device,
-                   novel) -> tuple[dict[str, IoUMeter], dict]:  # fmt: skip
+def evaluate_lists(
+    model: MatchingNet,
+    lists: dict[str, pd.DataFrame],
+    index,
+    cfg: EvaluateConfig,
+    bank: RegionBank | None,
+    device: torch.device,
+    novel,
+) -> tuple[dict[str, IoUMeter], dict]:
     """Every episode of every list, each distinct image encoded once.
 
     1. Support images: each (image, class) shot's prototypes and embedding (`MatchingNet.shots`);
@@ -147,17 +162,22 @@ def evaluate_lists(model: MatchingNet, lists: dict[str, pd.DataFrame], index,
         fg[rows], bg[rows] = model.prototypes(shots, bank)
     rest = sorted(set(by_query) - {item["image_id"] for item, _ in kept})
     meters = {name: IoUMeter(novel) for name in lists}
-    for item, feats in itertools.chain(kept, encoded(model, rest, index, cfg, normalise,
-                                                     "queries")):  # fmt: skip
+    for item, feats in itertools.chain(
+        kept, encoded(model, rest, index, cfg, normalise, "queries")
+    ):
         rows = by_query[item["image_id"]]
         logits = model.match(feats[None].expand(len(rows), -1, -1, -1), fg[rows], bg[rows])
         preds = at_label(logits, item["input_size"], item["covered"], item["label"].shape)
         for row, pred in zip(rows, preds.argmax(1).to(torch.uint8).cpu().numpy(), strict=True):
-            meters[names[row]].update(pred, binary_mask(item["label"], classes[row]),
-                                      int(classes[row]))  # fmt: skip
-    work = {"episodes": len(episodes), "seconds": time.perf_counter() - start,
-            "distinct_images": len(set(by_query) | set(supports.ravel().tolist())),
-            "encoded_images": len(np.unique(supports)) + len(rest)}  # fmt: skip
+            meters[names[row]].update(
+                pred, binary_mask(item["label"], classes[row]), int(classes[row])
+            )
+    work = {
+        "episodes": len(episodes),
+        "seconds": time.perf_counter() - start,
+        "distinct_images": len(set(by_query) | set(supports.ravel().tolist())),
+        "encoded_images": len(np.unique(supports)) + len(rest),
+    }
     return meters, work
 
 
@@ -177,12 +197,14 @@ def read_episodes(path: Path, index, novel, shot: int) -> pd.DataFrame:
     return episodes
 
 
-def model_speed(model: MatchingNet, episodes: pd.DataFrame, index, cfg: EvaluateConfig, bank,
-                device) -> float | None:  # fmt: skip
+def model_speed(
+    model: MatchingNet, episodes: pd.DataFrame, index, cfg: EvaluateConfig, bank, device
+) -> float | None:
     """The paper's Table 7 measure: episodes/s one episode at a time with nothing cached (the
     first episode is the warm-up); None with fewer than two episodes."""
-    done = [time.perf_counter() for _ in episode_by_episode(model, episodes, index, cfg, bank,
-                                                            device)]  # fmt: skip
+    done = [
+        time.perf_counter() for _ in episode_by_episode(model, episodes, index, cfg, bank, device)
+    ]
     return (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 else None
 
 
@@ -214,8 +236,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
         try:
-            sampler = EpisodeSampler.from_pixels(val, novel, protocol.min_support_pixels,
-                                                 args.shot)  # fmt: skip
+            sampler = EpisodeSampler.from_pixels(val, novel, protocol.min_support_pixels, args.shot)
         except ValueError as e:
             raise InputError(f"evaluate fold {args.fold}: {e}") from None
         for seed in cfg.seeds:
@@ -228,32 +249,54 @@ def run(args: argparse.Namespace) -> None:
     per_run = {name: {"miou": m.miou(), "fbiou": m.fbiou()} for name, m in meters.items()}
     for name, result in per_run.items():
         log.info("%s: mIoU %.2f, FB-IoU %.2f", name, 100 * result["miou"], 100 * result["fbiou"])
-    log.info("%d episodes, %d distinct images (%d encoded): %.1f episodes/s", work["episodes"],
-             work["distinct_images"], work["encoded_images"],
-             work["episodes"] / work["seconds"])  # fmt: skip
+    log.info(
+        "%d episodes, %d distinct images (%d encoded): %.1f episodes/s",
+        work["episodes"],
+        work["distinct_images"],
+        work["encoded_images"],
+        work["episodes"] / work["seconds"],
+    )
     first = next(iter(runs.values())).head(SPEED_EPISODES)
     mious = [r["miou"] for r in per_run.values()]
     fbious = [r["fbiou"] for r in per_run.values()]
     metrics = {
-        "fold": args.fold, "shot": args.shot, "miou": float(np.mean(mious)),
-        "miou_std": float(np.std(mious)), "fbiou": float(np.mean(fbious)),
-        "per_class": {str(c): _mean_of_seen([m.per_class()[c] for m in meters.values()])
-                      for c in novel},
-        "runs": per_run, "episodes_per_s": work["episodes"] / work["seconds"], "work": work,
+        "fold": args.fold,
+        "shot": args.shot,
+        "miou": float(np.mean(mious)),
+        "miou_std": float(np.std(mious)),
+        "fbiou": float(np.mean(fbious)),
+        "per_class": {
+            str(c): _mean_of_seen([m.per_class()[c] for m in meters.values()]) for c in novel
+        },
+        "runs": per_run,
+        "episodes_per_s": work["episodes"] / work["seconds"],
+        "work": work,
         "model_episodes_per_s": model_speed(model, first, index, cfg, bank, device),
-        "device": str(device), "parameters": sum(p.numel() for p in model.parameters()),
-        "evaluate": dataclasses.asdict(cfg), "model": str(args.model),
+        "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "evaluate": dataclasses.asdict(cfg),
+        "model": str(args.model),
         "model_config": checkpoint["config"]["model"],
         "mining": checkpoint["config"].get("mining", {"remain": False}),  # models before it
-    }  # fmt: skip
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame({"class_id": list(novel),
-                          "class_name": [index.meta["class_names"][c - 1] for c in novel],
-                          "iou": [metrics["per_class"][str(c)] for c in novel]})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "class_id": list(novel),
+            "class_name": [index.meta["class_names"][c - 1] for c in novel],
+            "iou": [metrics["per_class"][str(c)] for c in novel],
+        }
+    )
     with atomic_file(args.out / "per_class.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_file(args.out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info("fold %d, %d-shot: mIoU %.2f (+-%.2f over %d runs), FB-IoU %.2f", args.fold,
-             args.shot, 100 * metrics["miou"], 100 * metrics["miou_std"], len(runs),
-             100 * metrics["fbiou"])  # fmt: skip
+    log.info(
+        "fold %d, %d-shot: mIoU %.2f (+-%.2f over %d runs), FB-IoU %.2f",
+        args.fold,
+        args.shot,
+        100 * metrics["miou"],
+        100 * metrics["miou_std"],
+        len(runs),
+        100 * metrics["fbiou"],
+    )

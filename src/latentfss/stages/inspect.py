@@ -19,11 +19,27 @@ from latentfss.fs import atomic_file
 
 # pseudo-label colours: 0 = background (black), 1..K distinct hues, 255 = padding (grey)
 PSEUDO_COLOURS = [
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
-    (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
-    (255, 215, 180), (0, 0, 128),
-]  # fmt: skip
+    (0, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+]
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +50,12 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     benchmarks = views.add_parser("benchmarks", help="CSV: time and memory of every job")
     summary = views.add_parser("summary", help="print every artifact's arrays and attrs")
     for view in (masks, protos, summary):
-        view.add_argument("--results", type=Path, default=Path("results/synthetic"),
-                          help="results/{dataset} folder (default: %(default)s)")  # fmt: skip
+        view.add_argument(
+            "--results",
+            type=Path,
+            default=Path("results/synthetic"),
+            help="results/{dataset} folder (default: %(default)s)",
+        )
     for view in (masks, protos):
         view.add_argument("--fold", type=int, required=True, choices=range(4))
         view.add_argument("--out", type=Path, required=True, help="PNG to write")
@@ -50,8 +70,12 @@ def run(args: argparse.Namespace) -> None:
     if args.view == "summary":
         print(summary(args.results))
         return
-    views = {"pseudo-masks": pseudo_mask_grid, "prototypes": prototype_projection,
-             "training": training_curves, "benchmarks": benchmark_table}  # fmt: skip
+    views = {
+        "pseudo-masks": pseudo_mask_grid,
+        "prototypes": prototype_projection,
+        "training": training_curves,
+        "benchmarks": benchmark_table,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     views[args.view](args)
 
@@ -65,8 +89,9 @@ def colourise(labels: np.ndarray, colours: list[tuple[int, int, int]]) -> np.nda
 def pseudo_mask_grid(args: argparse.Namespace) -> None:
     """Evenly spaced train images, one row each: image | ground truth | pseudo mask."""
     index = read_index(args.results / "dataset")
-    group = store.open_group(args.results / f"fold{args.fold}" / "pseudo_masks.zarr",
-                             "write-pseudo-masks")  # fmt: skip
+    group = store.open_group(
+        args.results / f"fold{args.fold}" / "pseudo_masks.zarr", "write-pseudo-masks"
+    )
     image_ids, heights, widths = group["image_id"][:], group["height"][:], group["width"][:]
     rows = np.linspace(0, np.count_nonzero(image_ids >= 0) - 1, args.count).round().astype(int)
     voc = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
@@ -101,8 +126,9 @@ def prototype_projection(args: argparse.Namespace) -> None:
     x = prototypes["fg"][:][member]
     classes = prototypes["fg_class"][:][member]
     centroids = clusters["centroids"][1:]
-    unit = np.concatenate([x, centroids]) / np.linalg.norm(np.concatenate([x, centroids]),
-                                                           axis=1, keepdims=True)  # fmt: skip
+    unit = np.concatenate([x, centroids]) / np.linalg.norm(
+        np.concatenate([x, centroids]), axis=1, keepdims=True
+    )
     centred = unit - unit[: len(x)].mean(axis=0)
     _, _, vt = np.linalg.svd(centred[: len(x)], full_matrices=False)
     points = centred @ vt[:2].T
@@ -111,14 +137,23 @@ def prototype_projection(args: argparse.Namespace) -> None:
     colours = np.array(PSEUDO_COLOURS[1:]) / 255
     for i, c in enumerate(np.unique(classes)):
         pick = classes == c
-        ax.scatter(points[: len(x)][pick, 0], points[: len(x)][pick, 1], s=10, alpha=0.6,
-                   marker=markers[i % len(markers)], c=colours[assign[pick] % len(colours)],
-                   label=f"class {c}")  # fmt: skip
+        ax.scatter(
+            points[: len(x)][pick, 0],
+            points[: len(x)][pick, 1],
+            s=10,
+            alpha=0.6,
+            marker=markers[i % len(markers)],
+            c=colours[assign[pick] % len(colours)],
+            label=f"class {c}",
+        )
     for k, (px, py) in enumerate(points[len(x) :], 1):
         ax.scatter(px, py, s=260, marker="*", c=[colours[(k - 1) % len(colours)]], edgecolors="k")
         ax.annotate(str(k), (px, py), ha="center", va="center", fontsize=7)
-    ax.set(title=f"fold {args.fold}: {len(x)} base-class prototypes, K={len(centroids)}",
-           xlabel="PC 1", ylabel="PC 2")  # fmt: skip
+    ax.set(
+        title=f"fold {args.fold}: {len(x)} base-class prototypes, K={len(centroids)}",
+        xlabel="PC 1",
+        ylabel="PC 2",
+    )
     ax.legend(fontsize=6, ncol=2, markerscale=1.5, loc="best")
     fig.tight_layout()
     fig.savefig(args.out)
@@ -161,8 +196,11 @@ def benchmark_table(args: argparse.Namespace) -> None:
         bench = pd.read_csv(path, sep="\t").iloc[-1]  # the last repeat if there were several
         rows.append({"job": path.stem, "seconds": bench["s"], "max_rss_mb": bench["max_rss"]})
     table = pd.DataFrame(rows)
-    total = {"job": "total (sequential)", "seconds": table["seconds"].sum(),
-             "max_rss_mb": table["max_rss_mb"].max()}  # fmt: skip
+    total = {
+        "job": "total (sequential)",
+        "seconds": table["seconds"].sum(),
+        "max_rss_mb": table["max_rss_mb"].max(),
+    }
     with atomic_file(args.out) as tmp:
         pd.concat([table, pd.DataFrame([total])]).to_csv(tmp, index=False, float_format="%.1f")
 
@@ -178,8 +216,9 @@ def summary(results: Path) -> str:
         group = store.open_group(path, "the stage that makes it")
         lines.append(f"{path}/")
         for name, array in sorted(group.arrays()):
-            lines.append(f"  {name:10s} {str(array.shape):24s} {str(array.dtype):8s} "
-                         f"chunks={array.chunks}")  # fmt: skip
+            lines.append(
+                f"  {name:10s} {str(array.shape):24s} {str(array.dtype):8s} chunks={array.chunks}"
+            )
         lines.append(f"  attrs: {_short(group.attrs.asdict())}")
     return "\n".join(lines) if lines else f"{results}: no artifacts yet"
 

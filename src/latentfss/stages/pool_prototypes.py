@@ -46,17 +46,25 @@ def run(args: argparse.Namespace) -> None:
     with atomic_dir(args.out) as tmp:
         group = store.create_group(tmp, features=features.attrs, grid=[h, w])
         m = len(pixels)
-        layout = {"fg": ((m, channels), "float32"), "fg_image": ((m,), "int64"),
-                  "fg_class": ((m,), "int64"), "fg_pixels": ((m,), "int64"),
-                  "fg_weight": ((m,), "float32"), "bg": ((n, channels), "float32"),
-                  "bg_weight": ((n,), "float32")}  # fmt: skip
-        rows = {name: store.RowWriter(store.create_array(group, name, shape, dtype))
-                for name, (shape, dtype) in layout.items()}  # fmt: skip
+        layout = {
+            "fg": ((m, channels), "float32"),
+            "fg_image": ((m,), "int64"),
+            "fg_class": ((m,), "int64"),
+            "fg_pixels": ((m,), "int64"),
+            "fg_weight": ((m,), "float32"),
+            "bg": ((n, channels), "float32"),
+            "bg_weight": ((n,), "float32"),
+        }
+        rows = {
+            name: store.RowWriter(store.create_array(group, name, shape, dtype))
+            for name, (shape, dtype) in layout.items()
+        }
         store.write_array(group, "image_id", image_ids)
         masks = index.images["mask"]
         blocks = features.blocks(np.arange(n))
-        for block_rows, block in progress(blocks, features.block_count(np.arange(n)),
-                                          "pool-prototypes"):  # fmt: skip
+        for block_rows, block in progress(
+            blocks, features.block_count(np.arange(n)), "pool-prototypes"
+        ):
             block = torch.from_numpy(block.astype(np.float32))
             for row, image_feats in zip(block_rows, block, strict=True):  # (C, h, w)
                 mask = read_mask(masks[image_ids[row]], index.num_classes)

@@ -73,10 +73,16 @@ def _voc_tasks(root: Path, cfg: DatasetConfig) -> tuple[list[Item], tuple[str, .
     class_names = synthetic.CLASS_NAMES if cfg.name == "synthetic" else voc.VOC_CLASSES
     ids = voc.split_ids(root, cfg.train_list)
     tasks = [
-        Item(name, split, str(voc.image_path(root, name)), str(voc.mask_path(root, name)),
-             len(class_names))
-        for split, names in ids.items() for name in names
-    ]  # fmt: skip
+        Item(
+            name,
+            split,
+            str(voc.image_path(root, name)),
+            str(voc.mask_path(root, name)),
+            len(class_names),
+        )
+        for split, names in ids.items()
+        for name in names
+    ]
     return tasks, class_names
 
 

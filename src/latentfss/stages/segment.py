@@ -33,8 +33,15 @@ log = logging.getLogger(__name__)
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="trained model.pt")
-    parser.add_argument("--support", required=True, nargs=2, action="append", type=Path,
-                        metavar=("IMAGE", "MASK"), help="a shot (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--support",
+        required=True,
+        nargs=2,
+        action="append",
+        type=Path,
+        metavar=("IMAGE", "MASK"),
+        help="a shot (repeatable)",
+    )
     parser.add_argument("--query", required=True, type=Path, help="an image or a folder of them")
     parser.add_argument("--out", required=True, type=Path, help="folder for masks and overlays")
     parser.add_argument(
@@ -52,8 +59,9 @@ def read_support_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     image's displayed size."""
     mask = np.asarray(read_upright(path).convert("L"))
     if mask.shape != size:
-        raise InputError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                         f"{size[1]}x{size[0]}")  # fmt: skip
+        raise InputError(
+            f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]}"
+        )
     if not mask.any():
         raise InputError(f"{path}: the support mask is empty (no object pixel)")
     return (mask > 0).astype(np.uint8)
@@ -94,8 +102,9 @@ def run(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for path in query_images(args.query):
         image = read_image(path, upright=True)
-        query, _, covered = network_input(image, np.zeros(image.shape[:2], np.uint8), "square",
-                                          size)  # fmt: skip
+        query, _, covered = network_input(
+            image, np.zeros(image.shape[:2], np.uint8), "square", size
+        )
         logits = model(normalise(normalise.unit(query[None])), supports, masks, bank).logits
         mask = at_label(logits, (size, size), covered, image.shape[:2])[0].argmax(0)
         mask = mask.to(torch.uint8).cpu().numpy()

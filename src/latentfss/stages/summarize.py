@@ -41,14 +41,23 @@ def read_metrics(paths: list[Path]) -> pd.DataFrame:
             raise InputError(
                 f"{path}: missing or not valid JSON; run `latentfss evaluate`"
             ) from None
-        rows.append({"shot": m["shot"], "fold": m["fold"], "fg": m["evaluate"]["fg_rectify"],
-                     "bg": m["model_config"]["bg_rectify"], "mine": m["model_config"]["mine"],
-                     "remain": m.get("mining", {}).get("remain", False),  # older runs: none
-                     "miou": 100 * m["miou"],
-                     "miou_std": 100 * m["miou_std"], "fbiou": 100 * m["fbiou"],
-                     "episodes_per_s": m["episodes_per_s"],
-                     "model_episodes_per_s": m.get("model_episodes_per_s"),  # older: none
-                     "parameters": m["parameters"], "device": m["device"]})  # fmt: skip
+        rows.append(
+            {
+                "shot": m["shot"],
+                "fold": m["fold"],
+                "fg": m["evaluate"]["fg_rectify"],
+                "bg": m["model_config"]["bg_rectify"],
+                "mine": m["model_config"]["mine"],
+                "remain": m.get("mining", {}).get("remain", False),  # older runs: none
+                "miou": 100 * m["miou"],
+                "miou_std": 100 * m["miou_std"],
+                "fbiou": 100 * m["fbiou"],
+                "episodes_per_s": m["episodes_per_s"],
+                "model_episodes_per_s": m.get("model_episodes_per_s"),  # older: none
+                "parameters": m["parameters"],
+                "device": m["device"],
+            }
+        )
     return pd.DataFrame(rows).sort_values(["shot", "fold"]).reset_index(drop=True)
 
 
@@ -66,8 +75,11 @@ def table1(results: pd.DataFrame, title: str) -> str:
 
 
 SWITCHES = {"fg": "FG", "bg": "BG", "mine": "Mine"}
-TABLE5 = {"None": (False, True, False, False), "Trainset": (True, True, True, False),
-          "Trainset + Remain": (True, True, True, True)}  # (fg, bg, mine, remain)  # fmt: skip
+TABLE5 = {
+    "None": (False, True, False, False),
+    "Trainset": (True, True, True, False),
+    "Trainset + Remain": (True, True, True, True),
+}  # (fg, bg, mine, remain)
 
 
 def _row(group: pd.DataFrame, folds: list[int]) -> str:
@@ -80,8 +92,10 @@ def _row(group: pd.DataFrame, folds: list[int]) -> str:
 def table3(results: pd.DataFrame) -> str:
     """One row per set of switches and shot, in the paper's order: fewest switches first."""
     folds = sorted(results["fold"].unique())
-    lines = ["| FG | BG | Mine | shot | " + " | ".join(f"fold{f}" for f in folds) + " | Mean |",
-             "|:-:|:-:|:-:|---:|" + "---:|" * (len(folds) + 1)]  # fmt: skip
+    lines = [
+        "| FG | BG | Mine | shot | " + " | ".join(f"fold{f}" for f in folds) + " | Mean |",
+        "|:-:|:-:|:-:|---:|" + "---:|" * (len(folds) + 1),
+    ]
     rows = results.groupby(["shot", *SWITCHES])
     order = sorted(rows.groups, key=lambda k: (k[0], sum(k[1:]), [not s for s in k[1:]]))
     for key in order:
@@ -93,8 +107,10 @@ def table3(results: pd.DataFrame) -> str:
 def table5(results: pd.DataFrame) -> str:
     """The paper's Table 5 rows that ran, per shot: None, Trainset, Trainset + Remain."""
     folds = sorted(results["fold"].unique())
-    lines = ["| Unlabeled source | shot | " + " | ".join(f"fold{f}" for f in folds) + " | Mean |",
-             "|---|---:|" + "---:|" * (len(folds) + 1)]  # fmt: skip
+    lines = [
+        "| Unlabeled source | shot | " + " | ".join(f"fold{f}" for f in folds) + " | Mean |",
+        "|---|---:|" + "---:|" * (len(folds) + 1),
+    ]
     for shot, runs in results.groupby("shot"):
         switches = runs[["fg", "bg", "mine", "remain"]].apply(tuple, axis=1)
         for name, key in TABLE5.items():
@@ -106,12 +122,17 @@ def table5(results: pd.DataFrame) -> str:
 def table7(results: pd.DataFrame) -> str:
     """The paper's speed: one episode at a time, nothing cached; beside it the throughput of
     the evaluation jobs, which encode each image once (means over folds)."""
-    lines = ["| shot | episodes/s, one at a time | episodes/s, evaluation job | FB-IoU mean | "
-             "parameters | device |", "|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "| shot | episodes/s, one at a time | episodes/s, evaluation job | FB-IoU mean | "
+        "parameters | device |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
     for shot, g in results.groupby("shot"):
-        lines.append(f"| {shot} | {g['model_episodes_per_s'].astype(float).mean():.1f} | "
-                     f"{g['episodes_per_s'].mean():.1f} | {g['fbiou'].mean():.1f} | "
-                     f"{g['parameters'].iloc[0] / 1e6:.2f}M | {g['device'].iloc[0]} |")  # fmt: skip
+        lines.append(
+            f"| {shot} | {g['model_episodes_per_s'].astype(float).mean():.1f} | "
+            f"{g['episodes_per_s'].mean():.1f} | {g['fbiou'].mean():.1f} | "
+            f"{g['parameters'].iloc[0] / 1e6:.2f}M | {g['device'].iloc[0]} |"
+        )
     return "\n".join(lines)
 
 
@@ -140,10 +161,16 @@ def run(args: argparse.Namespace) -> None:
             "## Sources of unlabelled data (paper Table 5 layout)\n\nmIoU (%). None: BG "
             "rectification alone; Trainset: the full method, mining the fold's train set; "
             "Trainset + Remain: mining the train images without a large base class too.\n\n"
-            + table5(runs) + "\n\n"
-        )  # fmt: skip
-    text += "## Speed (paper Table 7 layout)\n\n" + table7(results) + "\n"  # fmt: skip
+            + table5(runs)
+            + "\n\n"
+        )
+    text += "## Speed (paper Table 7 layout)\n\n" + table7(results) + "\n"
     with atomic_file(args.md) as tmp:
         tmp.write_text(text)
-    log.info("summary of %d runs (+%d ablation runs) -> %s, %s", len(results),
-             len(runs) - len(results), args.csv, args.md)  # fmt: skip
+    log.info(
+        "summary of %d runs (+%d ablation runs) -> %s, %s",
+        len(results),
+        len(runs) - len(results),
+        args.csv,
+        args.md,
+    )

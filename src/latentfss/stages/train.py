@@ -58,8 +58,14 @@ class TrainConfig:
     micro_batches: int = 1  # the encoder's forward and backward in this many checkpointed parts
 
     def __post_init__(self) -> None:
-        positive = (self.iterations, self.batch_episodes, self.crop, self.log_every,
-                    self.checkpoint_every, self.micro_batches)  # fmt: skip
+        positive = (
+            self.iterations,
+            self.batch_episodes,
+            self.crop,
+            self.log_every,
+            self.checkpoint_every,
+            self.micro_batches,
+        )
         if min(positive) < 1 or self.batch_pseudo < 0 or self.workers < 0:
             raise ValueError("iterations, batches, crop, intervals, micro_batches must be positive")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
@@ -91,19 +97,32 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 def batches(dataset, batch_size: int, start: int, workers: int, pin: bool) -> Iterator[dict]:
     """Endless batches from sample number `start` on (the samples of earlier steps are skipped)."""
     indices = range(start, 2**62)
-    return iter(DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
-                           pin_memory=pin, persistent_workers=workers > 0))  # fmt: skip
+    return iter(
+        DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=indices,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+        )
+    )
 
 
-def fold_data(args, cfg: TrainConfig,
-              protocol: ProtocolConfig) -> tuple[EpisodeSamples, PseudoSamples]:  # fmt: skip
+def fold_data(
+    args, cfg: TrainConfig, protocol: ProtocolConfig
+) -> tuple[EpisodeSamples, PseudoSamples]:
     """The fold's base-class episodes and its stream of pseudo-labelled images."""
     index = read_index(args.index)
     num_classes, split = index.num_classes, protocol.class_split
     pixels = index.pixels[index.pixels["image_id"].isin(index.split("train").index)]
     try:
-        sampler = EpisodeSampler.from_pixels(pixels, base_classes(args.fold, num_classes, split),
-                                             protocol.min_support_pixels, args.shot)  # fmt: skip
+        sampler = EpisodeSampler.from_pixels(
+            pixels,
+            base_classes(args.fold, num_classes, split),
+            protocol.min_support_pixels,
+            args.shot,
+        )
     except ValueError as e:
         raise InputError(f"train fold {args.fold}: {e}") from None
     episodes = EpisodeSamples(index.images, sampler, num_classes, cfg.crop, cfg.scale, args.seed)
@@ -111,8 +130,9 @@ def fold_data(args, cfg: TrainConfig,
     return episodes, PseudoSamples(stream, index.images, cfg.crop, cfg.scale, args.seed)
 
 
-def new_model(args, cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device
-              ) -> tuple[MatchingNet, ModelEMA, torch.optim.Optimizer]:  # fmt: skip
+def new_model(
+    args, cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device
+) -> tuple[MatchingNet, ModelEMA, torch.optim.Optimizer]:
     """The network from encoder_init.pt with a mining head of K + 1 classes, BatchNorm frozen
     in the encoder (statistics and affine), its EMA and the SGD optimizer."""
     pseudo_classes = zarr.open_group(str(args.pseudo_masks), mode="r").attrs["K"] + 1
@@ -121,26 +141,41 @@ def new_model(args, cfg: TrainConfig, model_cfg: ModelConfig, device: torch.devi
     for module in model.encoder.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.requires_grad_(False)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)  # fmt: skip
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+    )
     return model, ModelEMA(model, cfg.ema_decay), optimizer
 
 
-def train_step(model: MatchingNet, episode: dict, mining: tuple | None,
-               optimizer: torch.optim.Optimizer, normalise: Normalise, lambda_pseudo: float,
-               micro_batches: int = 1) -> torch.Tensor:  # fmt: skip
+def train_step(
+    model: MatchingNet,
+    episode: dict,
+    mining: tuple | None,
+    optimizer: torch.optim.Optimizer,
+    normalise: Normalise,
+    lambda_pseudo: float,
+    micro_batches: int = 1,
+) -> torch.Tensor:
     """One SGD step of Eq. 1 on B episodes and, when mining, M (augmented) images with their
     pseudo masks; Eq. 6 moves the global background. -> (loss_gt, loss_pseudo), detached.
     `micro_batches` bounds the encoder's activation memory; the step is the same."""
     device = normalise.device
-    out = model(normalise(normalise.unit(episode["query"])),
-                normalise(normalise.unit(episode["supports"])).unbind(1),
-                episode["support_masks"].to(device, non_blocking=True).unbind(1),
-                mining=None if mining is None else mining[0],
-                micro_batches=micro_batches)  # fmt: skip
+    out = model(
+        normalise(normalise.unit(episode["query"])),
+        normalise(normalise.unit(episode["supports"])).unbind(1),
+        episode["support_masks"].to(device, non_blocking=True).unbind(1),
+        mining=None if mining is None else mining[0],
+        micro_batches=micro_batches,
+    )
     loss_gt = segmentation_loss(out.logits, episode["query_mask"].to(device))
-    loss_pseudo = (segmentation_loss(out.mining, mining[1].to(device)) if mining is not None
-                   else torch.zeros((), device=device))  # fmt: skip
+    loss_pseudo = (
+        segmentation_loss(out.mining, mining[1].to(device))
+        if mining is not None
+        else torch.zeros((), device=device)
+    )
     optimizer.zero_grad(set_to_none=True)
     (loss_gt + lambda_pseudo * loss_pseudo).backward()
     optimizer.step()
@@ -162,8 +197,14 @@ class LossLog:
         if step % self.every and step != self.last:
             return False
         gt, pseudo, steps = self.window.tolist()
-        self.rows.append({"step": step, "loss_gt": round(gt / steps, 5),
-                          "loss_pseudo": round(pseudo / steps, 5), "lr": lr})  # fmt: skip
+        self.rows.append(
+            {
+                "step": step,
+                "loss_gt": round(gt / steps, 5),
+                "loss_pseudo": round(pseudo / steps, 5),
+                "lr": lr,
+            }
+        )
         self.window.zero_()
         return True
 
@@ -178,20 +219,36 @@ class ResumeState:
     origin: dict
 
     @classmethod
-    def of(cls, args, cfg: TrainConfig, model_cfg: ModelConfig,
-           protocol: ProtocolConfig) -> ResumeState:  # fmt: skip
-        inputs = {"index": args.index, "encoder_init": args.encoder_init,
-                  "pseudo_masks": args.pseudo_masks, "remain": args.remain}  # fmt: skip
-        origin = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
-                  "protocol": dataclasses.asdict(protocol), "fold": args.fold,
-                  "shot": args.shot, "seed": args.seed,
-                  "inputs": {k: path and identity(path) for k, path in inputs.items()},
-                  "code_version": code_version()}  # fmt: skip
+    def of(
+        cls, args, cfg: TrainConfig, model_cfg: ModelConfig, protocol: ProtocolConfig
+    ) -> ResumeState:
+        inputs = {
+            "index": args.index,
+            "encoder_init": args.encoder_init,
+            "pseudo_masks": args.pseudo_masks,
+            "remain": args.remain,
+        }
+        origin = {
+            "train": dataclasses.asdict(cfg),
+            "model": dataclasses.asdict(model_cfg),
+            "protocol": dataclasses.asdict(protocol),
+            "fold": args.fold,
+            "shot": args.shot,
+            "seed": args.seed,
+            "inputs": {k: path and identity(path) for k, path in inputs.items()},
+            "code_version": code_version(),
+        }
         return cls(args.out.with_name("train_state.pt"), origin)
 
     def save(self, model, ema: ModelEMA, optimizer, step: int, rows: list[dict]) -> None:
-        state = {"origin": self.origin, "model": model.state_dict(), "step": step, "log": rows,
-                 "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict()}  # fmt: skip
+        state = {
+            "origin": self.origin,
+            "model": model.state_dict(),
+            "step": step,
+            "log": rows,
+            "ema": ema.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
         with atomic_file(self.path) as tmp:
             torch.save(state, tmp)
 
@@ -225,8 +282,13 @@ class ResumeState:
         return None
 
 
-def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
-          protocol: ProtocolConfig, stop_at: int | None = None) -> None:  # fmt: skip
+def train(
+    args: argparse.Namespace,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    protocol: ProtocolConfig,
+    stop_at: int | None = None,
+) -> None:
     """The training loop; `stop_at` ends it early after that step (tests: a killed run)."""
     mine = model_cfg.mine and cfg.batch_pseudo > 0 and cfg.lambda_pseudo > 0
     set_threads(args.threads, cfg.workers * (2 if mine else 1))  # the loaders share the cores
@@ -237,10 +299,14 @@ def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
     state = ResumeState.of(args, cfg, model_cfg, protocol)
     start, rows = state.restore(model, ema, optimizer, device)
     pin, normalise = device.type == "cuda", Normalise(device)
-    episode_batches = batches(episodes, cfg.batch_episodes, start * cfg.batch_episodes,
-                              cfg.workers, pin)  # fmt: skip
-    pseudo_batches = (batches(pseudo, cfg.batch_pseudo, start * cfg.batch_pseudo, cfg.workers,
-                              pin) if mine else None)  # fmt: skip
+    episode_batches = batches(
+        episodes, cfg.batch_episodes, start * cfg.batch_episodes, cfg.workers, pin
+    )
+    pseudo_batches = (
+        batches(pseudo, cfg.batch_pseudo, start * cfg.batch_pseudo, cfg.workers, pin)
+        if mine
+        else None
+    )
     losses = LossLog(cfg.log_every, cfg.iterations, rows, device)
     model.train()
     bar = progress(range(start, cfg.iterations), cfg.iterations - start, f"train fold{args.fold}")
@@ -251,10 +317,13 @@ def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
         if mine:
             extra = next(pseudo_batches)
             generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
-            mining = (normalise(strong_photometric(normalise.unit(extra["image"]), generator)),
-                      extra["mask"])  # fmt: skip
-        step_losses = train_step(model, episode, mining, optimizer, normalise, cfg.lambda_pseudo,
-                                 cfg.micro_batches)  # fmt: skip
+            mining = (
+                normalise(strong_photometric(normalise.unit(extra["image"]), generator)),
+                extra["mask"],
+            )
+        step_losses = train_step(
+            model, episode, mining, optimizer, normalise, cfg.lambda_pseudo, cfg.micro_batches
+        )
         ema.update(model, step)
         if losses.add(step + 1, step_losses, learning_rate(cfg, step)):
             bar.set_postfix(gt=rows[-1]["loss_gt"], pseudo=rows[-1]["loss_pseudo"], refresh=False)
@@ -266,18 +335,32 @@ def train(args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig,
     state.path.unlink(missing_ok=True)
 
 
-def save_model(args, model: MatchingNet, cfg: TrainConfig, model_cfg: ModelConfig,
-               protocol: ProtocolConfig, rows: list[dict]) -> None:  # fmt: skip
+def save_model(
+    args,
+    model: MatchingNet,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    protocol: ProtocolConfig,
+    rows: list[dict],
+) -> None:
     """model.pt: the EMA weights without the mining head (dropped at test time), the global
     background buffer, the resolved config, the step and the code version; and train.csv."""
     weights = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
     checkpoint = {
-        "state_dict": weights, "arch": model.encoder.arch, "fold": args.fold, "shot": args.shot,
-        "step": cfg.iterations, "code_version": code_version(), "seed": args.seed,
-        "config": {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
-                   "protocol": dataclasses.asdict(protocol),
-                   "mining": {"remain": args.remain is not None}},
-    }  # fmt: skip
+        "state_dict": weights,
+        "arch": model.encoder.arch,
+        "fold": args.fold,
+        "shot": args.shot,
+        "step": cfg.iterations,
+        "code_version": code_version(),
+        "seed": args.seed,
+        "config": {
+            "train": dataclasses.asdict(cfg),
+            "model": dataclasses.asdict(model_cfg),
+            "protocol": dataclasses.asdict(protocol),
+            "mining": {"remain": args.remain is not None},
+        },
+    }
     with atomic_file(args.out) as tmp:
         torch.save(checkpoint, tmp)
     with atomic_file(args.log_csv) as tmp:
@@ -293,5 +376,10 @@ def run(args: argparse.Namespace) -> None:
     if args.shot < 1:
         raise InputError(f"--shot must be at least 1, got {args.shot}")
     train(args, cfg, model_cfg, protocol)
-    log.info("fold %d, %d-shot: trained %d iterations -> %s", args.fold, args.shot,
-             cfg.iterations, args.out)  # fmt: skip
+    log.info(
+        "fold %d, %d-shot: trained %d iterations -> %s",
+        args.fold,
+        args.shot,
+        cfg.iterations,
+        args.out,
+    )

@@ -42,10 +42,19 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     annotation_features.add_arguments(parser)  # --features, or --encoder-init to compute them
     parser.add_argument("--clusters", required=True, type=Path, help="fold's clusters.zarr")
     parser.add_argument("--out", required=True, type=Path, help="pseudo_masks.zarr to write")
-    parser.add_argument("--images", choices=SUBSETS, default="train_set",
-                        help="the fold's train set (the mining stream) or Remain")  # fmt: skip
-    parser.add_argument("--unlabeled", nargs="*", default=[], type=Path,
-                        help="folders of extra unlabelled images (mining.unlabeled)")  # fmt: skip
+    parser.add_argument(
+        "--images",
+        choices=SUBSETS,
+        default="train_set",
+        help="the fold's train set (the mining stream) or Remain",
+    )
+    parser.add_argument(
+        "--unlabeled",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="folders of extra unlabelled images (mining.unlabeled)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU cores the job may use")
 
 
@@ -80,12 +89,17 @@ def run(args: argparse.Namespace) -> None:
         sizes.append((height, width))
     height_max, width_max = np.max(sizes, axis=0) if sizes else (1, 1)  # Remain may be empty
     with atomic_dir(args.out) as tmp:
-        group = store.create_group(tmp, fold=clusters.attrs["fold"], K=len(reps) - 1,
-                                   images=args.images,
-                                   unlabeled=[str(p) for p in extra])  # fmt: skip
+        group = store.create_group(
+            tmp,
+            fold=clusters.attrs["fold"],
+            K=len(reps) - 1,
+            images=args.images,
+            unlabeled=[str(p) for p in extra],
+        )
         shape = (len(sizes), int(height_max), int(width_max))
-        masks = store.create_array(group, "masks", shape, "uint8", chunks=(1, *shape[1:]),
-                                   fill_value=IGNORE)  # fmt: skip
+        masks = store.create_array(
+            group, "masks", shape, "uint8", chunks=(1, *shape[1:]), fill_value=IGNORE
+        )
         store.write_array(group, "height", np.array([s[0] for s in sizes], dtype=np.int64))
         store.write_array(group, "width", np.array([s[1] for s in sizes], dtype=np.int64))
         store.write_array(group, "image_id", np.concatenate([image_ids, np.full(len(extra), -1)]))
@@ -94,8 +108,9 @@ def run(args: argparse.Namespace) -> None:
         if extra:
             device = features.device or pick_device(args.device)
             encoder = features.encoder or annotation_encoder(args.encoder_init, device)
-            blocks = itertools.chain(blocks, embed(encoder, list(map(str, extra)), features.cfg,
-                                                   device, args.threads))  # fmt: skip
+            blocks = itertools.chain(
+                blocks, embed(encoder, list(map(str, extra)), features.cfg, device, args.threads)
+            )
             count += -(-len(extra) // features.cfg.batch_size)
         row = 0
         for block in progress(blocks, count, "write-pseudo-masks"):
@@ -106,5 +121,11 @@ def run(args: argparse.Namespace) -> None:
                 padded[i, :height, :width] = labels.numpy()
             masks[row : row + len(block)] = padded  # whole chunks, written concurrently
             row += len(block)
-    log.info("fold %s: pseudo masks of %d train images (%s) + %d unlabelled images -> %s",
-             clusters.attrs["fold"], len(image_ids), args.images, len(extra), args.out)  # fmt: skip
+    log.info(
+        "fold %s: pseudo masks of %d train images (%s) + %d unlabelled images -> %s",
+        clusters.attrs["fold"],
+        len(image_ids),
+        args.images,
+        len(extra),
+        args.out,
+    )
