@@ -276,6 +276,20 @@ def test_inspect_renders_figures_and_summary(annotated, tmp_path, capsys):
         )
         assert code == 0, err
         assert Image.open(out).size[0] > 100
+    explicit = (
+        "--index",
+        annotated / "dataset",
+        "--pseudo-masks",
+        annotated / "fold1/pseudo_masks.zarr",
+    )  # as the workflow's rule passes them
+    code, err = cli(
+        "inspect", "pseudo-masks", *explicit, "--out", tmp_path / "explicit.png", capsys=capsys
+    )
+    assert code == 0 and Image.open(tmp_path / "explicit.png").size[0] > 100, err
+    code, err = cli(
+        "inspect", "prototypes", "--results", annotated, "--out", tmp_path / "p.png", capsys=capsys
+    )
+    assert code == 2 and err.strip() == "ERROR: inspect prototypes: give --clusters, or --fold"
     assert cli("inspect", "summary", "--results", annotated)[0] == 0
     text = capsys.readouterr().out
     for name in ("features.zarr", "feats", "prototypes.zarr", "fg_class", "centroids", "masks"):

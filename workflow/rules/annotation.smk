@@ -4,7 +4,7 @@
 
 rule extract_features:
     input:
-        images=rules.prepare.output.images,
+        index=rules.prepare.output.index,
     output:
         **features_output(),
         encoder_init=f"{RESULTS}/encoder_init.pt",
@@ -20,7 +20,6 @@ rule extract_features:
         mem_mb=8000,
         runtime=240,
     params:
-        index=lambda wildcards, input: Path(input.images).parent,
         encoder=section("encoder"),
         annotation=section("annotation", drop=["keep_features"]),
         seed=config["seed"],
@@ -29,7 +28,7 @@ rule extract_features:
         ),
         device=device,
     shell:
-        "latentfss extract-features --index {params.index:q} {params.out}"
+        "latentfss extract-features --index {input.index:q} {params.out}"
         " --encoder-out {output.encoder_init:q} --encoder {params.encoder:q}"
         " --params {params.annotation:q} --seed {params.seed} --threads {threads}"
         " --device {params.device} > {log:q} 2>&1"
@@ -52,12 +51,11 @@ rule pool_prototypes:
         mem_mb=4000,
         runtime=120,
     params:
-        index=lambda wildcards, input: Path(input.images).parent,
         features=optional_flag("features"),
         annotation=section("annotation", drop=["keep_features"]),
         device=device,
     shell:
-        "latentfss pool-prototypes --index {params.index:q} {params.features}"
+        "latentfss pool-prototypes --index {input.index:q} {params.features}"
         " --encoder-init {input.encoder_init:q} --annotation {params.annotation:q}"
         " --device {params.device} --out {output.prototypes:q} --threads {threads}"
         " > {log:q} 2>&1"
@@ -65,7 +63,7 @@ rule pool_prototypes:
 
 rule cluster:
     input:
-        images=rules.prepare.output.images,
+        index=rules.prepare.output.index,
         prototypes=rules.pool_prototypes.output.prototypes,
     output:
         clusters=directory(f"{RESULTS}/fold{{fold}}/clusters.zarr"),
@@ -80,12 +78,11 @@ rule cluster:
         mem_mb=4000,
         runtime=60,
     params:
-        index=lambda wildcards, input: Path(input.images).parent,
         cluster=section("cluster"),
         protocol=section("protocol"),
         seed=config["seed"],
     shell:
-        "latentfss cluster --index {params.index:q} --prototypes {input.prototypes:q}"
+        "latentfss cluster --index {input.index:q} --prototypes {input.prototypes:q}"
         " --fold {wildcards.fold} --out {output.clusters:q} --params {params.cluster:q}"
         " --protocol {params.protocol:q} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
@@ -108,14 +105,13 @@ rule write_pseudo_masks:
         mem_mb=4000,
         runtime=120,
     params:
-        index=lambda wildcards, input: Path(input.images).parent,
         features=optional_flag("features"),
         annotation=section("annotation", drop=["keep_features"]),
         device=device,
         images="train_set",
         unlabeled=config["mining"]["unlabeled"],
     shell:
-        "latentfss write-pseudo-masks --index {params.index:q} {params.features}"
+        "latentfss write-pseudo-masks --index {input.index:q} {params.features}"
         " --encoder-init {input.encoder_init:q} --annotation {params.annotation:q}"
         " --device {params.device} --clusters {input.clusters:q} --out {output.masks:q}"
         " --images {params.images} --unlabeled {params.unlabeled:q} --threads {threads}"
@@ -135,7 +131,6 @@ use rule write_pseudo_masks as write_pseudo_masks_remain with:
         mem_mb=4000,
         runtime=120,
     params:
-        index=lambda wildcards, input: Path(input.images).parent,
         features=optional_flag("features"),
         annotation=section("annotation", drop=["keep_features"]),
         device=device,
@@ -146,7 +141,7 @@ use rule write_pseudo_masks as write_pseudo_masks_remain with:
 rule inspect_pseudo_masks:
     input:
         masks=rules.write_pseudo_masks.output.masks,
-        images=rules.prepare.output.images,
+        index=rules.prepare.output.index,
     output:
         figure=report(
             f"{RESULTS}/fold{{fold}}/pseudo_masks.png",
@@ -164,10 +159,8 @@ rule inspect_pseudo_masks:
     resources:
         mem_mb=2000,
         runtime=10,
-    params:
-        results=lambda wildcards, input: Path(input.images).parents[1],
     shell:
-        "latentfss inspect pseudo-masks --results {params.results:q} --fold {wildcards.fold}"
+        "latentfss inspect pseudo-masks --index {input.index:q} --pseudo-masks {input.masks:q}"
         " --out {output.figure:q} > {log:q} 2>&1"
 
 
@@ -192,8 +185,6 @@ rule inspect_prototypes:
     resources:
         mem_mb=2000,
         runtime=10,
-    params:
-        results=lambda wildcards, input: Path(input.prototypes).parent,
     shell:
-        "latentfss inspect prototypes --results {params.results:q} --fold {wildcards.fold}"
-        " --out {output.figure:q} > {log:q} 2>&1"
+        "latentfss inspect prototypes --prototypes {input.prototypes:q}"
+        " --clusters {input.clusters:q} --out {output.figure:q} > {log:q} 2>&1"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from latentfss.config import validate
 from latentfss.errors import InputError
+from latentfss import layout
 from latentfss.gpus import visible_gpus
 
 try:
@@ -77,7 +78,7 @@ def feature_inputs(wildcards):
     encoder_init.pt to compute them again (keep_features false; and mining.unlabeled images).
     """
     inputs = {
-        "images": rules.prepare.output.images,
+        "index": rules.prepare.output.index,
         "encoder_init": rules.extract_features.output.encoder_init,
     }
     return (
@@ -140,6 +141,18 @@ ABLATION_BANKS = sorted({run[1:] for run in ABLATIONS if run[0]} & set(ABLATION_
 REMAIN = bool(MAIN["remain"] or any(run[3] for run in ABLATIONS))
 
 
+def eval_outputs(folder):
+    """evaluate's files in its --out directory (their names: latentfss.layout)."""
+    return {
+        "metrics": f"{folder}/{layout.METRICS}",
+        "per_class": f"{folder}/{layout.PER_CLASS}",
+        "episodes": [
+            f"{folder}/{layout.EPISODES.format(seed=seed)}"
+            for seed in config["evaluate"]["seeds"]
+        ],
+    }
+
+
 def switch(wildcards, name):
     """A switch (0/1) from an ablation job's wildcards, else the main run's."""
     return int(wildcards.get(name, MAIN[name]))
@@ -162,7 +175,7 @@ def evaluate_params(wildcards):
 def train_inputs(wildcards):
     """The fold's annotation and, when the run mines Remain, its pseudo masks."""
     inputs = {
-        "images": rules.prepare.output.images,
+        "index": rules.prepare.output.index,
         "encoder_init": rules.extract_features.output.encoder_init,
         "pseudo_masks": f"{RESULTS}/fold{wildcards.fold}/pseudo_masks.zarr",
     }
@@ -183,7 +196,7 @@ def run_dir(wildcards):
 def evaluate_inputs(wildcards):
     """The model of the job's switches and, when fg is on, its region bank."""
     run = run_dir(wildcards)
-    inputs = {"images": rules.prepare.output.images, "model": f"{run}/model.pt"}
+    inputs = {"index": rules.prepare.output.index, "model": f"{run}/model.pt"}
     return {**inputs, "bank": f"{run}/bank"} if switch(wildcards, "fg") else inputs
 
 

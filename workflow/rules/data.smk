@@ -27,9 +27,7 @@ rule prepare:
     input:
         root=rules.make_synthetic.output.root if DATASET == "synthetic" else [],
     output:
-        images=f"{RESULTS}/dataset/images.csv",
-        pixels=f"{RESULTS}/dataset/pixels.csv",
-        meta=f"{RESULTS}/dataset/meta.json",
+        index=directory(f"{RESULTS}/dataset"),  # images.csv, pixels.csv, meta.json (COCO: masks/)
     log:
         f"logs/prepare/{DATASET}.log",
     benchmark:
@@ -41,8 +39,7 @@ rule prepare:
         mem_mb=16000 if DATASET == "coco" else 4000,  # COCO: the train JSON in memory
         runtime=120,
     params:
-        out=lambda wildcards, output: Path(output.images).parent,
         dataset=section("dataset"),
     shell:
-        "latentfss prepare --out {params.out:q} --params {params.dataset:q} --threads {threads}"
+        "latentfss prepare --out {output.index:q} --params {params.dataset:q} --threads {threads}"
         " > {log:q} 2>&1"

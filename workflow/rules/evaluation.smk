@@ -3,7 +3,7 @@
 
 rule build_bank:
     input:
-        images=rules.prepare.output.images,
+        index=rules.prepare.output.index,
         model=rules.train.output.model,
         pseudo_masks=rules.write_pseudo_masks.output.masks,
     output:
@@ -20,13 +20,12 @@ rule build_bank:
         mem_mb=4000,
         runtime=120,
     params:
-        index=lambda wildcards, input: Path(input.images).parent,
         evaluate=section(
             "evaluate", keep=["resize", "input_size", "batch_size", "workers"]
         ),
         device=device,
     shell:
-        "latentfss build-bank --index {params.index:q} --model {input.model:q}"
+        "latentfss build-bank --index {input.index:q} --model {input.model:q}"
         " --pseudo-masks {input.pseudo_masks:q} --out {output.bank:q}"
         " --params {params.evaluate:q} --threads {threads} --device {params.device}"
         " > {log:q} 2>&1"
@@ -34,7 +33,7 @@ rule build_bank:
 
 use rule build_bank as build_bank_ablation with:
     input:
-        images=rules.prepare.output.images,
+        index=rules.prepare.output.index,
         model=rules.train_ablation.output.model,
         pseudo_masks=rules.write_pseudo_masks.output.masks,
     output:
@@ -49,12 +48,7 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        metrics=f"{RESULTS}/fold{{fold}}/shot{{shot}}/eval/metrics.json",
-        per_class=f"{RESULTS}/fold{{fold}}/shot{{shot}}/eval/per_class.csv",
-        episodes=expand(
-            f"{RESULTS}/fold{{{{fold}}}}/shot{{{{shot}}}}/eval/episodes_seed{{seed}}.csv",
-            seed=config["evaluate"]["seeds"],
-        ),
+        **eval_outputs(f"{RESULTS}/fold{{fold}}/shot{{shot}}/eval"),
     log:
         f"logs/evaluate/{DATASET}_fold{{fold}}_shot{{shot}}.log",
     benchmark:
@@ -67,14 +61,13 @@ rule evaluate:
         mem_mb=4000,
         runtime=240,
     params:
-        index=lambda wildcards, input: Path(input.images).parent,
         out=lambda wildcards, output: Path(output.metrics).parent,
         evaluate=evaluate_params,
         protocol=section("protocol"),
         bank=optional_flag("bank"),
         device=device,
     shell:
-        "latentfss evaluate --index {params.index:q} --model {input.model:q} {params.bank}"
+        "latentfss evaluate --index {input.index:q} --model {input.model:q} {params.bank}"
         " --fold {wildcards.fold} --shot {wildcards.shot} --out {params.out:q}"
         " --params {params.evaluate:q} --protocol {params.protocol:q} --threads {threads}"
         " --device {params.device} > {log:q} 2>&1"
@@ -83,13 +76,7 @@ rule evaluate:
 # A Table 3 or 5 row: evaluation with its switches (its model from train or train_ablation).
 use rule evaluate as evaluate_ablation with:
     output:
-        metrics=f"{ABLATION_EVAL}/metrics.json",
-        per_class=f"{ABLATION_EVAL}/per_class.csv",
-        episodes=expand(
-            f"{ABLATION_EVAL}/episodes_seed{{seed}}.csv",
-            seed=config["evaluate"]["seeds"],
-            allow_missing=True,
-        ),
+        **eval_outputs(ABLATION_EVAL),
     log:
         f"logs/evaluate/{DATASET}_fg{{fg}}_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.log",
     benchmark:

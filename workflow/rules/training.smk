@@ -19,7 +19,6 @@ rule train:
         mem_mb=8000,
         runtime=720,
     params:
-        index=lambda wildcards, input: Path(input.images).parent,
         train=section("train"),
         model=model_params,
         protocol=section("protocol"),
@@ -27,7 +26,7 @@ rule train:
         seed=config["seed"],
         device=device,
     shell:
-        "latentfss train --index {params.index:q} --encoder-init {input.encoder_init:q}"
+        "latentfss train --index {input.index:q} --encoder-init {input.encoder_init:q}"
         " --pseudo-masks {input.pseudo_masks:q} {params.remain}"
         " --fold {wildcards.fold} --shot {wildcards.shot}"
         " --out {output.model:q} --log-csv {output.log_csv:q} --params {params.train:q}"

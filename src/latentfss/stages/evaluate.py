@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from latentfss import layout
 from latentfss.config import from_params
 from latentfss.datasets.evaluation import (
     QUERY_KEYS,
@@ -242,7 +243,7 @@ def run(args: argparse.Namespace) -> None:
         for seed in cfg.seeds:
             episodes = sample_test_episodes(sampler, cfg.episodes, seed)
             args.out.mkdir(parents=True, exist_ok=True)
-            with atomic_file(args.out / f"episodes_seed{seed}.csv") as tmp:
+            with atomic_file(args.out / layout.EPISODES.format(seed=seed)) as tmp:
                 episodes.to_csv(tmp, index=False)
             runs[f"seed{seed}"] = episodes
     meters, work = evaluate_lists(model, runs, index, cfg, bank, device, novel)
@@ -287,9 +288,9 @@ def run(args: argparse.Namespace) -> None:
             "iou": [metrics["per_class"][str(c)] for c in novel],
         }
     )
-    with atomic_file(args.out / "per_class.csv") as tmp:
+    with atomic_file(args.out / layout.PER_CLASS) as tmp:
         table.to_csv(tmp, index=False)
-    with atomic_file(args.out / "metrics.json") as tmp:
+    with atomic_file(args.out / layout.METRICS) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     log.info(
         "fold %d, %d-shot: mIoU %.2f (+-%.2f over %d runs), FB-IoU %.2f",

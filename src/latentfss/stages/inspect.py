@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from latentfss import store
 from latentfss.datasets.images import read_image, read_mask, voc_palette
 from latentfss.datasets.index import read_index
+from latentfss.errors import InputError
 from latentfss.fs import atomic_file
 
 # pseudo-label colours: 0 = background (black), 1..K distinct hues, 255 = padding (grey)
@@ -42,6 +43,26 @@ PSEUDO_COLOURS = [
 ]
 
 
+# where each artifact a view reads lies under results/{dataset}, when its own flag is not given
+UNDER_RESULTS = {
+    "index": "dataset",
+    "pseudo_masks": "fold{fold}/pseudo_masks.zarr",
+    "prototypes": "prototypes.zarr",
+    "clusters": "fold{fold}/clusters.zarr",
+}
+
+
+def located(args: argparse.Namespace, name: str) -> Path:
+    """An artifact given by its own flag (the workflow's rules), else found under --results
+    for --fold (by hand)."""
+    path = getattr(args, name)
+    if path is not None:
+        return path
+    if args.fold is None and "{fold}" in UNDER_RESULTS[name]:
+        raise InputError(f"inspect {args.view}: give --{name.replace('_', '-')}, or --fold")
+    return args.results / UNDER_RESULTS[name].format(fold=args.fold)
+
+
 def register_arguments(parser: argparse.ArgumentParser) -> None:
     views = parser.add_subparsers(dest="view", required=True, metavar="VIEW")
     masks = views.add_parser("pseudo-masks", help="PNG grid: image | ground truth | pseudo mask")
@@ -56,8 +77,14 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
             default=Path("results/synthetic"),
             help="results/{dataset} folder (default: %(default)s)",
         )
-    for view in (masks, protos):
-        view.add_argument("--fold", type=int, required=True, choices=range(4))
+    for view, names in ((masks, ("index", "pseudo_masks")), (protos, ("prototypes", "clusters"))):
+        view.add_argument("--fold", type=int, choices=range(4), help="the fold, under --results")
+        for name in names:
+            view.add_argument(
+                f"--{name.replace('_', '-')}",
+                type=Path,
+                help=f"default: {UNDER_RESULTS[name]} under --results",
+            )
         view.add_argument("--out", type=Path, required=True, help="PNG to write")
     masks.add_argument("--count", type=int, default=12, help="images in the grid")
     training.add_argument("logs", nargs="+", type=Path, help="train.csv files")
@@ -88,10 +115,8 @@ def colourise(labels: np.ndarray, colours: list[tuple[int, int, int]]) -> np.nda
 
 def pseudo_mask_grid(args: argparse.Namespace) -> None:
     """Evenly spaced train images, one row each: image | ground truth | pseudo mask."""
-    index = read_index(args.results / "dataset")
-    group = store.open_group(
-        args.results / f"fold{args.fold}" / "pseudo_masks.zarr", "write-pseudo-masks"
-    )
+    index = read_index(located(args, "index"))
+    group = store.open_group(located(args, "pseudo_masks"), "write-pseudo-masks")
     image_ids, heights, widths = group["image_id"][:], group["height"][:], group["width"][:]
     rows = np.linspace(0, np.count_nonzero(image_ids >= 0) - 1, args.count).round().astype(int)
     voc = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
@@ -120,8 +145,8 @@ def prototype_projection(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    prototypes = store.open_group(args.results / "prototypes.zarr", "pool-prototypes")
-    clusters = store.open_group(args.results / f"fold{args.fold}" / "clusters.zarr", "cluster")
+    prototypes = store.open_group(located(args, "prototypes"), "pool-prototypes")
+    clusters = store.open_group(located(args, "clusters"), "cluster")
     member, assign = clusters["member"][:], clusters["assign"][:]
     x = prototypes["fg"][:][member]
     classes = prototypes["fg_class"][:][member]
@@ -150,7 +175,7 @@ def prototype_projection(args: argparse.Namespace) -> None:
         ax.scatter(px, py, s=260, marker="*", c=[colours[(k - 1) % len(colours)]], edgecolors="k")
         ax.annotate(str(k), (px, py), ha="center", va="center", fontsize=7)
     ax.set(
-        title=f"fold {args.fold}: {len(x)} base-class prototypes, K={len(centroids)}",
+        title=f"fold {clusters.attrs['fold']}: {len(x)} base-class prototypes, K={len(centroids)}",
         xlabel="PC 1",
         ylabel="PC 2",
     )
