@@ -31,7 +31,7 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, presets=())
         "-m",
         "snakemake",
         "--snakefile",
-        str(REPO / "workflow/Snakefile"),
+        str(REPO / "Snakefile"),
         "--directory",
         str(workdir),
         "--cores",
@@ -59,7 +59,7 @@ def test_lint_and_format_are_clean():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     fmt = subprocess.run(
-        ["snakefmt", "--check", "workflow"],
+        ["snakefmt", "--check", "Snakefile", "workflow"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -288,7 +288,7 @@ def test_default_profile_gives_each_gpu_job_a_gpu_and_requires_cuda(tmp_path, vi
         assert profile.get("default-resources") == ({"device": "cuda"} if visible else None)
         assert profile["rerun-incomplete"] is True
         code, out = snakemake(tmp_path, "-n", "-p", "--cores", "8", presets=["config.yaml"])
-        assert code == 0 and "workflow/profiles/default" in out, out
+        assert code == 0 and "profiles/default" in out, out
         train = re.search(r"^rule train:.*?^Shell command: [^\n]*", out, re.M | re.S)[0]
         assert f"--device {'cuda' if visible else 'auto'}" in train
         threads = re.search(r"threads: (\d+)", train)  # Snakemake prints none for 1

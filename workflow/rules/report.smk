@@ -46,3 +46,11 @@ rule inspect_benchmarks:
         runtime=10,
     shell:
         "latentfss inspect benchmarks {input:q} --out {output.table:q} > {log:q} 2>&1"
+
+
+onsuccess:
+    print(
+        f"\nlatentfss: results table {RESULTS}/summary.md (and summary.csv), figures and "
+        f"benchmarks under {RESULTS}/.\nThe report: snakemake --report report.html "
+        "(the same --configfile/--config as this run)."
+    )

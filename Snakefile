@@ -9,12 +9,12 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-include: "rules/common.smk"
-include: "rules/data.smk"
-include: "rules/annotation.smk"
-include: "rules/training.smk"
-include: "rules/evaluation.smk"
-include: "rules/report.smk"
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/annotation.smk"
+include: "workflow/rules/training.smk"
+include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -22,11 +22,3 @@ rule all:
     input:
         artifacts(),
         rules.inspect_benchmarks.output.table,
-
-
-onsuccess:
-    print(
-        f"\nlatentfss: results table {RESULTS}/summary.md (and summary.csv), figures and "
-        f"benchmarks under {RESULTS}/.\nThe report: snakemake --report report.html "
-        "(the same --configfile/--config as this run)."
-    )
