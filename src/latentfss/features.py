@@ -152,11 +152,13 @@ class Features:
                 yield rows[s : s + BLOCK], self.stored.oindex[rows[s : s + BLOCK]]
             return
         size = self.cfg.batch_size  # rows ascending: extract-features' batches, in order
-        batches = np.unique(rows // size)  # only those that hold a wanted row
+        if not len(rows):
+            return
+        groups = np.split(rows, np.flatnonzero(np.diff(rows // size)) + 1)  # one per batch held
+        batches = [int(group[0]) // size for group in groups]
         paths = [path for b in batches for path in self.paths[b * size : (b + 1) * size]]
         computed = embed(self.encoder, paths, self.cfg, self.device, self.threads)
-        for batch, feats in zip(batches, computed, strict=True):
-            wanted = rows[rows // size == batch]
+        for batch, wanted, feats in zip(batches, groups, computed, strict=True):
             yield wanted, feats[wanted - batch * size]
 
 
