@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import REPO, tool_env
+from test_pascal import make_official
 from test_readers import make_coco
 
 TINY_CONFIG = yaml.safe_load((REPO / ".test/config.yaml").read_text())  # the tiny run
@@ -226,6 +227,11 @@ def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tm
             {"dataset": {"name": "pascal", "root": "/no/VOC2012"}},
             "ERROR: dataset.root: /no/VOC2012 is not a directory",
         ),
+        (
+            {"dataset": {"name": "pascal", "root": "/", "train_list": "/no/list.txt"}},
+            "ERROR: dataset.train_list: /no/list.txt is neither a built list (voc, voc_sbd, "
+            "trainaug) nor a file",
+        ),
     ],
 )
 def test_config_errors_stop_snakemake_with_one_line(tmp_path, config, message):
@@ -247,6 +253,23 @@ def test_pascal_preset_dry_run_on_a_voc_root(tiny_root, tmp_path):
     )
     assert code == 0, out
     assert "prepare" in out and "make_synthetic" not in out
+
+
+def test_pascal_preset_dry_run_on_the_official_archives_with_a_list_file(tmp_path):
+    """The list file is prepare's input: editing it would index again."""
+    root = make_official(tmp_path / "pascal")
+    pfenet = tmp_path / "voc_sbd_merge_noduplicate.txt"
+    pfenet.write_text("a\nb\n")
+    code, out = snakemake(
+        tmp_path,
+        "-n",
+        "-p",
+        config={"dataset": {"root": str(root), "train_list": str(pfenet)}},
+        presets=["workflow/presets/pascal.yaml"],
+    )
+    assert code == 0, out
+    prepare = out[out.index("rule prepare:") :].split("\n\n")[0]
+    assert f"input: {pfenet}" in prepare and "make_synthetic" not in out
 
 
 def test_table3_preset_adds_one_run_per_row_and_trains_only_new_models(tmp_path):

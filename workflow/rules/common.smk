@@ -8,6 +8,7 @@ from pathlib import Path
 from latentfss.config import validate
 from latentfss.errors import InputError
 from latentfss import layout
+from latentfss.datasets.voc import TRAIN_LISTS
 from latentfss.gpus import visible_gpus
 
 try:
@@ -21,11 +22,26 @@ try:
         raise InputError(
             f"dataset.root: {config['dataset']['root']} is not a directory"
         )
+    if (
+        config["dataset"]["name"] != "coco"
+        and config["dataset"]["train_list"] not in TRAIN_LISTS
+        and not Path(config["dataset"]["train_list"]).is_file()
+    ):
+        raise InputError(
+            f"dataset.train_list: {config['dataset']['train_list']} is neither a built list "
+            f"({', '.join(TRAIN_LISTS)}) nor a file"
+        )
 except InputError as e:
     sys.stderr.write(f"ERROR: {e}\n")
     sys.exit(2)
 
 DATASET = config["dataset"]["name"]
+# a train list file of the user's is an input of prepare: editing it re-indexes
+TRAIN_LIST_FILE = (
+    []
+    if DATASET == "coco" or config["dataset"]["train_list"] in TRAIN_LISTS
+    else config["dataset"]["train_list"]
+)
 RESULTS = f"results/{DATASET}"
 CPU_ENV = "../../envs/latentfss-cpu.yaml"
 GPU_ENV = "../../envs/latentfss-gpu.yaml"

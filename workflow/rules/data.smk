@@ -26,6 +26,7 @@ if DATASET == "synthetic":
 rule prepare:
     input:
         root=rules.make_synthetic.output.root if DATASET == "synthetic" else [],
+        train_list=TRAIN_LIST_FILE,
     output:
         index=directory(f"{RESULTS}/dataset"),  # images.csv, pixels.csv, meta.json (COCO: masks/)
     log:

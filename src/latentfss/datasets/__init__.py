@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from latentfss.datasets.voc import TRAIN_LISTS
-
 DATASETS = ("synthetic", "pascal", "coco")
 
 
@@ -15,10 +13,11 @@ class DatasetConfig:
 
     name: str = "synthetic"
     root: str = "results/synthetic/voc"
-    train_list: str = "voc"  # synthetic/pascal: voc | voc_sbd | trainaug; ignored for coco
+    # synthetic/pascal: a built list (voc | voc_sbd | trainaug) or a list file; ignored for coco
+    train_list: str = "voc"
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
             raise ValueError(f"name must be one of {', '.join(DATASETS)}")
-        if self.train_list not in TRAIN_LISTS:
-            raise ValueError(f"train_list must be one of {', '.join(TRAIN_LISTS)}")
+        if not self.train_list:
+            raise ValueError("train_list must name a built list or a list file")

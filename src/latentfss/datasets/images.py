@@ -79,7 +79,12 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
             f"{path}: mask has mode {image.mode}, expected a single-channel class-index PNG "
             "(palette 'P' or greyscale 'L'), not a colour rendering"
         )
-    mask = np.asarray(image)
+    return check_labels(np.asarray(image), num_classes, path)
+
+
+def check_labels(mask: np.ndarray, num_classes: int, path: str | Path) -> np.ndarray:
+    """`mask` itself if every value is in 0..num_classes or 255, else an InputError naming
+    `path` (where the mask comes from) and the largest bad label."""
     bad = (mask > num_classes) & (mask != IGNORE)
     if bad.any():
         raise InputError(

@@ -34,7 +34,8 @@ VOC_CLASSES = (
     "tvmonitor",
 )
 
-# train list choices (config `dataset.train_list`): the list files each one reads, in order
+# built train lists (config `dataset.train_list`; any other value is a list file's path): the
+# list files each one reads here, in order
 TRAIN_LISTS = {
     "voc": ("train",),  # VOC2012 train alone (1,464 on VOC; the synthetic benchmark's list)
     "voc_sbd": ("train", "sbd_train"),  # VOC2012 train + SBD, as PFENet (5,953 with its SBD list)
@@ -59,15 +60,19 @@ def read_id_list(path: Path) -> list[str]:
     return [Path(line.split()[0]).stem for line in lines if line.strip()]
 
 
+def merge(lists: list[list[str]], held_out: list[str]) -> list[str]:
+    """The ids of `lists` in order, each once, minus every held-out (val) id."""
+    drop = set(held_out)
+    return [i for i in dict.fromkeys(i for ids in lists for i in ids) if i not in drop]
+
+
 def split_ids(root: Path, train_list: str) -> dict[str, list[str]]:
-    """{'train': ids, 'val': ids}: the chosen train list(s) merged in order without duplicates,
-    minus every VOC2012 val image (val is where novel classes are tested)."""
+    """{'train': ids, 'val': ids}: the chosen train list(s) (built, or a list file) merged in
+    order without duplicates, minus every VOC2012 val image (val is where novel classes are
+    tested)."""
     if not root.is_dir():
         raise InputError(f"{root}: dataset root not found")
     lists = root / "ImageSets" / "Segmentation"
     val = read_id_list(lists / "val.txt")
-    held_out = set(val)
-    train = dict.fromkeys(
-        i for name in TRAIN_LISTS[train_list] for i in read_id_list(lists / f"{name}.txt")
-    )
-    return {"train": [i for i in train if i not in held_out], "val": val}
+    files = [lists / f"{n}.txt" for n in TRAIN_LISTS.get(train_list, ())] or [Path(train_list)]
+    return {"train": merge([read_id_list(f) for f in files], val), "val": val}

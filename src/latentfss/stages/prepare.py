@@ -2,7 +2,9 @@
 
 Every image and mask is decoded and checked here (readable, single-channel, labels in range,
 same size as its image), so a bad file stops the pipeline at its first stage with its name.
-COCO masks are converted from the instances JSON into the index directory on the way.
+Masks that are not PNGs yet are converted into the index directory (masks/) on the way: COCO's
+from the instances JSON, SBD's from its .mat class maps (PASCAL from the official archives).
+Nothing is written into the dataset root.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from collections.abc import Callable
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +23,7 @@ import pandas as pd
 
 from latentfss import code_version
 from latentfss.config import from_params
-from latentfss.datasets import DatasetConfig, coco, synthetic, voc
+from latentfss.datasets import DatasetConfig, coco, pascal, synthetic, voc
 from latentfss.datasets.images import image_size, read_mask, write_mask
 from latentfss.datasets.index import IMAGE_COLUMNS, write_index
 from latentfss.errors import InputError
@@ -29,16 +33,24 @@ from latentfss.progress import progress
 log = logging.getLogger(__name__)
 
 
+class Conversion(NamedTuple):
+    """A mask made here rather than read: `make()` builds it from `source` (the file named in
+    errors) and it is written to `write_to`. Workers get all they need, so they share no state."""
+
+    source: str
+    write_to: Path
+    make: Callable[[], np.ndarray]
+
+
 class Item(NamedTuple):
-    """One image to index. For COCO, `coco` = (where to write the mask now, the image record,
-    its annotations, category labels): everything a worker needs, so workers share no state."""
+    """One image to index; `mask` is where its mask is, or will be once converted."""
 
     name: str
     split: str
     image: str
     mask: str
     num_classes: int
-    coco: tuple | None = None
+    convert: Conversion | None = None
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,15 +63,25 @@ def run(args: argparse.Namespace) -> None:
     cfg = from_params(DatasetConfig, args.params, "dataset")
     root = Path(cfg.root).resolve()
     with atomic_dir(args.out) as tmp:
+        final = args.out.resolve()
         if cfg.name == "coco":
-            tasks, class_names = _coco_tasks(root, final=args.out.resolve(), tmp=tmp)
+            layout = "coco"
+            tasks, class_names = _coco_tasks(root, final, tmp)
+        elif cfg.name == "pascal" and pascal.is_official(root):
+            layout = "official VOC2012 + SBD"
+            tasks, class_names = _official_tasks(root, cfg.train_list, final, tmp)
         else:
+            layout = "SegmentationClassAug"
             tasks, class_names = _voc_tasks(root, cfg)
+        converted = sum(t.convert is not None for t in tasks)
+        log.info("%s (%s): %d images, %d masks to convert", root, layout, len(tasks), converted)
         images, pixels = _scan(tasks, args.threads)
         meta = {
             "name": cfg.name,
             "config": dataclasses.asdict(cfg),
             "root": str(root),
+            "layout": layout,
+            "converted_masks": converted,
             "num_classes": len(class_names),
             "class_names": list(class_names),
             "num_images": images["split"].value_counts().to_dict(),
@@ -86,13 +108,35 @@ def _voc_tasks(root: Path, cfg: DatasetConfig) -> tuple[list[Item], tuple[str, .
     return tasks, class_names
 
 
+def _official_tasks(
+    root: Path, train_list: str, final: Path, tmp: Path
+) -> tuple[list[Item], tuple[str, ...]]:
+    """VOC2012's masks where it has them, SBD's converted under `tmp` (listed under `final`)."""
+    split = pascal.split(root, train_list)
+    (tmp / "masks" / "sbd").mkdir(parents=True)
+    tasks = []
+    for split_name, names in split.ids().items():
+        for name in names:
+            image = str(pascal.image_path(root, name))
+            if name in split.voc_masked:
+                mask, convert = pascal.voc_mask_path(root, name), None
+            else:
+                mat = pascal.sbd_mat_path(root, name)
+                mask = final / "masks" / "sbd" / f"{name}.png"
+                write_to = tmp / "masks" / "sbd" / f"{name}.png"
+                convert = Conversion(str(mat), write_to, partial(pascal.read_sbd_mask, mat))
+            tasks.append(Item(name, split_name, image, str(mask), len(voc.VOC_CLASSES), convert))
+    return tasks, voc.VOC_CLASSES
+
+
 def _coco_tasks(root: Path, final: Path, tmp: Path) -> tuple[list[Item], tuple[str, ...]]:
     """Masks are written under `tmp` now and listed at their path under `final`."""
     if not root.is_dir():
         raise InputError(f"{root}: dataset root not found")
     tasks, class_names = [], None
     for split, folder in coco.SPLITS.items():
-        data = coco.load_instances(root / "annotations" / f"instances_{folder}.json")
+        instances = root / "annotations" / f"instances_{folder}.json"
+        data = coco.load_instances(instances)
         labels = coco.category_labels(data["categories"])
         names = tuple(c["name"] for c in sorted(data["categories"], key=lambda c: c["id"]))
         if class_names not in (None, names):
@@ -110,7 +154,11 @@ def _coco_tasks(root: Path, final: Path, tmp: Path) -> tuple[list[Item], tuple[s
                     str(root / folder / image["file_name"]),
                     str(final / "masks" / folder / f"{stem}.png"),
                     len(names),
-                    (write_to, image, by_image.get(image["id"], []), labels),
+                    Conversion(
+                        f"{instances} (image {image['id']})",
+                        write_to,
+                        partial(coco.instance_mask, image, by_image.get(image["id"], []), labels),
+                    ),
                 )
             )
     return tasks, class_names
@@ -119,22 +167,17 @@ def _coco_tasks(root: Path, final: Path, tmp: Path) -> tuple[list[Item], tuple[s
 def _scan_one(item: Item) -> tuple[int, int, np.ndarray]:
     """Decode and check one image and its mask: (height, width, pixel count per class)."""
     height, width = image_size(item.image)
-    if item.coco is not None:
-        write_to, record, annotations, labels = item.coco
-        if (record["height"], record["width"]) != (height, width):
-            raise InputError(
-                f"{item.image}: image is {width}x{height} but its annotation says "
-                f"{record['width']}x{record['height']}"
-            )
-        mask = coco.instance_mask(record, annotations, labels)
-        write_mask(write_to, mask)
+    if item.convert is None:
+        source, mask = item.mask, read_mask(item.mask, item.num_classes)
     else:
-        mask = read_mask(item.mask, item.num_classes)
-        if mask.shape != (height, width):
-            raise InputError(
-                f"{item.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"{Path(item.image).name} is {width}x{height}"
-            )
+        source, mask = item.convert.source, item.convert.make()
+    if mask.shape != (height, width):
+        raise InputError(
+            f"{source}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"{Path(item.image).name} is {width}x{height}"
+        )
+    if item.convert is not None:
+        write_mask(item.convert.write_to, mask)
     return height, width, np.bincount(mask.ravel(), minlength=256)[: item.num_classes + 1]
 
 
