@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -308,3 +309,44 @@ def test_a_segmentation_class_aug_root_keeps_its_own_masks(tmp_path, tiny_root, 
     assert index.meta["layout"] == "SegmentationClassAug" and index.meta["converted_masks"] == 0
     assert index.split("train")["name"].tolist() == ["train_00003", "train_00001"]
     assert all("/SegmentationClassAug/" in m for m in index.images["mask"])
+
+
+def test_compare_masks_counts_what_differs_from_a_segmentation_class_aug_folder(
+    tmp_path, small_counts, capsys
+):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from compare_masks import compare
+
+    root = make_official(tmp_path / "pascal")
+    out = tmp_path / "dataset"
+    assert prepare(root, out, capsys)[0] == 0
+    aug = tmp_path / "SegmentationClassAug"
+    aug.mkdir()
+    for _, row in read_index(out).images.iterrows():
+        write_mask(aug / f"{row['name']}.png", read_mask(row["mask"], 20))
+    same = compare(out, aug)
+    assert same["VOC2012"]["images"] == 5 and same["SBD"]["images"] == 2
+    assert all(c["differ"] == c["px_differ"] == 0 for c in same.values())
+
+    band = voc_mask()
+    band[band == 255] = 0  # b as the zip would have it without VOC's boundary band
+    write_mask(aug / "b.png", band)
+    relabelled = read_mask(aug / "s1.png", 20).copy()
+    relabelled[1, 2:5] = 7  # three pixels of another class
+    write_mask(aug / "s1.png", relabelled)
+    counts = compare(out, aug)
+    pixels = SIZE[0] * SIZE[1]
+    assert counts["VOC2012"] == {
+        "images": 5,
+        "differ": 1,
+        "pixels": 5 * pixels,
+        "px_differ": int((voc_mask() == 255).sum()),
+        "px_label_differ": 0,
+    }
+    assert counts["SBD"] == {
+        "images": 2,
+        "differ": 1,
+        "pixels": 2 * pixels,
+        "px_differ": 3,
+        "px_label_differ": 3,
+    }
