@@ -17,6 +17,11 @@ from latentfss.datasets.images import read_mask, write_mask
 from latentfss.datasets.index import read_index
 from latentfss.errors import InputError
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from compare_masks import compare  # noqa: E402
+from pascal_prepare import official_lists  # noqa: E402
+from pascal_prepare import write_lists as write_list_files  # noqa: E402
+
 VOC, SBD = pascal.VOC, pascal.SBD
 SIZE = (12, 16)  # (height, width) of every test image
 
@@ -27,16 +32,8 @@ def write_ids(path: Path, ids: list[str]) -> None:
 
 
 def write_lists(root: Path, lists: dict[str, list[str]]) -> None:
-    """The official list files; keys as in pascal.COUNTS ('SBD train_noval' optional)."""
-    files = {
-        "VOC2012 train": VOC / "ImageSets/Segmentation/train.txt",
-        "VOC2012 val": VOC / "ImageSets/Segmentation/val.txt",
-        "SBD train": SBD / "train.txt",
-        "SBD val": SBD / "val.txt",
-        "SBD train_noval": SBD / "train_noval.txt",
-    }
-    for name, ids in lists.items():
-        write_ids(root / files[name], ids)
+    """The official list files (keys as in pascal.COUNTS) and the folders `split` expects."""
+    write_list_files(root, lists)
     for folder in (VOC / "JPEGImages", VOC / "SegmentationClass", SBD / "cls"):
         (root / folder).mkdir(parents=True, exist_ok=True)
 
@@ -168,24 +165,8 @@ def test_a_listed_image_without_any_mask_is_named(tmp_path, small_counts):
         pascal.split(root, str(mine))
 
 
-def official_count_lists() -> dict[str, list[str]]:
-    """Lists of the official sizes, overlapping as VOC2012 and SBD do: 2,237 of VOC2012's 2,913
-    segmentation images are in SBD (676 are not: 12,031 in all), some of VOC2012 val in SBD
-    train, and train_noval = SBD train minus VOC2012 val, 1,134 of it in VOC2012 train."""
-    t = [f"t{i}" for i in range(1_464)]  # VOC2012 train
-    v = [f"v{i}" for i in range(1_449)]  # VOC2012 val
-    s = [f"s{i}" for i in range(9_118)]  # in SBD only
-    return {
-        "VOC2012 train": t,
-        "VOC2012 val": v,
-        "SBD train": t[:1_134] + v[:700] + s[:6_664],
-        "SBD val": t[1_134:1_200] + v[700:1_037] + s[6_664:],
-        "SBD train_noval": t[:1_134] + s[:4_489],
-    }
-
-
 def test_official_counts_give_trainaug_10582_and_pfenets_5953(tmp_path):
-    lists = official_count_lists()
+    lists = official_lists()
     write_lists(tmp_path, lists)
     assert {name: len(ids) for name, ids in lists.items()} == {
         name: pascal.COUNTS[name] for name in lists
@@ -217,7 +198,7 @@ def test_official_counts_give_trainaug_10582_and_pfenets_5953(tmp_path):
     ],
 )
 def test_the_first_count_that_differs_is_named(tmp_path, damage, message):
-    lists = official_count_lists()
+    lists = official_lists()
     damage(lists)
     write_lists(tmp_path, lists)
     with pytest.raises(InputError) as error:
@@ -314,9 +295,6 @@ def test_a_segmentation_class_aug_root_keeps_its_own_masks(tmp_path, tiny_root, 
 def test_compare_masks_counts_what_differs_from_a_segmentation_class_aug_folder(
     tmp_path, small_counts, capsys
 ):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from compare_masks import compare
-
     root = make_official(tmp_path / "pascal")
     out = tmp_path / "dataset"
     assert prepare(root, out, capsys)[0] == 0

@@ -1,0 +1,202 @@
+"""`prepare` on PASCAL-5i laid out as the official VOC2012 and SBD archives, at full size: the
+real list counts and overlaps, VOC-sized images, SBD's .mat files (generated: no download).
+
+    python bench/pascal_prepare.py [--threads 2]
+
+The generated tree has the official lists' sizes and overlaps (`official_lists`), 12,031
+JPEGs of 500 x 375 (a smooth random field plus noise, about VOC's file sizes), VOC2012's 2,913
+palette masks with 255 bands about 5 pixels wide, and SBD's 11,355 class maps as compressed
+.mat files holding GTcls (20 sparse boundary maps, Segmentation, CategoriesPresent) as SBD
+ships them. `prepare` then runs, each time in its own process, with train_list voc, voc_sbd and
+trainaug: wall time (start-up included), peak RSS, the masks it converted and their size on
+disk; and every converted mask is checked against its .mat.
+
+Writes bench/results/pascal_prepare.json and .md (assembled into BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import scipy.ndimage
+import scipy.sparse
+from PIL import Image
+from record import describe, machine, run_stage, save, scratch
+
+from latentfss.datasets import pascal
+from latentfss.datasets.images import read_mask, write_mask
+from latentfss.datasets.index import read_index
+
+REPO = Path(__file__).resolve().parents[1]
+HEIGHT, WIDTH = 375, 500
+LIST_FILES = {
+    "VOC2012 train": pascal.VOC / "ImageSets/Segmentation/train.txt",
+    "VOC2012 val": pascal.VOC / "ImageSets/Segmentation/val.txt",
+    "SBD train": pascal.SBD / "train.txt",
+    "SBD val": pascal.SBD / "val.txt",
+    "SBD train_noval": pascal.SBD / "train_noval.txt",
+}
+
+
+def official_lists() -> dict[str, list[str]]:
+    """Lists of the official sizes, overlapping as VOC2012 and SBD do: 2,237 of VOC2012's 2,913
+    segmentation images are in SBD (676 are not: 12,031 in all, as trainaug + val imply), some
+    of VOC2012 val is in SBD train, and train_noval (SBD train without VOC2012 val) shares
+    1,134 images with VOC2012 train (the duplicates PFENet's merge removed)."""
+    t = [f"2007_{i:06d}" for i in range(1_464)]  # VOC2012 train
+    v = [f"2008_{i:06d}" for i in range(1_449)]  # VOC2012 val
+    s = [f"2010_{i:06d}" for i in range(9_118)]  # in SBD only
+    return {
+        "VOC2012 train": t,
+        "VOC2012 val": v,
+        "SBD train": t[:1_134] + v[:700] + s[:6_664],
+        "SBD val": t[1_134:1_200] + v[700:1_037] + s[6_664:],
+        "SBD train_noval": t[:1_134] + s[:4_489],
+    }
+
+
+def write_lists(root: Path, lists: dict[str, list[str]]) -> None:
+    for name, ids in lists.items():
+        path = root / LIST_FILES[name]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{i}\n" for i in ids))
+
+
+def objects(rng: np.random.Generator) -> np.ndarray:
+    """A class map of 1-3 rectangles of random classes, (HEIGHT, WIDTH) uint8."""
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    for _ in range(rng.integers(1, 4)):
+        y, x = rng.integers(0, HEIGHT - 60), rng.integers(0, WIDTH - 60)
+        h, w = rng.integers(40, HEIGHT - y), rng.integers(40, WIDTH - x)
+        mask[y : y + h, x : x + w] = rng.integers(1, 21)
+    return mask
+
+
+def edges(mask: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour has another value."""
+    edge = np.zeros(mask.shape, dtype=bool)
+    edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+    edge[1:, :] |= mask[1:, :] != mask[:-1, :]
+    return edge
+
+
+def make_one(task: tuple[Path, str, int, bool, bool]) -> None:
+    root, image_id, seed, voc, sbd = task
+    rng = np.random.default_rng(seed)
+    field = rng.random((HEIGHT // 25, WIDTH // 25, 3)) * 255
+    smooth = np.asarray(Image.fromarray(field.astype(np.uint8)).resize((WIDTH, HEIGHT)), float)
+    pixels = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(pascal.image_path(root, image_id), quality=90)
+    segmentation = objects(rng)
+    if voc:  # VOC's look: 255 on a band about 5 pixels wide along every edge
+        band = scipy.ndimage.binary_dilation(edges(segmentation), iterations=2)
+        write_mask(pascal.voc_mask_path(root, image_id), np.where(band, 255, segmentation))
+    if sbd:
+        boundaries = np.empty((20, 1), dtype=object)
+        for c in range(20):
+            boundaries[c, 0] = scipy.sparse.csc_matrix(edges(segmentation == c + 1))
+        present = np.unique(segmentation[segmentation > 0]).astype(np.uint8)
+        gt = {"Boundaries": boundaries, "Segmentation": segmentation, "CategoriesPresent": present}
+        scipy.io.savemat(pascal.sbd_mat_path(root, image_id), {"GTcls": gt}, do_compression=True)
+
+
+def make_archives(root: Path, threads: int) -> dict:
+    lists = official_lists()
+    write_lists(root, lists)
+    for folder in ("JPEGImages", "SegmentationClass"):
+        (root / pascal.VOC / folder).mkdir(parents=True)
+    (root / pascal.SBD / "cls").mkdir(parents=True)
+    voc = set(lists["VOC2012 train"] + lists["VOC2012 val"])
+    sbd = set(lists["SBD train"] + lists["SBD val"])
+    ids = sorted(voc | sbd)
+    start = time.perf_counter()
+    with Pool(threads) as pool:
+        tasks = [(root, i, seed, i in voc, i in sbd) for seed, i in enumerate(ids)]
+        pool.map(make_one, tasks, chunksize=64)
+    return {
+        "images": len(ids),
+        "voc_masks": len(voc),
+        "sbd_mats": len(sbd),
+        "seconds": round(time.perf_counter() - start, 1),
+        "jpeg_mb": round(folder_bytes(root / pascal.VOC / "JPEGImages") / 1e6),
+        "mat_mb": round(folder_bytes(root / pascal.SBD / "cls") / 1e6),
+    }
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def converted_match_their_mat(index_dir: Path, root: Path) -> bool:
+    index = read_index(index_dir)
+    converted = index.images[index.images["mask"].str.startswith(str(index_dir.resolve()))]
+    return all(
+        np.array_equal(
+            read_mask(row["mask"], 20), pascal.read_sbd_mask(pascal.sbd_mat_path(root, row["name"]))
+        )
+        for _, row in converted.iterrows()
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    with scratch() as tmp:
+        work = Path(tmp)
+        root = work / "pascal"
+        generated = make_archives(root, args.threads)
+        print("generated:", generated)
+        runs = {}
+        for train_list in ("voc", "voc_sbd", "trainaug"):
+            out = work / f"dataset_{train_list}"
+            params = json.dumps({"name": "pascal", "root": str(root), "train_list": train_list})
+            timing = run_stage("prepare", out=out, params=params, threads=args.threads)
+            meta = read_index(out).meta
+            sbd = out / "masks" / "sbd"
+            runs[train_list] = {
+                **timing,
+                "train": meta["num_images"]["train"],
+                "val": meta["num_images"]["val"],
+                "converted": meta["converted_masks"],
+                "converted_mb": round(folder_bytes(sbd) / 1e6, 1),
+                "converted_match_mat": converted_match_their_mat(out, root),
+            }
+            print(train_list, runs[train_list])
+    results = {"machine": machine(), "threads": args.threads, "generated": generated, "runs": runs}
+    save(results, report(results), REPO / "bench/results", "pascal_prepare")
+
+
+def report(results: dict) -> str:
+    g = results["generated"]
+    lines = [
+        "## PASCAL-5i from the official archives: prepare at full size",
+        "",
+        f"{describe(results['machine'])}; `prepare --threads {results['threads']}`, each run in "
+        f"its own process. Generated archives (`bench/pascal_prepare.py`): {g['images']:,} "
+        f"images of {WIDTH} x {HEIGHT} ({g['jpeg_mb']:,} MB of JPEG), {g['voc_masks']:,} VOC2012 "
+        f"masks, {g['sbd_mats']:,} SBD .mat files ({g['mat_mb']:,} MB), with the official "
+        "lists' counts and overlaps.",
+        "",
+        "| train_list | train | val | masks converted from SBD | their PNGs | equal to the .mat | "
+        "wall | per image | peak RSS |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for name, r in results["runs"].items():
+        images = r["train"] + r["val"]
+        lines.append(
+            f"| {name} | {r['train']:,} | {r['val']:,} | {r['converted']:,} | "
+            f"{r['converted_mb']} MB | {'yes' if r['converted_match_mat'] else 'NO'} | "
+            f"{r['seconds']:.0f} s | {1e3 * r['seconds'] / images:.1f} ms | {r['peak_rss_mb']} MB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
