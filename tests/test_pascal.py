@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import scipy.sparse
 from PIL import Image
 
 from conftest import cli, params
-from latentfss.datasets import pascal
+from latentfss.datasets import pascal, voc
 from latentfss.datasets.images import read_mask, write_mask
 from latentfss.datasets.index import read_index
 from latentfss.errors import InputError
@@ -328,3 +329,44 @@ def test_compare_masks_counts_what_differs_from_a_segmentation_class_aug_folder(
         "px_differ": 3,
         "px_label_differ": 3,
     }
+
+
+def test_the_same_data_as_official_archives_or_as_segmentation_class_aug_index_the_same(
+    tmp_path, tiny_root, monkeypatch, capsys
+):
+    """The tiny synthetic dataset laid out both ways: VOC2012's masks for half of train and all
+    of val, the other half of train only in SBD as .mat files (some of VOC2012 train too)."""
+    train = voc.read_id_list(tiny_root / "ImageSets/Segmentation/train.txt")
+    val = voc.read_id_list(tiny_root / "ImageSets/Segmentation/val.txt")
+    half = len(train) // 2
+    lists = {
+        "VOC2012 train": train[:half],
+        "VOC2012 val": val,
+        "SBD train": train[half - 2 :],
+        "SBD val": val[:3],
+    }
+    monkeypatch.setattr(
+        pascal,
+        "COUNTS",
+        {**{name: len(ids) for name, ids in lists.items()}, "trainaug": len(train)},
+    )
+    root = tmp_path / "pascal"
+    write_lists(root, lists)
+    for name in train + val:
+        shutil.copy(voc.image_path(tiny_root, name), pascal.image_path(root, name))
+        mask = read_mask(voc.mask_path(tiny_root, name), 20)
+        if name in lists["VOC2012 train"] + val:
+            write_mask(pascal.voc_mask_path(root, name), mask)
+        if name in lists["SBD train"] + lists["SBD val"]:
+            scipy.io.savemat(pascal.sbd_mat_path(root, name), {"GTcls": {"Segmentation": mask}})
+
+    official, aug = tmp_path / "official", tmp_path / "aug"
+    assert prepare(root, official, capsys)[0] == 0
+    train_list = tmp_path / "trainaug.txt"
+    write_ids(train_list, train)
+    assert prepare(tiny_root, aug, capsys, train_list=str(train_list))[0] == 0
+    ours, theirs = read_index(official), read_index(aug)
+    assert ours.meta["converted_masks"] == len(train) - half
+    assert ours.pixels.equals(theirs.pixels)
+    columns = ["name", "split", "height", "width"]
+    assert ours.images[columns].equals(theirs.images[columns])
