@@ -53,9 +53,6 @@ class Split:
     val: list[str]
     voc_masked: frozenset[str]
 
-    def ids(self) -> dict[str, list[str]]:
-        return {"train": self.train, "val": self.val}
-
 
 def image_path(root: Path, image_id: str) -> Path:
     return root / VOC / "JPEGImages" / f"{image_id}.jpg"

@@ -115,7 +115,7 @@ def _official_tasks(
     split = pascal.split(root, train_list)
     (tmp / "masks" / "sbd").mkdir(parents=True)
     tasks = []
-    for split_name, names in split.ids().items():
+    for split_name, names in (("train", split.train), ("val", split.val)):
         for name in names:
             image = str(pascal.image_path(root, name))
             if name in split.voc_masked:
