@@ -98,12 +98,18 @@ def make_one(task: tuple[Path, str, int, bool, bool]) -> None:
         band = scipy.ndimage.binary_dilation(edges(segmentation), iterations=2)
         write_mask(pascal.voc_mask_path(root, image_id), np.where(band, 255, segmentation))
     if sbd:
-        boundaries = np.empty((20, 1), dtype=object)
-        for c in range(20):
-            boundaries[c, 0] = scipy.sparse.csc_matrix(edges(segmentation == c + 1))
-        present = np.unique(segmentation[segmentation > 0]).astype(np.uint8)
-        gt = {"Boundaries": boundaries, "Segmentation": segmentation, "CategoriesPresent": present}
-        scipy.io.savemat(pascal.sbd_mat_path(root, image_id), {"GTcls": gt}, do_compression=True)
+        save_sbd_mat(pascal.sbd_mat_path(root, image_id), segmentation)
+
+
+def save_sbd_mat(path: Path, segmentation: np.ndarray) -> None:
+    """A cls/*.mat as SBD ships it: struct GTcls with a 20x1 cell of sparse boundary maps, the
+    class map Segmentation (H, W) uint8 and CategoriesPresent; compressed."""
+    boundaries = np.empty((20, 1), dtype=object)
+    for c in range(20):
+        boundaries[c, 0] = scipy.sparse.csc_matrix(edges(segmentation == c + 1))
+    present = np.unique(segmentation[segmentation > 0]).astype(np.uint8)
+    gt = {"Boundaries": boundaries, "Segmentation": segmentation, "CategoriesPresent": present}
+    scipy.io.savemat(path, {"GTcls": gt}, do_compression=True)
 
 
 def make_archives(root: Path, threads: int) -> dict:

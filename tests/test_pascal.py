@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-import scipy.sparse
 from PIL import Image
 
 from conftest import cli, params
@@ -20,7 +19,7 @@ from latentfss.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from compare_masks import compare  # noqa: E402
-from pascal_prepare import official_lists  # noqa: E402
+from pascal_prepare import official_lists, save_sbd_mat  # noqa: E402
 from pascal_prepare import write_lists as write_list_files  # noqa: E402
 
 VOC, SBD = pascal.VOC, pascal.SBD
@@ -37,17 +36,6 @@ def write_lists(root: Path, lists: dict[str, list[str]]) -> None:
     write_list_files(root, lists)
     for folder in (VOC / "JPEGImages", VOC / "SegmentationClass", SBD / "cls"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-
-
-def sbd_mat(path: Path, segmentation: np.ndarray) -> None:
-    """A cls/*.mat as SBD ships it: struct GTcls with a 20x1 cell of sparse boundary maps, the
-    class map Segmentation and CategoriesPresent."""
-    boundaries = np.empty((20, 1), dtype=object)
-    for c in range(20):
-        boundaries[c, 0] = scipy.sparse.csc_matrix(segmentation == c + 1)
-    present = np.unique(segmentation[segmentation > 0]).astype(np.uint8)
-    gt = {"Boundaries": boundaries, "Segmentation": segmentation, "CategoriesPresent": present}
-    scipy.io.savemat(path, {"GTcls": gt})
 
 
 # VOC2012's masks label their object 1 with a 255 band around it; SBD's label the same image's
@@ -91,7 +79,7 @@ def make_official(root: Path, lists: dict[str, list[str]] = SMALL) -> Path:
         if image_id in voc_ids:
             write_mask(root / VOC / "SegmentationClass" / f"{image_id}.png", voc_mask())
         if image_id in sbd_ids:
-            sbd_mat(root / SBD / "cls" / f"{image_id}.mat", sbd_mask(k % 5))
+            save_sbd_mat(root / SBD / "cls" / f"{image_id}.mat", sbd_mask(k % 5))
     return root
 
 
@@ -249,7 +237,7 @@ def remove(path: Path) -> None:
             "{root}/benchmark_RELEASE/dataset/cls/s1.mat: no GTcls.Segmentation (not an SBD",
         ),
         (
-            lambda root: sbd_mat(root / SBD / "cls/s2.mat", np.full((5, 5), 2, np.uint8)),
+            lambda root: save_sbd_mat(root / SBD / "cls/s2.mat", np.full((5, 5), 2, np.uint8)),
             "trainaug",
             "{root}/benchmark_RELEASE/dataset/cls/s2.mat: mask is 5x5 but its image s2.jpg is "
             "16x12",
