@@ -68,35 +68,23 @@ ANNOTATION = params(input_size=64, batch_size=5)
 PROTOCOL = params(min_support_pixels=30)  # the tiny images are 48-64 px a side
 
 
+def pooling_steps(out: Path, dataset: str) -> list[tuple]:
+    """The `latentfss` argv of prepare -> extract-features -> pool-prototypes into `out`."""
+    index, features = out / "dataset", out / "features.zarr"
+    return [
+        ("prepare", "--out", index, "--params", dataset),
+        ("extract-features", "--index", index, "--out", features)
+        + ("--encoder-out", out / "encoder_init.pt", "--encoder", ENCODER, "--params", ANNOTATION),
+        ("pool-prototypes", "--index", index, "--features", features)
+        + ("--out", out / "prototypes.zarr"),
+    ]
+
+
 @pytest.fixture(scope="session")
 def annotated(tiny_root, tmp_path_factory):
     """prepare -> extract-features -> pool-prototypes -> cluster (folds 0, 1) -> pseudo masks."""
     out = tmp_path_factory.mktemp("annotated")
-    steps = [
-        ("prepare", "--out", out / "dataset", "--params", params(root=str(tiny_root))),
-        (
-            "extract-features",
-            "--index",
-            out / "dataset",
-            "--out",
-            out / "features.zarr",
-            "--encoder-out",
-            out / "encoder_init.pt",
-            "--encoder",
-            ENCODER,
-            "--params",
-            ANNOTATION,
-        ),
-        (
-            "pool-prototypes",
-            "--index",
-            out / "dataset",
-            "--features",
-            out / "features.zarr",
-            "--out",
-            out / "prototypes.zarr",
-        ),
-    ]
+    steps = pooling_steps(out, params(root=str(tiny_root)))
     for fold in (0, 1):
         steps += [
             (

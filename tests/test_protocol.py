@@ -12,7 +12,7 @@ import torch
 import zarr
 from PIL import Image
 
-from conftest import ANNOTATION, ENCODER, PROTOCOL, cli, params, summarize_runs
+from conftest import PROTOCOL, cli, params, pooling_steps, summarize_runs
 from latentfss.datasets.evaluation import (
     RESIZE_MODES,
     EvaluateConfig,
@@ -76,35 +76,7 @@ def hand_built(tmp_path_factory):
         (root / f"ImageSets/Segmentation/{split}.txt").write_text("\n".join(images) + "\n")
     pseudo, remain = out / "pseudo_masks.zarr", out / "remain/pseudo_masks.zarr"
     steps = [
-        (
-            "prepare",
-            "--out",
-            out / "dataset",
-            "--params",
-            params(name="pascal", root=str(root), train_list="voc"),
-        ),
-        (
-            "extract-features",
-            "--index",
-            out / "dataset",
-            "--out",
-            out / "features.zarr",
-            "--encoder-out",
-            out / "encoder_init.pt",
-            "--encoder",
-            ENCODER,
-            "--params",
-            ANNOTATION,
-        ),
-        (
-            "pool-prototypes",
-            "--index",
-            out / "dataset",
-            "--features",
-            out / "features.zarr",
-            "--out",
-            out / "prototypes.zarr",
-        ),
+        *pooling_steps(out, params(name="pascal", root=str(root), train_list="voc")),
         (
             "cluster",
             "--index",
