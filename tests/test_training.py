@@ -18,7 +18,7 @@ from conftest import cli, params
 from latentfss.augment import scale_crop_flip, strong_photometric
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
-from latentfss.ema import ModelEMA
+from latentfss.ema import ModelEMA, warmed_up
 from latentfss.encoder import Encoder
 from latentfss.episodes import IGNORE, EpisodeSampler, ProtocolConfig, base_classes
 from latentfss.model import MatchingNet, ModelConfig, Shots, cosine_logits, segmentation_loss
@@ -38,12 +38,32 @@ def test_global_background_moves_by_eq6_and_fuses_by_eq7():
     model.update_background(first)
     torch.testing.assert_close(model.bg_global, first.mean(0))  # the first update sets it
     model.update_background(second)
-    expected = 0.9 * first.mean(0) + 0.1 * second.mean(0)  # Eq. 6
+    m = min(0.9, 2 / 11)  # Eq. 6's m, warmed up at its second update (t = 1)
+    expected = m * first.mean(0) + (1 - m) * second.mean(0)
     torch.testing.assert_close(model.bg_global, expected)
     torch.testing.assert_close(model.background(current), 0.75 * expected + 0.25 * current)
     off = small_model(bg_rectify=False)
     off.update_background(first)
     assert torch.equal(off.background(current), current)
+
+
+@pytest.mark.parametrize("momentum", [0.999, 0.5])
+def test_eq6_forgets_its_first_batch_as_the_warm_up_says(momentum):
+    """After n updates the batch of update i weighs (1 - m_i) prod_{t>i} m_t in the global
+    background, m_t = min(m, (1 + t) / (10 + t)), m_0 = 0: one-hot batches read the weights off.
+    The paper's 0.999 over 100 steps would leave the first batch 0.999^99 = 0.91 of it."""
+    n = 100
+    model = MatchingNet(Encoder("resnet18"), ModelConfig(bg_momentum=momentum), None)
+    model.bg_global = torch.zeros(n, dtype=torch.float64)
+    for i in range(n):
+        model.update_background(F.one_hot(torch.tensor([i]), n).double())
+    rates = [0.0] + [min(momentum, (1 + t) / (10 + t)) for t in range(1, n)]
+    weights = [(1 - rates[i]) * np.prod(rates[i + 1 :]) for i in range(n)]
+    torch.testing.assert_close(model.bg_global, torch.tensor(weights, dtype=torch.float64))
+    assert model.bg_global.sum().item() == pytest.approx(1)
+    assert model.bg_global[0] < 1e-9 and int(model.bg_seen) == n  # the start is forgotten
+    # its last sixth weighs more than the paper's last 1000 of 6000 steps do
+    assert model.bg_global[-n // 6 :].sum() > 1 - 0.999**1000
 
 
 def test_matching_logits_are_sigma_times_cosine():
@@ -87,7 +107,7 @@ def test_ema_update_is_exact():
     ema.update(model, step=5)
     d = min(0.99, 6 / 15)
     torch.testing.assert_close(ema.model.weight, d * before + (1 - d) * model.weight)
-    assert ema.rate(10_000) == 0.99
+    assert warmed_up(0.99, 10_000) == 0.99
 
 
 def test_learning_rate_drops_at_a_third_and_two_thirds():

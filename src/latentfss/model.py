@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentfss.ema import warmed_up
 from latentfss.encoder import Encoder, encode_batches
 from latentfss.episodes import IGNORE
 from latentfss.errors import InputError
@@ -106,7 +107,7 @@ class MatchingNet(nn.Module):
     """Encoder + non-parametric matching; the mining head exists only when `cfg.mine`.
 
     `bg_global` (C,) is Eq. 6's moving average of support background prototypes, a buffer
-    saved with the model; `bg_seen` records whether it has been set yet.
+    saved with the model; `bg_seen` counts the batches it has taken in.
     """
 
     def __init__(self, encoder: Encoder, cfg: ModelConfig, pseudo_classes: int | None) -> None:
@@ -118,7 +119,7 @@ class MatchingNet(nn.Module):
             else None
         )
         self.register_buffer("bg_global", torch.zeros(encoder.channels))
-        self.register_buffer("bg_seen", torch.tensor(False))
+        self.register_buffer("bg_seen", torch.tensor(0))
 
     def shots(self, feats: torch.Tensor, masks: torch.Tensor) -> Shots:
         """Each shot's Eq. 2 prototypes and image embedding: feats (N, C, h, w), binary masks
@@ -146,14 +147,16 @@ class MatchingNet(nn.Module):
 
     @torch.no_grad()
     def update_background(self, current: torch.Tensor) -> None:
-        """Eq. 6: p_global <- m p_global + (1 - m) p_current, with the batch's mean current
-        background prototype; the first update sets p_global to it."""
+        """Eq. 6: p_global <- m_t p_global + (1 - m_t) p_current, with the batch's mean current
+        background prototype; the first update (t = 0) sets p_global to it, and m_t is m warmed
+        up as the weights' EMA (ema.warmed_up(m, t)), so that the first batch's weight after n
+        updates, prod_{t=1}^{n-1} m_t, fades on a short schedule as m^(n-1) does on the
+        paper's 6000 steps."""
         mean = current.detach().float().mean(dim=0)
-        if not bool(self.bg_seen):
-            self.bg_global.copy_(mean)
-            self.bg_seen.fill_(True)
-        else:
-            self.bg_global.mul_(self.cfg.bg_momentum).add_((1 - self.cfg.bg_momentum) * mean)
+        t = int(self.bg_seen)
+        m = warmed_up(self.cfg.bg_momentum, t) if t else 0.0
+        self.bg_global.mul_(m).add_((1 - m) * mean)
+        self.bg_seen += 1
 
     def match(self, query_feats: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
         """Eq. 4-5 logits (B, 2, h, w) of query features (B, C, h, w) against the support
