@@ -18,6 +18,7 @@ from latentfss.episodes import ProtocolConfig
 from latentfss.errors import InputError
 from latentfss.features import AnnotationConfig
 from latentfss.model import ModelConfig
+from latentfss.pretraining import PretrainConfig
 from latentfss.stages.train import TrainConfig
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -26,6 +27,7 @@ SECTIONS = {
     "protocol": ProtocolConfig,
     "synthetic": SyntheticConfig,
     "encoder": EncoderConfig,
+    "pretrain": PretrainConfig,
     "model": ModelConfig,
     "train": TrainConfig,
     "annotation": AnnotationConfig,

@@ -15,6 +15,10 @@ from latentfss.errors import InputError
 STAGES = {
     "make-synthetic": ("make_synthetic", "generate the synthetic VOC-format benchmark"),
     "prepare": ("prepare", "index a dataset: splits, paths, sizes, per-class pixel counts"),
+    "pretrain-encoder": (
+        "pretrain_encoder",
+        "pre-train the ResNet on a generated corpus labelled by its factors",
+    ),
     "extract-features": (
         "extract_features",
         "embed every train image with the frozen encoder (features.zarr)",

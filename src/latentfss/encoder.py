@@ -162,31 +162,38 @@ def _dilate(layer: nn.Sequential) -> None:
             module.dilation, module.padding = (2, 2), (2, 2)
 
 
+def _resnet(module: nn.Module, arch: str, outputs: int) -> list[nn.Sequential]:
+    """torchvision's ResNet, module for module and in its order of random draws: the stem set
+    on `module`, its four layers returned and the classifier of `outputs` built (and returned
+    last), every conv Kaiming-initialised."""
+    block, depths = DEPTHS[arch]
+    module.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    module.bn1 = nn.BatchNorm2d(64)
+    module.relu = nn.ReLU(inplace=True)
+    module.maxpool = nn.MaxPool2d(3, 2, 1)
+    layers, inplanes = [], 64
+    for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
+        layers.append(_layer(block, inplanes, planes, depth, 1 if i == 0 else 2))
+        inplanes = planes * block.expansion
+    fc = nn.Linear(inplanes, outputs)
+    for conv in itertools.chain([module.conv1], *(layer.modules() for layer in layers)):
+        if isinstance(conv, nn.Conv2d):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return [*layers, fc]
+
+
 class Encoder(nn.Module):
     """ResNet conv1..layer3. Input (B, 3, H, W) ImageNet-normalised; output (B, C, h, w)."""
 
     def __init__(self, arch: str) -> None:
         super().__init__()
         self.arch = arch
-        block, depths = DEPTHS[arch]
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        layers, inplanes = [], 64
-        for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
-            layers.append(_layer(block, inplanes, planes, depth, 1 if i == 0 else 2))
-            inplanes = planes * block.expansion
         # layer4 and the classifier are built, initialised and dropped only so that this draws
         # the same random numbers as torchvision's resnet: a seed gives the same weights, and
         # what is drawn after (the mining head, training) stays the same too.
-        nn.Linear(inplanes, 1000)
-        self.layer1, self.layer2, self.layer3 = layers[:3]
-        for module in itertools.chain(self.modules(), layers[3].modules()):
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        self.layer1, self.layer2, self.layer3, _, _ = _resnet(self, arch, 1000)
         _dilate(self.layer3)
-        self.channels = 256 * block.expansion
+        self.channels = 256 * DEPTHS[arch][0].expansion
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
@@ -202,6 +209,21 @@ class Encoder(nn.Module):
             if isinstance(module, nn.BatchNorm2d):
                 module.eval()
         return self
+
+
+class Classifier(nn.Module):
+    """The whole ResNet, undilated, global average pooling and `outputs` logits: what
+    `latentfss pretrain-encoder` trains. Its state dict has torchvision's layout, so an Encoder
+    loads it as any other weights (layer4 and fc dropped, layer3 dilated)."""
+
+    def __init__(self, arch: str, outputs: int) -> None:
+        super().__init__()
+        self.layer1, self.layer2, self.layer3, self.layer4, self.fc = _resnet(self, arch, outputs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
 
 
 def encode_batches(

@@ -1,10 +1,39 @@
-# Offline annotation (section 3.3.1): features -> prototypes -> per fold the train set and its
-# K+1 representatives -> pseudo masks.
+# Offline annotation (section 3.3.1): [the encoder's own pre-training] -> features ->
+# prototypes -> per fold the train set and its K+1 representatives -> pseudo masks.
+
+
+# encoder.weights: pretrain, the pipeline's ImageNet analogue: a ResNet trained on a generated
+# corpus labelled by its factors only (fold-independent; never a train or val image)
+rule pretrain_encoder:
+    output:
+        weights=PRETRAINED,
+    log:
+        f"logs/pretrain_encoder/{DATASET}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain_encoder.tsv"
+    conda:
+        GPU_ENV
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=120,
+    params:
+        pretrain=section("pretrain"),
+        synthetic=section("synthetic"),
+        encoder=section("encoder", keep=["arch"]),
+        seed=config["seed"],
+        device=device,
+    shell:
+        "latentfss pretrain-encoder --out {output.weights:q} --params {params.pretrain:q}"
+        " --synthetic {params.synthetic:q} --encoder {params.encoder:q} --seed {params.seed}"
+        " --threads {threads} --device {params.device} > {log:q} 2>&1"
 
 
 rule extract_features:
     input:
         index=rules.prepare.output.index,
+        weights=PRETRAINED if PRETRAIN else [],
     output:
         **features_output(),
         encoder_init=f"{RESULTS}/encoder_init.pt",
@@ -20,7 +49,7 @@ rule extract_features:
         mem_mb=8000,
         runtime=240,
     params:
-        encoder=section("encoder"),
+        encoder=encoder_params,
         annotation=section("annotation", drop=["keep_features"]),
         seed=config["seed"],
         out=lambda wildcards, output: (

@@ -46,6 +46,8 @@ RESULTS = f"results/{DATASET}"
 CPU_ENV = "../../envs/latentfss-cpu.yaml"
 GPU_ENV = "../../envs/latentfss-gpu.yaml"
 KEEP_FEATURES = config["annotation"]["keep_features"]
+PRETRAIN = config["encoder"]["weights"] == "pretrain"
+PRETRAINED = f"{RESULTS}/pretrain_encoder/weights.pt"
 # GPU-type jobs (train, build_bank, evaluate) declare the cores they use: one torch thread, and
 # on a GPU machine their data-loader processes, which then do the CPU's work. Without a GPU the
 # torch thread does it and the loaders mostly wait: each job declares one core, so that two
@@ -82,6 +84,12 @@ def section(name, keep=None, drop=()):
         if (keep is None or k in keep) and k not in drop
     }
     return json.dumps(values, sort_keys=True)
+
+
+def encoder_params(wildcards, input):
+    """extract_features' encoder section, `weights: pretrain` given as the pre-trained file."""
+    weights = input.weights if PRETRAIN else config["encoder"]["weights"]
+    return json.dumps({**config["encoder"], "weights": weights}, sort_keys=True)
 
 
 def features_output():
@@ -231,6 +239,7 @@ def jobs():
     once, per_fold = [{}], [{"fold": f} for f in folds]
     runs = [{"fold": f, "shot": k} for f in folds for k in shots]
     steps = [(rules.make_synthetic, once)] if DATASET == "synthetic" else []
+    steps += [(rules.pretrain_encoder, once)] if PRETRAIN else []
     steps += [(rules.prepare, once), (rules.extract_features, once)]
     steps += [(rules.pool_prototypes, once)]
     steps += [(rules.cluster, per_fold), (rules.write_pseudo_masks, per_fold)]

@@ -1,0 +1,169 @@
+"""The encoder's pre-training on the synthetic world, its ImageNet (rule pretrain_encoder).
+
+A whole ResNet (encoder.Classifier) learns image-level labels of the generating factors only,
+which colours and which patterns the image shows (synthetic.FACTORS), never the 20 class ids,
+from a corpus of its own seed streams: never a train or val image of the benchmark. As with
+ImageNet weights, only conv1..layer3 are kept. Unlike ImageNet, where PASCAL's novel classes are
+among the labels, here the novel classes' factors are, but not their class ids.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from latentfss.datasets import synthetic
+from latentfss.encoder import Classifier, Normalise
+from latentfss.episodes import IGNORE
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Corpus and optimisation (config section `pretrain`)."""
+
+    images: int = 2000  # corpus images, rendered once
+    heldout: int = 400  # held-out images of another stream, scored at the end
+    steps: int = 300
+    batch_size: int = 64
+    crop: int = 48  # square crops of the corpus images, rescaled to this side
+    scale: tuple[float, float] = (0.75, 2.0)  # random rescale of each crop
+    lr: float = 0.1  # SGD, linear warm-up over 1/10 of the steps, then cosine to 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    min_share: float = 0.02  # a factor is shown where its objects cover this share of the view
+    object_crops: float = 0.5  # share of crops centred on an object pixel, the rest anywhere
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        if min(self.images, self.heldout, self.steps, self.batch_size, self.log_every) < 1:
+            raise ValueError("images, heldout, steps, batch_size and log_every must be positive")
+        if self.crop < 32 or not 0 < self.scale[0] <= self.scale[1] or len(self.scale) != 2:
+            raise ValueError("need crop >= 32 and scale [low, high] with 0 < low <= high")
+        if not 0 < self.min_share < 1 or not 0 <= self.object_crops <= 1:
+            raise ValueError("need min_share in (0, 1) and object_crops in [0, 1]")
+
+
+class _Renders(Dataset):
+    def __init__(self, cfg: synthetic.SyntheticConfig, stream: str, count: int) -> None:
+        self.cfg, self.stream, self.count = cfg, stream, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return synthetic.render_image(self.cfg, synthetic.image_rng(self.cfg.seed, self.stream, i))
+
+
+def render(
+    cfg: synthetic.SyntheticConfig, stream: str, count: int, workers: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Images 0..count-1 of a stream as (H, W, 3) uint8 images and (H, W) label maps, in order,
+    rendered by `workers` processes (the same images for any number)."""
+    loader = DataLoader(
+        _Renders(cfg, stream, count), batch_size=None, num_workers=workers, collate_fn=None
+    )
+    return [(np.asarray(image), np.asarray(mask)) for image, mask in loader]
+
+
+def factor_labels(masks: Sequence[np.ndarray], min_pixels: Sequence[int]) -> torch.Tensor:
+    """(B, 9) multi-hot factor values shown by each label map: those of every class that covers
+    at least its map's min_pixels (synthetic.factor_table)."""
+    table = synthetic.factor_table()
+    counts = np.stack([np.bincount(m.ravel(), minlength=256)[: len(table)] for m in masks])
+    shown = counts[:, 1:] >= np.asarray(min_pixels)[:, None]
+    return torch.from_numpy(np.minimum(shown.astype(np.float32) @ table[1:], 1))
+
+
+def crops(
+    corpus: Sequence[tuple[np.ndarray, np.ndarray]],
+    cfg: PretrainConfig,
+    generator: torch.Generator,
+    picks: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch: (B, 3, crop, crop) float images in [0, 1] and (B, 9) factor labels. Each crop
+    is a square of a corpus image (`picks`, else batch_size drawn at random), a side of
+    crop / scale, centred on a random object pixel (a share `object_crops` of them, as
+    ImageNet's photos centre their object) or anywhere, rescaled to `crop` and flipped at
+    random; its labels are what it shows."""
+    if picks is None:
+        picks = torch.randint(len(corpus), (cfg.batch_size,), generator=generator).tolist()
+    draws = torch.rand(len(picks), 5, generator=generator).tolist()
+    images, masks, sides = [], [], []
+    low, high = cfg.scale
+    for pick, (s, y, x, flip, centre) in zip(picks, draws, strict=True):
+        image, mask = corpus[pick]
+        side = min(round(cfg.crop / (low + s * (high - low))), *mask.shape)
+        top, left = int(y * (mask.shape[0] - side + 1)), int(x * (mask.shape[1] - side + 1))
+        objects = np.flatnonzero((mask.ravel() > 0) & (mask.ravel() != IGNORE))
+        if len(objects) and centre < cfg.object_crops:  # centred on an object pixel
+            cy, cx = divmod(int(objects[int(y * len(objects))]), mask.shape[1])
+            top = min(max(cy - side // 2, 0), mask.shape[0] - side)
+            left = min(max(cx - side // 2, 0), mask.shape[1] - side)
+        view = torch.from_numpy(image[top : top + side, left : left + side].copy())
+        view = F.interpolate(
+            view.permute(2, 0, 1)[None].float() / 255, size=(cfg.crop, cfg.crop), mode="bilinear"
+        )[0]
+        images.append(view.flip(2) if flip < 0.5 else view)
+        masks.append(mask[top : top + side, left : left + side])
+        sides.append(side)
+    min_pixels = [max(1, round(cfg.min_share * side * side)) for side in sides]
+    return torch.stack(images), factor_labels(masks, min_pixels)
+
+
+def learning_rate(cfg: PretrainConfig, step: int) -> float:
+    """Linear warm-up over the first tenth of the steps, then a cosine decay to 0."""
+    warm = max(1, cfg.steps // 10)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
+
+
+def train_step(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    normalise: Normalise,
+) -> float:
+    """One SGD step of the multi-label loss (binary cross-entropy per factor value)."""
+    logits = model(normalise(images.to(normalise.device)))
+    loss = F.binary_cross_entropy_with_logits(logits, labels.to(normalise.device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+@torch.inference_mode()
+def heldout_accuracy(
+    model: Classifier,
+    images: Sequence[tuple[np.ndarray, np.ndarray]],
+    cfg: PretrainConfig,
+    normalise: Normalise,
+    seed: int,
+) -> dict[str, float]:
+    """Per factor, the share of held-out crops (one per image, drawn as in training) whose
+    values of that factor are all predicted right (a value is predicted where its logit is
+    positive)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    right = []
+    for start in range(0, len(images), cfg.batch_size):
+        picks = range(start, min(start + cfg.batch_size, len(images)))
+        views, labels = crops(images, cfg, generator, picks)
+        predicted = model(normalise(views.to(normalise.device))).cpu() > 0
+        right.append(predicted == (labels > 0))
+    right = torch.cat(right)
+    accuracy, start = {}, 0
+    for name, values in synthetic.FACTORS.items():
+        accuracy[name] = round(
+            float(right[:, start : start + len(values)].all(1).float().mean()), 4
+        )
+        start += len(values)
+    return accuracy
