@@ -72,16 +72,27 @@ def test_images_are_independent_of_generation_order():
     assert all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
 
 
-def test_classes_form_a_shape_by_appearance_grid():
-    traits = [synthetic.class_traits(c) for c in range(1, 21)]
-    assert len(set(traits)) == 20  # a bijection onto 5 shapes x 4 appearances
+def test_classes_form_a_colour_by_pattern_grid():
+    factors = [synthetic.class_factors(c) for c in range(1, 21)]
+    assert len(set(factors)) == 20  # a bijection onto 4 colours x 5 patterns
+    assert synthetic.CLASS_NAMES == tuple(f"{c}-{p}" for c, p in factors)
     for fold in range(4):
-        base = {synthetic.class_traits(c) for c in base_classes(fold, 20)}
-        for c in novel_classes(fold, 20):
-            shape, look = synthetic.class_traits(c)
-            assert (shape, look) not in base
-            assert sum(s == shape for s, _ in base) == 3  # its shape is seen in training
-            assert any(a == look for _, a in base)  # and so is its appearance
+        base = {synthetic.class_factors(c) for c in base_classes(fold, 20)}
+        novel = [synthetic.class_factors(c) for c in novel_classes(fold, 20)]
+        assert sorted(p for _, p in novel) == sorted(synthetic.PATTERNS)
+        assert sorted(np.unique([c for c, _ in novel], return_counts=True)[1]) == [2, 3]
+        for colour, pattern in novel:
+            assert (colour, pattern) not in base
+            assert sum(p == pattern for _, p in base) == 3  # its pattern is seen in training
+            assert sum(c == colour for c, _ in base) >= 2  # and so is its colour
+
+
+def test_every_pattern_gives_half_its_area_to_each_tone():
+    """So that an object's colour statistics do not tell its pattern."""
+    y, x = np.mgrid[-48:48, -48:48].astype(np.float32)
+    for pattern in synthetic.PATTERNS:
+        light = synthetic._pattern(pattern, np.random.default_rng(0), x, y)
+        assert set(np.unique(light)) == {0, 1} and abs(light.mean() - 0.5) < 0.06, pattern
 
 
 def test_training_images_hold_unlabelled_novel_objects(tiny_root):

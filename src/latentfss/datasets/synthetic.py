@@ -1,15 +1,19 @@
 """A synthetic PASCAL-5i stand-in in the VOC2012 layout, generated deterministically from a seed.
 
-20 classes, each one shape family x one appearance family (texture pattern + hue):
-
-    class k (label k+1):  shape = SHAPES[k % 5],  appearance = APPEARANCES[(k // 5 + k % 5) % 4]
-
-The map is a bijection onto the 5 x 4 grid, and fold i's novel classes (5i+1..5i+5) are one of
-each shape with four different appearances. So every novel class shares its shape with three
-base classes and its appearance with others, yet no base class has the same pair: knowledge can
-transfer, but only if the features compose shape and appearance. Every image holds 1-4 objects
-of any class over a cluttered textured background, so training images contain unlabelled
-objects of novel classes: the latent classes the method mines.
+20 classes, each one colour family x one texture pattern, so that, as on PASCAL (a patch of fur
+or a wheel already carries its class), any part of an object shows its class. Class 5i + p + 1
+(fold i's novel classes for p = 0..4) has pattern PATTERNS[p] and colour COLOURS[i] for p < 3,
+COLOURS[i + 1] for p >= 3: a bijection onto the 4 x 5 grid. So every novel class shares its
+pattern with three base classes and its colour with two or three, yet no base class has the
+same pair: knowledge can transfer, but only if the features compose colour and pattern; and
+within a fold three novel classes share one colour and two another, so colour alone does not
+tell them apart. Every pattern is two tones of the colour over half the object's area each, so
+an object's colour statistics tell its pattern only as far as blur and JPEG soften the finer
+patterns (PERIODS). Patterns keep their scale and stand upright whatever the object's size and
+pose, as natural textures do, and are symmetric under a horizontal flip, as the classes of
+PASCAL are (training flips images). Outlines (SHAPES) are drawn per object whatever its class.
+Every image holds 1-4 objects of any class over a cluttered textured background, so training
+images contain unlabelled objects of novel classes: the latent classes the method mines.
 """
 
 from __future__ import annotations
@@ -22,19 +26,34 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from latentfss.episodes import IGNORE
 
-SHAPES = ("disc", "square", "triangle", "star", "cross")
-APPEARANCES = ("red-striped", "green-checkered", "blue-dotted", "yellow-speckled")
-APPEARANCE_HUES = (0.0, 0.33, 0.61, 0.14)
-NUM_CLASSES = len(SHAPES) * len(APPEARANCES)
+COLOURS = ("red", "green", "blue", "yellow")
+COLOUR_HUES = (0.0, 0.33, 0.61, 0.14)
+PATTERNS = ("striped", "checkered", "dotted", "zigzag", "speckled")
+PERIODS = {"striped": 8.0, "zigzag": 10.0, "dotted": 12.0, "speckled": 14.0, "checkered": 16.0}
+SHAPES = ("disc", "square", "triangle", "star", "cross")  # drawn per object, whatever its class
+NUM_CLASSES = len(PATTERNS) * len(COLOURS)
 
 
-def class_traits(class_id: int) -> tuple[str, str]:
-    """(shape, appearance) of a 1-based class id."""
-    k = class_id - 1
-    return SHAPES[k % len(SHAPES)], APPEARANCES[(k // len(SHAPES) + k % len(SHAPES)) % 4]
+def class_factors(class_id: int) -> tuple[str, str]:
+    """(colour, pattern) of a 1-based class id: fold i's classes (5i+1..5i+5) are the five
+    patterns, the first three in colour i, the last two in colour i + 1."""
+    fold, p = divmod(class_id - 1, len(PATTERNS))
+    return COLOURS[(fold + (p >= 3)) % len(COLOURS)], PATTERNS[p]
 
 
-CLASS_NAMES = tuple("-".join(reversed(class_traits(c))) for c in range(1, NUM_CLASSES + 1))
+CLASS_NAMES = tuple("-".join(class_factors(c)) for c in range(1, NUM_CLASSES + 1))
+FACTORS = {"colour": COLOURS, "pattern": PATTERNS}  # what the encoder's pre-training is told
+STREAMS = ("train", "val", "pretrain", "pretrain-heldout")  # disjoint random streams of images
+
+
+def factor_table() -> np.ndarray:
+    """(NUM_CLASSES + 1, 9) float32 in {0, 1}: row c marks class c's colour and pattern among
+    the factor values (COLOURS, then PATTERNS); row 0, the background, marks none."""
+    values = [value for names in FACTORS.values() for value in names]
+    table = np.zeros((NUM_CLASSES + 1, len(values)), np.float32)
+    for c in range(1, NUM_CLASSES + 1):
+        table[c, [values.index(v) for v in class_factors(c)]] = 1
+    return table
 
 
 @dataclass(frozen=True)
@@ -108,25 +127,40 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
     return np.asarray(up, dtype=np.float32) / 255
 
 
+def _pattern(pattern: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Where the light tone goes, (H, W) float in {0, 1}, about half of any patch of the object:
+    x, y are pixel offsets from the object's centre. Each pattern has its own scale (PERIODS,
+    in pixels, +-8%) and stands upright within +-15 degrees, as natural textures keep theirs
+    whatever the size and pose of their object."""
+    period = PERIODS[pattern] * rng.uniform(0.92, 1.08)
+    tilt = rng.uniform(-0.26, 0.26)
+    fu = (x * np.cos(tilt) + y * np.sin(tilt)) / period
+    fv = (y * np.cos(tilt) - x * np.sin(tilt)) / period
+    if pattern == "striped":
+        light = fv % 1 < 0.5
+    elif pattern == "checkered":
+        light = (np.floor(fu) + np.floor(fv)) % 2 == 0
+    elif pattern == "dotted":  # dark dots of radius 0.4 period: half the area
+        light = (fu % 1 - 0.5) ** 2 + (fv % 1 - 0.5) ** 2 > 0.16
+    elif pattern == "zigzag":  # stripes bent every half period: chevrons
+        light = (fv + np.abs(2 * (fu / 2 % 1) - 1)) % 1 < 0.5
+    else:  # speckled: blotches of noise, split at its median
+        noise = _smooth_noise(rng, *x.shape, cells=max(4, round(1.5 * max(x.shape) / period)))
+        light = noise > np.median(noise)
+    return light.astype(np.float32)
+
+
 def _appearance(
-    appearance: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray
+    colour: str, pattern: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarray, r: float
 ) -> np.ndarray:
-    """Texture of one object in its own rotated frame (u, v in object radii): (H, W, 3) float."""
-    hue = APPEARANCE_HUES[APPEARANCES.index(appearance)] + rng.uniform(-0.035, 0.035)
+    """Texture of one object of radius r, (H, W, 3) float: a light and a dark tone of its
+    colour family, drawn the same way for every pattern, laid out by the pattern, under a
+    shading gradient across the object."""
+    hue = COLOUR_HUES[COLOURS.index(colour)] + rng.uniform(-0.035, 0.035)
     sat, val = rng.uniform(0.55, 0.95), rng.uniform(0.6, 0.95)
     light, dark = _hsv(hue, sat, val), _hsv(hue + 0.04, sat * 0.7, val * 0.45)
-    freq = rng.uniform(2.0, 3.2)
-    pattern = appearance.split("-")[1]
-    if pattern == "striped":
-        s = 0.5 + 0.5 * np.sin(2 * np.pi * freq * u)
-    elif pattern == "checkered":
-        s = ((np.floor(u * freq) + np.floor(v * freq)) % 2).astype(np.float32)
-    elif pattern == "dotted":
-        du, dv = (u * freq * 1.4) % 1 - 0.5, (v * freq * 1.4) % 1 - 0.5
-        s = (du**2 + dv**2 > 0.09).astype(np.float32)
-    else:  # speckled: isotropic blotches, so the frame does not matter
-        s = (_smooth_noise(rng, *u.shape, cells=12) > 0.5).astype(np.float32)
-    shade = 1 + 0.25 * (u * np.cos(rng.uniform(0, 6.3)) + v * np.sin(rng.uniform(0, 6.3))) / 2
+    s = _pattern(pattern, rng, x, y)
+    shade = 1 + 0.25 * (x * np.cos(rng.uniform(0, 6.3)) + y * np.sin(rng.uniform(0, 6.3))) / (2 * r)
     return (s[..., None] * light + (1 - s[..., None]) * dark) * shade[..., None]
 
 
@@ -179,7 +213,8 @@ def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.nda
     side = min(height, width)
     for _ in range(rng.integers(cfg.min_objects, cfg.max_objects + 1)):
         class_id = int(rng.integers(1, NUM_CLASSES + 1))
-        shape, appearance = class_traits(class_id)
+        colour, pattern = class_factors(class_id)
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
         radius = rng.uniform(0.14, 0.32) * side
         aspect = rng.uniform(0.8, 1.25)
         angle = rng.uniform(0, 2 * np.pi)
@@ -191,10 +226,8 @@ def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.nda
         inside = np.asarray(silhouette, dtype=bool)
         if not inside.any():
             continue
-        # object frame: undo the translation and rotation so the texture turns with the object
-        u = ((xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)) / radius
-        v = (-(xs - cx) * np.sin(angle) + (ys - cy) * np.cos(angle)) / radius
-        image[inside] = _appearance(appearance, rng, u, v)[inside]
+        texture = _appearance(colour, pattern, rng, xs - cx, ys - cy, radius)
+        image[inside] = texture[inside]
         labels[inside] = class_id
     canvas = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     canvas = canvas.filter(ImageFilter.GaussianBlur(0.6))
@@ -204,6 +237,7 @@ def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.nda
     return np.clip(noisy, 0, 255).astype(np.uint8), labels
 
 
-def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """Each image has its own stream, so any image can be regenerated alone and in any order."""
-    return np.random.default_rng([seed, ("train", "val").index(split), index])
+def image_rng(seed: int, stream: str, index: int) -> np.random.Generator:
+    """Each image has its own random stream, so any image can be regenerated alone and in any
+    order, and no image of one of STREAMS is an image of another."""
+    return np.random.default_rng([seed, STREAMS.index(stream), index])
