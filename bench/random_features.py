@@ -56,7 +56,7 @@ def main() -> None:
     paths = read_index(args.results / "dataset").split("train")["image"].tolist()[: args.images]
     device = pick_device()
     seed_everything(config["seed"])
-    encoder = build_encoder(EncoderConfig(arch=config["encoder"]["arch"])).to(device).eval()
+    encoder = build_encoder(EncoderConfig(config["encoder"]["arch"], "none")).to(device).eval()
     before = statistics(encoder, paths, cfg, device)
     calibrate_batchnorm(encoder, normalised_batches(paths, cfg, device, 2))
     after = statistics(encoder, paths, cfg, device)

@@ -10,6 +10,7 @@ from latentfss.cli import STAGES
 RULE_NAMES = [
     "make_synthetic",
     "prepare",
+    "pretrain_encoder",
     "extract_features",
     "pool_prototypes",
     "cluster",

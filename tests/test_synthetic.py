@@ -75,7 +75,7 @@ def test_images_are_independent_of_generation_order():
 def test_classes_form_a_colour_by_pattern_grid():
     factors = [synthetic.class_factors(c) for c in range(1, 21)]
     assert len(set(factors)) == 20  # a bijection onto 4 colours x 5 patterns
-    assert synthetic.CLASS_NAMES == tuple(f"{c}-{p}" for c, p in factors)
+    assert tuple(f"{c}-{p}" for c, p in factors) == synthetic.CLASS_NAMES
     for fold in range(4):
         base = {synthetic.class_factors(c) for c in base_classes(fold, 20)}
         novel = [synthetic.class_factors(c) for c in novel_classes(fold, 20)]

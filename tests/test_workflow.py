@@ -179,7 +179,7 @@ def test_rule_all_reaches_every_rule(tmp_path):
     code, out = snakemake(tmp_path, "--list-rules", config=TINY_CONFIG)
     assert code == 0, out
     defined = set(re.findall(r"^(\w+)$", out, re.MULTILINE))
-    assert len(defined) == 19, defined
+    assert len(defined) == 20, defined
     code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
     assert code == 0, out
     assert jobs(out) | {"all"} == defined, defined - jobs(out)
@@ -321,6 +321,17 @@ def test_default_profile_gives_each_gpu_job_a_gpu_and_requires_cuda(tmp_path, vi
         assert code == 0 and "--device cuda" not in out and "--device cpu" in out
 
 
+@pytest.mark.parametrize("weights", ["pretrain", "none"])
+def test_the_encoder_is_pretrained_by_its_rule_only_for_weights_pretrain(tmp_path, weights):
+    config = {"encoder": {"weights": weights}}
+    code, out = snakemake(tmp_path, "-n", "-p", config=config, presets=["config.yaml"])
+    assert code == 0, out
+    assert ("pretrain_encoder" in jobs(out)) == (weights == "pretrain")
+    job = re.search(r"^rule extract_features:.*?^Shell command: [^\n]*", out, re.M | re.S)[0]
+    passed = "pretrain_encoder/weights.pt" if weights == "pretrain" else '"weights": "none"'
+    assert passed in job, job
+
+
 def test_without_kept_features_no_features_zarr_and_its_readers_encode(tmp_path):
     config = {"annotation": {"keep_features": False}}
     code, out = snakemake(tmp_path, "-n", "-p", config=config, presets=["config.yaml"])
@@ -351,7 +362,7 @@ def test_slurm_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(tmp_path):
 def test_every_rule_declares_what_a_scheduler_needs():
     rules = "".join(p.read_text() for p in sorted((REPO / "workflow/rules").glob("*.smk")))
     blocks = re.split(r"\n(?= *rule | *use rule )", rules)[1:]
-    assert len(blocks) == 18
+    assert len(blocks) == 19
     for block in blocks:
         if block.lstrip().startswith("use rule"):
             continue  # inherits the directives it does not override

@@ -45,7 +45,7 @@ class EncoderConfig:
     """Backbone and initial weights (config section `encoder`)."""
 
     arch: str = "resnet18"
-    weights: str = "none"  # none | imagenet | path to a torchvision-format state dict
+    weights: str = "pretrain"  # none | pretrain | imagenet | a torchvision-format state dict
     calibration_images: int = 512  # weights none: train images that set BatchNorm statistics
 
     def __post_init__(self) -> None:
@@ -318,6 +318,11 @@ def load_encoder(path: str | Path) -> Encoder:
 
 def build_encoder(cfg: EncoderConfig) -> Encoder:
     """The encoder with its initial weights; every missing or unexpected key is reported."""
+    if cfg.weights == "pretrain":
+        raise InputError(
+            "encoder.weights: pretrain stands for the weights `latentfss pretrain-encoder --out "
+            "FILE` writes (the workflow passes them); give that file's path"
+        )
     encoder = Encoder(cfg.arch)
     if cfg.weights != "none":
         state = (
