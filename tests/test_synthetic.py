@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, cli, params
 from latentfss.datasets import synthetic
 from latentfss.datasets.images import read_mask
+from latentfss.datasets.index import read_index
 from latentfss.episodes import IGNORE, base_classes, novel_classes
 from latentfss.stages.make_synthetic import generate
 
@@ -103,3 +105,15 @@ def test_training_images_hold_unlabelled_novel_objects(tiny_root):
         novel, base = set(novel_classes(fold, 20)), set(base_classes(fold, 20))
         mixed = sum(bool(p & novel) and bool(p & base) for p in present)
         assert mixed >= 0.15 * len(masks), (fold, mixed)
+
+
+def test_prepare_names_the_classes_a_root_was_generated_with(tiny_root, tmp_path):
+    """A root written by another version of the generator keeps its own class names (and so
+    its own factors) in the index."""
+    root = tmp_path / "voc"
+    shutil.copytree(tiny_root, root)
+    provenance = json.loads((root / "synthetic.json").read_text())
+    provenance["class_names"] = [f"old-{i}" for i in range(20)]
+    (root / "synthetic.json").write_text(json.dumps(provenance))
+    assert cli("prepare", "--out", tmp_path / "index", "--params", params(root=str(root)))[0] == 0
+    assert read_index(tmp_path / "index").meta["class_names"] == provenance["class_names"]

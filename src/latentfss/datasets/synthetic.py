@@ -44,6 +44,7 @@ def class_factors(class_id: int) -> tuple[str, str]:
 CLASS_NAMES = tuple("-".join(class_factors(c)) for c in range(1, NUM_CLASSES + 1))
 FACTORS = {"colour": COLOURS, "pattern": PATTERNS}  # what the encoder's pre-training is told
 STREAMS = ("train", "val", "pretrain", "pretrain-heldout")  # disjoint random streams of images
+PROVENANCE = "synthetic.json"  # what make-synthetic records beside the images (class names...)
 
 
 def factor_table() -> np.ndarray:

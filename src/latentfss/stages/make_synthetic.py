@@ -18,7 +18,6 @@ from latentfss.fs import atomic_dir
 from latentfss.progress import progress
 
 log = logging.getLogger(__name__)
-PROVENANCE = "synthetic.json"
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> None:
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     out: Path = args.out
-    if out.exists() and any(out.iterdir()) and not (out / PROVENANCE).exists():
+    if out.exists() and any(out.iterdir()) and not (out / synthetic.PROVENANCE).exists():
         raise InputError(f"{out}: exists and is not a synthetic dataset; refusing to overwrite it")
     with atomic_dir(out) as tmp:
         generate(cfg, tmp)
@@ -56,4 +55,4 @@ def generate(cfg: synthetic.SyntheticConfig, root: Path) -> None:
         "config": dataclasses.asdict(cfg),
         "class_names": list(synthetic.CLASS_NAMES),
     }
-    (root / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+    (root / synthetic.PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")

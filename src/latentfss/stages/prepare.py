@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _voc_tasks(root: Path, cfg: DatasetConfig) -> tuple[list[Item], tuple[str, ...]]:
-    class_names = synthetic.CLASS_NAMES if cfg.name == "synthetic" else voc.VOC_CLASSES
+    class_names = _synthetic_classes(root) if cfg.name == "synthetic" else voc.VOC_CLASSES
     ids = voc.split_ids(root, cfg.train_list)
     tasks = [
         Item(
@@ -106,6 +107,15 @@ def _voc_tasks(root: Path, cfg: DatasetConfig) -> tuple[list[Item], tuple[str, .
         for name in names
     ]
     return tasks, class_names
+
+
+def _synthetic_classes(root: Path) -> tuple[str, ...]:
+    """The class names a synthetic root was generated with (its synthetic.json), so that a
+    root written by another version of the generator keeps its own; else today's."""
+    provenance = root / synthetic.PROVENANCE
+    if provenance.is_file():
+        return tuple(json.loads(provenance.read_text())["class_names"])
+    return synthetic.CLASS_NAMES
 
 
 def _official_tasks(
