@@ -72,7 +72,12 @@ def main() -> None:
             row["neighbours"] = prototype_neighbours(objects, factors(index))
             rows.append(row)
             print(json.dumps(row))
-    results = {"machine": machine(), "pretrain": config["pretrain"], "rows": rows}
+    results = {
+        "machine": machine(),
+        "threads": args.threads,
+        "pretrain": config["pretrain"],
+        "rows": rows,
+    }
     save(results, markdown(results), args.out, "pretrain_budget")
 
 
@@ -80,7 +85,8 @@ def markdown(r: dict) -> str:
     lines = [
         "## What the encoder's pre-training buys (`bench/pretrain_budget.py`)",
         "",
-        f"Machine: {describe(r['machine'])}. `latentfss pretrain-encoder` at config.yaml's "
+        f"Machine: {describe(r['machine'])}; {r['threads']} torch thread(s). "
+        "`latentfss pretrain-encoder` at config.yaml's "
         "settings but for its steps (0: the calibrated random encoder), its seconds (process "
         "start and the corpus rendering included), its held-out accuracy (a crop of each "
         "held-out image, every value of the factor right), and the leave-one-out 1-NN "
