@@ -87,7 +87,7 @@ def markdown(r: dict) -> str:
         lines.append(
             f"| {rule['rule']} | {rule['jobs']} | {rule['seconds']} | "
             f"{rule['longest']} | {rule['peak_rss_mb']} |"
-            + (f" {'-' if was is None or was != was else was} |" if before else "")
+            + (f" {'-' if was is None else was} |" if before else "")
         )
     return "\n".join(lines) + "\n"
 
