@@ -100,8 +100,9 @@ def crops(
         image, mask = corpus[pick]
         side = min(round(cfg.crop / (low + s * (high - low))), *mask.shape)
         top, left = int(y * (mask.shape[0] - side + 1)), int(x * (mask.shape[1] - side + 1))
-        objects = np.flatnonzero((mask.ravel() > 0) & (mask.ravel() != IGNORE))
-        if len(objects) and centre < cfg.object_crops:  # centred on an object pixel
+        centred = centre < cfg.object_crops  # on an object pixel, if the view has one
+        objects = np.flatnonzero((mask > 0) & (mask != IGNORE)) if centred else ()
+        if len(objects):
             cy, cx = divmod(int(objects[int(y * len(objects))]), mask.shape[1])
             top = min(max(cy - side // 2, 0), mask.shape[0] - side)
             left = min(max(cx - side // 2, 0), mask.shape[1] - side)
