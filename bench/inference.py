@@ -143,7 +143,7 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict, devi
         print(rows[-1], flush=True)
 
     for variant, chosen in (("encode once", lists), ("encode once, seed 0 alone", seed0)):
-        meters, work = evaluate_lists(model, chosen, index, cfg, bank, device, novel)
+        meters, _, work = evaluate_lists(model, chosen, index, cfg, bank, device, novel)
         flops = floors.encode_once(pd.concat(chosen.values()))
         record(variant, meters, work["seconds"], flops, images=work)
     for variant, loop, layout in (

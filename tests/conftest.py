@@ -179,7 +179,7 @@ def summarize_runs(
     code, err = cli(
         "summarize",
         *paths[main],
-        "--ablations",
+        "--variants",
         *ablations,
         "--csv",
         tmp_path / "s.csv",

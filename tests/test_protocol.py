@@ -239,8 +239,21 @@ def test_encoding_each_image_once_scores_what_encoding_every_episode_does(hand_b
         assert index.images.loc[lists["seed0"]["query"], "height"].nunique() == 2  # mixed sizes
         for bank in (None, load_bank(hand_built / "bank", 4, 0.2, cpu)):
             cfg = EvaluateConfig(resize=resize, input_size=60, batch_size=3, workers=0)
-            once, work = evaluate_lists(model, lists, index, cfg, bank, cpu, novel)
+            once, scores, work = evaluate_lists(model, lists, index, cfg, bank, cpu, novel)
             for name, episodes in lists.items():
+                # each episode's scores add up to what the meter summed
+                sums = scores[scores["list"] == name].groupby("class_id")[["inter", "union"]]
+                summed = sums.sum().to_dict()
+                assert summed["inter"] == {
+                    c: n for c, n in once[name].inter.items() if c in summed["inter"]
+                }
+                assert summed["union"] == {
+                    c: n for c, n in once[name].union.items() if c in summed["union"]
+                }
+                assert (
+                    scores[scores["list"] == name]["episode"].tolist()
+                    == episodes["episode"].tolist()
+                )
                 meter = IoUMeter(novel)
                 for pred, label, class_id in episode_by_episode(
                     model, episodes, index, cfg, bank, cpu
@@ -252,7 +265,7 @@ def test_encoding_each_image_once_scores_what_encoding_every_episode_does(hand_b
             assert work["distinct_images"] < work["episodes"] * (shots + 1)
             # with no room to keep features, queries are encoded again: the same scores
             small = dataclasses.replace(cfg, cache_mb=0)
-            again, work = evaluate_lists(model, lists, index, small, bank, cpu, novel)
+            again, _, work = evaluate_lists(model, lists, index, small, bank, cpu, novel)
             assert [counts(m) for m in again.values()] == [counts(m) for m in once.values()]
             assert work["encoded_images"] > work["distinct_images"]
 

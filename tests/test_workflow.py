@@ -106,15 +106,15 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
         "fold0/shot1/eval/episodes_seed0.csv",
         "summary.csv",
         "summary.md",
-        "ablations/bg0_mine0_remain0/fold1/shot5/model.pt",
-        "ablations/fg0_bg0_mine0_remain0/fold0/shot1/eval/metrics.json",
+        "variants/bg0_mine0_remain0_train0/fold1/shot5/model.pt",
+        "variants/fg0_bg0_mine0_remain0_train0/fold0/shot1/eval/metrics.json",
         "fold1/remain/pseudo_masks.zarr",
-        "ablations/bg1_mine1_remain1/fold0/shot1/bank",
-        "ablations/fg1_bg1_mine1_remain1/fold1/shot5/eval/metrics.json",
+        "variants/bg1_mine1_remain1_train0/fold0/shot1/bank",
+        "variants/fg1_bg1_mine1_remain1_train0/fold1/shot5/eval/metrics.json",
     ):
         assert (results / path).exists(), path
     assert not (results / "fold2").exists()  # only the configured folds
-    assert not (results / "ablations/bg0_mine0_remain0/fold0/shot1/bank").exists()  # fg off
+    assert not (results / "variants/bg0_mine0_remain0_train0/fold0/shot1/bank").exists()  # fg off
     summary = (results / "summary.md").read_text()
     assert "5-shot mean" in summary and "## Ablations" in summary
     assert "| Trainset + Remain | 5 |" in summary  # Table 5
@@ -124,8 +124,8 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     assert {
         "prepare",
         "train_fold1_shot5",
-        "train_bg0_mine0_remain0_fold0_shot1",
-        "evaluate_fg0_bg0_mine0_remain0_fold1_shot5",
+        "train_bg0_mine0_remain0_train0_fold0_shot1",
+        "evaluate_fg0_bg0_mine0_remain0_train0_fold1_shot5",
         "write_pseudo_masks_fold0_remain",
         "total (sequential)",
     } <= jobs_timed
@@ -140,10 +140,10 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
 
     # editing a section re-runs exactly the jobs that read it (and the tables that list them)
     tables = {"summarize", "inspect_benchmarks"}
-    after = {"build_bank", "build_bank_ablation", "evaluate", "evaluate_ablation", *tables}
-    trained = {"train", "train_ablation", "inspect_training", *after}
+    after = {"build_bank", "build_bank_variant", "evaluate", "evaluate_variant", *tables}
+    trained = {"train", "train_variant", "inspect_training", *after}
     for section, edit, expected in [
-        ("evaluate", {"episodes": 7}, {"evaluate", "evaluate_ablation", *tables}),
+        ("evaluate", {"episodes": 7}, {"evaluate", "evaluate_variant", *tables}),
         ("train", {"iterations": 3}, trained),
         (
             "cluster",
@@ -272,16 +272,17 @@ def test_pascal_preset_dry_run_on_the_official_archives_with_a_list_file(tmp_pat
     assert f"input: {pfenet}" in prepare and "make_synthetic" not in out
 
 
-def test_table3_preset_adds_one_run_per_row_and_trains_only_new_models(tmp_path):
+def test_table3_preset_runs_eight_rows_three_training_seeds_and_trains_only_new_models(tmp_path):
     code, out = snakemake(
         tmp_path, "-n", "--quiet", "rules", presets=["config.yaml", "workflow/presets/table3.yaml"]
     )
     assert code == 0, out
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
-    assert counts["train"] == "4" and counts["evaluate"] == "4"  # 4 folds, 1-shot
-    assert counts["train_ablation"] == "12"  # (bg, mine) = 00, 10, 01 per fold
-    assert counts["evaluate_ablation"] == "20"  # 5 rows per fold
-    assert counts["build_bank_ablation"] == "8"  # rows with FG on a new model: 100, 110
+    assert counts["train"] == "4" and counts["evaluate"] == "4"  # 4 folds, 1-shot, seed 0
+    # 4 models ((bg, mine) = 00, 10, 01, 11) per fold and training seed (0, 1, 2), less the main
+    assert counts["train_variant"] == str(4 * 4 * 3 - 4)
+    assert counts["build_bank_variant"] == str(4 * 4 * 3 - 4)  # each model has an FG row
+    assert counts["evaluate_variant"] == str(8 * 4 * 3 - 4)  # 8 rows
 
 
 def test_table5_preset_trains_the_none_and_remain_rows(tmp_path):
@@ -291,8 +292,8 @@ def test_table5_preset_trains_the_none_and_remain_rows(tmp_path):
     assert code == 0, out
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
     assert counts["write_pseudo_masks_remain"] == "4"  # Remain is pseudo-labelled per fold
-    assert counts["train_ablation"] == "8"  # (bg, mine, remain) = 100 and 111 per fold
-    assert counts["build_bank_ablation"] == "4" and counts["evaluate_ablation"] == "8"
+    assert counts["train_variant"] == "8"  # (bg, mine, remain) = 100 and 111 per fold
+    assert counts["build_bank_variant"] == "4" and counts["evaluate_variant"] == "8"
 
 
 @pytest.mark.parametrize("visible", ["0,1", ""])

@@ -8,3 +8,4 @@ from __future__ import annotations
 METRICS = "metrics.json"
 PER_CLASS = "per_class.csv"
 EPISODES = "episodes_seed{seed}.csv"  # one list per evaluate.seeds entry
+SCORES = "scores.csv"  # each episode's foreground intersection and union, every list

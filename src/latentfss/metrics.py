@@ -19,8 +19,9 @@ class IoUMeter:
         self.union = dict.fromkeys(self.class_ids, 0)
         self.fb_inter, self.fb_union = np.zeros(2, np.int64), np.zeros(2, np.int64)
 
-    def update(self, pred: np.ndarray, label: np.ndarray, class_id: int) -> None:
-        """pred (H, W) in {0, 1}; label (H, W) in {0, 1, IGNORE}: one episode's query."""
+    def update(self, pred: np.ndarray, label: np.ndarray, class_id: int) -> tuple[int, int]:
+        """pred (H, W) in {0, 1}; label (H, W) in {0, 1, IGNORE}: one episode's query.
+        -> its foreground (intersection, union), what the class's IoU sums."""
         valid = label != IGNORE
         for value in (0, 1):
             p, t = (pred == value) & valid, (label == value) & valid
@@ -30,6 +31,7 @@ class IoUMeter:
             if value == 1:
                 self.inter[class_id] += inter
                 self.union[class_id] += union
+        return inter, union
 
     def per_class(self) -> dict[int, float]:
         return {

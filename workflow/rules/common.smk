@@ -73,6 +73,7 @@ wildcard_constraints:
     bg="[01]",
     mine="[01]",
     remain="[01]",
+    tseed="[0-9]+",
 
 
 def section(name, keep=None, drop=()):
@@ -118,51 +119,57 @@ ENCODES = {
 }
 
 
-# Tables 3 and 5 (ablations): a run is named by its switches fg (evaluate.fg_rectify), bg
-# (model.bg_rectify), mine (model.mine) and remain (mining.remain: Remain joins the mining
-# stream; it means nothing without mining, so it is off there) as 0/1. bg, mine and remain
-# change training, fg only inference, so runs that differ in fg share a model; the main run is
-# the row of the config's own switches, and its artifacts keep the plain fold{f}/shot{k} paths.
+# Tables 3 and 5 (ablations) and training seeds: a run is named by its switches fg
+# (evaluate.fg_rectify), bg (model.bg_rectify), mine (model.mine) and remain (mining.remain:
+# Remain joins the mining stream; it means nothing without mining, so it is off there) as 0/1,
+# and its training seed tseed (one of train_seeds). bg, mine, remain and tseed change training,
+# fg only inference, so runs that differ in fg share a model. The main run is the row of the
+# config's own switches with the first training seed: its artifacts keep the plain
+# fold{f}/shot{k} paths; every other run (another row, another training seed) is a variant,
+# under variants/.
 def switches(fg, bg, mine, remain):
     return (int(fg), int(bg), int(mine), int(remain and mine))
 
 
+TRAIN_SEEDS = config["train_seeds"]
 MAIN = dict(
     zip(
-        ("fg", "bg", "mine", "remain"),
-        switches(
-            config["evaluate"]["fg_rectify"],
-            config["model"]["bg_rectify"],
-            config["model"]["mine"],
-            config["mining"]["remain"],
+        ("fg", "bg", "mine", "remain", "tseed"),
+        (
+            *switches(
+                config["evaluate"]["fg_rectify"],
+                config["model"]["bg_rectify"],
+                config["model"]["mine"],
+                config["mining"]["remain"],
+            ),
+            TRAIN_SEEDS[0],
         ),
     )
 )
-ABLATION_RUN = "bg{bg}_mine{mine}_remain{remain}"
-ABLATION_MODEL = f"{RESULTS}/ablations/{ABLATION_RUN}/fold{{fold}}/shot{{shot}}"
-ABLATION_EVAL = (
-    f"{RESULTS}/ablations/fg{{fg}}_{ABLATION_RUN}/fold{{fold}}/shot{{shot}}/eval"
+VARIANT_RUN = "bg{bg}_mine{mine}_remain{remain}_train{tseed}"
+VARIANT_MODEL = f"{RESULTS}/variants/{VARIANT_RUN}/fold{{fold}}/shot{{shot}}"
+VARIANT_EVAL = (
+    f"{RESULTS}/variants/fg{{fg}}_{VARIANT_RUN}/fold{{fold}}/shot{{shot}}/eval"
 )
-ABLATIONS = sorted(
-    {
-        switches(
-            a["fg_rectify"],
-            a["bg_rectify"],
-            a["mine"],
-            a.get("remain", config["mining"]["remain"]),
-        )
-        for a in config["ablations"]
-    }
-    - {tuple(MAIN.values())}
+ROWS = {tuple(MAIN.values())[:4]} | {
+    switches(
+        a["fg_rectify"],
+        a["bg_rectify"],
+        a["mine"],
+        a.get("remain", config["mining"]["remain"]),
+    )
+    for a in config["ablations"]
+}
+VARIANTS = sorted(
+    {(*row, tseed) for row in ROWS for tseed in TRAIN_SEEDS} - {tuple(MAIN.values())}
 )
 
-# (bg, mine, remain) of the models the ablations train, and of those whose region bank they use
-ABLATION_MODELS = sorted(
-    {run[1:] for run in ABLATIONS} - {(MAIN["bg"], MAIN["mine"], MAIN["remain"])}
-)
-ABLATION_BANKS = sorted({run[1:] for run in ABLATIONS if run[0]} & set(ABLATION_MODELS))
+# (bg, mine, remain, tseed) of the models the variants train, and of those whose bank they use
+MAIN_MODEL = tuple(MAIN.values())[1:]
+VARIANT_MODELS = sorted({run[1:] for run in VARIANTS} - {MAIN_MODEL})
+VARIANT_BANKS = sorted({run[1:] for run in VARIANTS if run[0]} & set(VARIANT_MODELS))
 # Remain's pseudo masks are made only when a run mines them
-REMAIN = bool(MAIN["remain"] or any(run[3] for run in ABLATIONS))
+REMAIN = any(row[3] for row in ROWS)
 
 
 def eval_outputs(folder):
@@ -170,6 +177,7 @@ def eval_outputs(folder):
     return {
         "metrics": f"{folder}/{layout.METRICS}",
         "per_class": f"{folder}/{layout.PER_CLASS}",
+        "scores": f"{folder}/{layout.SCORES}",
         "episodes": [
             f"{folder}/{layout.EPISODES.format(seed=seed)}"
             for seed in config["evaluate"]["seeds"]
@@ -178,7 +186,8 @@ def eval_outputs(folder):
 
 
 def switch(wildcards, name):
-    """A switch (0/1) from an ablation job's wildcards, else the main run's."""
+    """A switch (0/1) or the training seed from a variant job's wildcards, else the main
+    run's."""
     return int(wildcards.get(name, MAIN[name]))
 
 
@@ -209,12 +218,11 @@ def train_inputs(wildcards):
 
 
 def run_dir(wildcards):
-    """Where the model (and bank) of the job's bg, mine and remain live."""
-    names = ("bg", "mine", "remain")
-    values = {name: switch(wildcards, name) for name in names}
-    if values == {name: MAIN[name] for name in names}:
+    """Where the model (and bank) of the job's bg, mine, remain and tseed live."""
+    values = {name: switch(wildcards, name) for name in ("bg", "mine", "remain", "tseed")}
+    if tuple(values.values()) == MAIN_MODEL:
         return f"{RESULTS}/fold{wildcards.fold}/shot{wildcards.shot}"
-    return ABLATION_MODEL.format(**values, fold=wildcards.fold, shot=wildcards.shot)
+    return VARIANT_MODEL.format(**values, fold=wildcards.fold, shot=wildcards.shot)
 
 
 def evaluate_inputs(wildcards):
@@ -251,25 +259,25 @@ def jobs():
     steps += [(rules.train, runs), (rules.evaluate, runs)]
     steps += [(rules.build_bank, runs)] if MAIN["fg"] else []
     for step, models in (
-        (rules.train_ablation, ABLATION_MODELS),
-        (rules.build_bank_ablation, ABLATION_BANKS),
+        (rules.train_variant, VARIANT_MODELS),
+        (rules.build_bank_variant, VARIANT_BANKS),
     ):
         steps.append(
             (
                 step,
                 [
-                    dict(zip(("bg", "mine", "remain"), model), **r)
+                    dict(zip(("bg", "mine", "remain", "tseed"), model), **r)
                     for model in models
                     for r in runs
                 ],
             )
         )
     variants = [
-        dict(zip(("fg", "bg", "mine", "remain"), run), **r)
-        for run in ABLATIONS
+        dict(zip(("fg", "bg", "mine", "remain", "tseed"), run), **r)
+        for run in VARIANTS
         for r in runs
     ]
-    steps.append((rules.evaluate_ablation, variants))
+    steps.append((rules.evaluate_variant, variants))
     steps += [(rules.summarize, once), (rules.inspect_training, once)]
     return steps
 

@@ -31,17 +31,17 @@ rule build_bank:
         " > {log:q} 2>&1"
 
 
-use rule build_bank as build_bank_ablation with:
+use rule build_bank as build_bank_variant with:
     input:
         index=rules.prepare.output.index,
-        model=rules.train_ablation.output.model,
+        model=rules.train_variant.output.model,
         pseudo_masks=rules.write_pseudo_masks.output.masks,
     output:
-        bank=directory(f"{ABLATION_MODEL}/bank"),
+        bank=directory(f"{VARIANT_MODEL}/bank"),
     log:
-        f"logs/build_bank/{DATASET}_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.log",
+        f"logs/build_bank/{DATASET}_{VARIANT_RUN}_fold{{fold}}_shot{{shot}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/build_bank_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.tsv"
+        f"{RESULTS}/benchmarks/build_bank_{VARIANT_RUN}_fold{{fold}}_shot{{shot}}.tsv"
 
 
 rule evaluate:
@@ -73,20 +73,22 @@ rule evaluate:
         " --device {params.device} > {log:q} 2>&1"
 
 
-# A Table 3 or 5 row: evaluation with its switches (its model from train or train_ablation).
-use rule evaluate as evaluate_ablation with:
+# A variant (a Table 3 or 5 row, another training seed): evaluation with its switches, of its
+# model from train or train_variant.
+use rule evaluate as evaluate_variant with:
     output:
-        **eval_outputs(ABLATION_EVAL),
+        **eval_outputs(VARIANT_EVAL),
     log:
-        f"logs/evaluate/{DATASET}_fg{{fg}}_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.log",
+        f"logs/evaluate/{DATASET}_fg{{fg}}_{VARIANT_RUN}_fold{{fold}}_shot{{shot}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_fg{{fg}}_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate_fg{{fg}}_{VARIANT_RUN}_fold{{fold}}_shot{{shot}}.tsv"
 
 
 rule summarize:
     input:
         metrics=lambda wildcards: outputs("metrics", rules.evaluate),
-        ablations=lambda wildcards: outputs("metrics", rules.evaluate_ablation),
+        variants=lambda wildcards: outputs("metrics", rules.evaluate_variant),
+        scores=lambda wildcards: outputs("scores", rules.evaluate, rules.evaluate_variant),
     output:
         csv=report(
             f"{RESULTS}/summary.csv",
@@ -107,6 +109,6 @@ rule summarize:
     params:
         title=f"latentfss ({DATASET}, {config['encoder']['arch']})",
     shell:
-        "latentfss summarize {input.metrics:q} --ablations {input.ablations:q}"
+        "latentfss summarize {input.metrics:q} --variants {input.variants:q}"
         " --csv {output.csv:q} --md {output.md:q}"
         " --title {params.title:q} > {log:q} 2>&1"

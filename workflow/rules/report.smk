@@ -4,7 +4,7 @@
 
 rule inspect_training:
     input:
-        logs=lambda wildcards: outputs("log_csv", rules.train, rules.train_ablation),
+        logs=lambda wildcards: outputs("log_csv", rules.train, rules.train_variant),
     output:
         figure=report(
             f"{RESULTS}/training.png",

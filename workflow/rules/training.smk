@@ -23,7 +23,7 @@ rule train:
         model=model_params,
         protocol=section("protocol"),
         remain=optional_flag("remain"),
-        seed=config["seed"],
+        seed=lambda wildcards: switch(wildcards, "tseed"),
         device=device,
     shell:
         "latentfss train --index {input.index:q} --encoder-init {input.encoder_init:q}"
@@ -34,12 +34,13 @@ rule train:
         " --threads {threads} --device {params.device} > {log:q} 2>&1"
 
 
-# A Table 3 or 5 row's model: the same training with its bg_rectify, mine and remain.
-use rule train as train_ablation with:
+# A variant's model (a Table 3 or 5 row, another training seed): the same training with its
+# bg_rectify, mine, remain and training seed.
+use rule train as train_variant with:
     output:
-        model=f"{ABLATION_MODEL}/model.pt",
-        log_csv=f"{ABLATION_MODEL}/train.csv",
+        model=f"{VARIANT_MODEL}/model.pt",
+        log_csv=f"{VARIANT_MODEL}/train.csv",
     log:
-        f"logs/train/{DATASET}_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.log",
+        f"logs/train/{DATASET}_{VARIANT_RUN}_fold{{fold}}_shot{{shot}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train_{ABLATION_RUN}_fold{{fold}}_shot{{shot}}.tsv"
+        f"{RESULTS}/benchmarks/train_{VARIANT_RUN}_fold{{fold}}_shot{{shot}}.tsv"

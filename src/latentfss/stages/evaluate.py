@@ -126,14 +126,16 @@ def evaluate_lists(
     bank: RegionBank | None,
     device: torch.device,
     novel,
-) -> tuple[dict[str, IoUMeter], dict]:
+) -> tuple[dict[str, IoUMeter], pd.DataFrame, dict]:
     """Every episode of every list, each distinct image encoded once.
 
     1. Support images: each (image, class) shot's prototypes and embedding (`MatchingNet.shots`);
        the features of those that are queries too are kept, up to `cache_mb`.
     2. Every episode's prototypes from its shots, rectified `batch_size` episodes at a time.
     3. Query images (kept, else encoded now): all the episodes of each are matched together.
-    -> an IoUMeter per list; what was done (episodes, distinct and encoded images, seconds).
+    -> an IoUMeter per list; each episode's score (list, episode, class_id and its foreground
+    intersection and union: what summarize resamples); what was done (episodes, distinct and
+    encoded images, seconds).
     """
     start = time.perf_counter()
     episodes = pd.concat(lists.values(), ignore_index=True)
@@ -163,6 +165,7 @@ def evaluate_lists(
         fg[rows], bg[rows] = model.prototypes(shots, bank)
     rest = sorted(set(by_query) - {item["image_id"] for item, _ in kept})
     meters = {name: IoUMeter(novel) for name in lists}
+    scores = episodes[["episode", "class_id"]].assign(list=names, inter=0, union=0)
     for item, feats in itertools.chain(
         kept, encoded(model, rest, index, cfg, normalise, "queries")
     ):
@@ -170,7 +173,7 @@ def evaluate_lists(
         logits = model.match(feats[None].expand(len(rows), -1, -1, -1), fg[rows], bg[rows])
         preds = at_label(logits, item["input_size"], item["covered"], item["label"].shape)
         for row, pred in zip(rows, preds.argmax(1).to(torch.uint8).cpu().numpy(), strict=True):
-            meters[names[row]].update(
+            scores.loc[row, ["inter", "union"]] = meters[names[row]].update(
                 pred, binary_mask(item["label"], classes[row]), int(classes[row])
             )
     work = {
@@ -179,7 +182,7 @@ def evaluate_lists(
         "distinct_images": len(set(by_query) | set(supports.ravel().tolist())),
         "encoded_images": len(np.unique(supports)) + len(rest),
     }
-    return meters, work
+    return meters, scores[["list", "episode", "class_id", "inter", "union"]], work
 
 
 def read_episodes(path: Path, index, novel, shot: int) -> pd.DataFrame:
@@ -246,7 +249,7 @@ def run(args: argparse.Namespace) -> None:
             with atomic_file(args.out / layout.EPISODES.format(seed=seed)) as tmp:
                 episodes.to_csv(tmp, index=False)
             runs[f"seed{seed}"] = episodes
-    meters, work = evaluate_lists(model, runs, index, cfg, bank, device, novel)
+    meters, scores, work = evaluate_lists(model, runs, index, cfg, bank, device, novel)
     per_run = {name: {"miou": m.miou(), "fbiou": m.fbiou()} for name, m in meters.items()}
     for name, result in per_run.items():
         log.info("%s: mIoU %.2f, FB-IoU %.2f", name, 100 * result["miou"], 100 * result["fbiou"])
@@ -278,6 +281,7 @@ def run(args: argparse.Namespace) -> None:
         "evaluate": dataclasses.asdict(cfg),
         "model": str(args.model),
         "model_config": checkpoint["config"]["model"],
+        "train_seed": checkpoint["seed"],
         "mining": checkpoint["config"].get("mining", {"remain": False}),  # models before it
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -290,6 +294,8 @@ def run(args: argparse.Namespace) -> None:
     )
     with atomic_file(args.out / layout.PER_CLASS) as tmp:
         table.to_csv(tmp, index=False)
+    with atomic_file(args.out / layout.SCORES) as tmp:
+        scores.to_csv(tmp, index=False)
     with atomic_file(args.out / layout.METRICS) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     log.info(

@@ -21,11 +21,11 @@ log = logging.getLogger(__name__)
 def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("metrics", nargs="+", type=Path, help="fold*/shot*/eval/metrics.json")
     parser.add_argument(
-        "--ablations",
+        "--variants",
         nargs="*",
         default=[],
         type=Path,
-        help="metrics.json of runs with other switches (Table 3 rows)",
+        help="metrics.json of the other runs (Table 3 and 5 rows, other training seeds)",
     )
     parser.add_argument("--csv", required=True, type=Path, help="summary.csv to write")
     parser.add_argument("--md", required=True, type=Path, help="summary.md to write")
@@ -138,7 +138,7 @@ def table7(results: pd.DataFrame) -> str:
 
 def run(args: argparse.Namespace) -> None:
     results = read_metrics(args.metrics)
-    runs = pd.concat([results, read_metrics(args.ablations)]) if args.ablations else results
+    runs = pd.concat([results, read_metrics(args.variants)]) if args.variants else results
     with atomic_file(args.csv) as tmp:
         runs.to_csv(tmp, index=False, float_format="%.4f")
     text = (
