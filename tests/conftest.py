@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from latentfss.cli import main
@@ -135,16 +136,26 @@ def run_latentfss(*argv: str) -> subprocess.CompletedProcess:
 
 
 def write_metrics(
-    path: Path, fold: int, miou: float, fg: bool, bg: bool, mine: bool, remain: bool = False
+    path: Path,
+    fold: int,
+    miou: float,
+    fg: bool,
+    bg: bool,
+    mine: bool,
+    remain: bool = False,
+    train_seed: int = 0,
 ) -> Path:
-    """A metrics.json with the keys summarize reads, as evaluate writes them."""
+    """A metrics.json with the keys summarize reads, as evaluate writes them, of two test seeds
+    at miou -+ 0.01; beside it their scores.csv: the same 10 episodes per seed for every run,
+    each at that IoU."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    lists = {"seed0": miou - 0.01, "seed1": miou + 0.01}
     metrics = {
         "fold": fold,
         "shot": 1,
         "miou": miou,
-        "miou_std": 0.01,
         "fbiou": 0.6,
+        "runs": {name: {"miou": m, "fbiou": 0.6} for name, m in lists.items()},
         "episodes_per_s": 10.0,
         "model_episodes_per_s": 2.0,
         "parameters": 1000,
@@ -152,35 +163,47 @@ def write_metrics(
         "evaluate": {"fg_rectify": fg},
         "model_config": {"bg_rectify": bg, "mine": mine},
         "mining": {"remain": remain},
+        "train_seed": train_seed,
     }
     path.write_text(json.dumps(metrics))
+    pd.DataFrame(
+        [
+            (name, e, 5 * fold + 1 + e % 5, round(1000 * m), 1000)
+            for name, m in lists.items()
+            for e in range(10)
+        ],
+        columns=["list", "episode", "class_id", "inter", "union"],
+    ).to_csv(path.with_name("scores.csv"), index=False)
     return path
 
 
 def summarize_runs(
-    tmp_path: Path, runs: dict[tuple, tuple[float, ...]], main: tuple, capsys
+    tmp_path: Path, runs: dict[tuple, tuple[float, ...]], main: tuple, capsys, train_seeds=(0,)
 ) -> str:
     """`latentfss summarize` over runs given as switches (fg, bg, mine[, remain]) -> mIoU of
-    each fold, `main` the main run and the others ablations: summary.md's text (summary.csv
-    beside it)."""
+    each fold (the same for every training seed), `main` the main run (its first training
+    seed) and the others variants: summary.md's text (summary.csv beside it)."""
     paths = {
-        switches: [
+        (switches, seed): [
             write_metrics(
-                tmp_path / "".join(map(str, switches)) / f"{fold}.json",
+                tmp_path / f"{''.join(map(str, switches))}_{seed}" / str(fold) / "metrics.json",
                 fold,
                 miou,
                 *map(bool, switches),
+                train_seed=seed,
             )
             for fold, miou in enumerate(mious)
         ]
         for switches, mious in runs.items()
+        for seed in train_seeds
     }
-    ablations = [p for switches, ps in paths.items() if switches != main for p in ps]
+    first = (main, train_seeds[0])
+    variants = [p for run, ps in paths.items() if run != first for p in ps]
     code, err = cli(
         "summarize",
-        *paths[main],
+        *paths[first],
         "--variants",
-        *ablations,
+        *variants,
         "--csv",
         tmp_path / "s.csv",
         "--md",

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PROTOCOL, cli, cpu_only, params, summarize_runs
+from conftest import PROTOCOL, cli, cpu_only, params, summarize_runs, write_metrics
 from latentfss.episodes import IGNORE
 from latentfss.metrics import IoUMeter
 from latentfss.region_bank import RegionBank, inner_product_index
@@ -221,15 +221,87 @@ def test_ablation_table_has_a_row_per_set_of_switches_in_the_papers_order(tmp_pa
     }
     text = summarize_runs(tmp_path, runs, main=(1, 1, 1), capsys=capsys)
     table = text[text.index("| FG | BG | Mine") :].split("\n\n")[0].splitlines()[2:]
-    assert table == [
-        "|  |  |  | 1 | 40.0 | 50.0 | **45.0** |",
-        "| ✓ |  |  | 1 | 42.0 | 52.0 | **47.0** |",
-        "|  | ✓ |  | 1 | 45.0 | 55.0 | **50.0** |",
-        "| ✓ | ✓ | ✓ | 1 | 60.0 | 70.0 | **65.0** |",
+    assert table == [  # every episode of a row at the same IoU: intervals of one point
+        "|  |  |  | 1 | 40.0 | 50.0 | **45.0** | – | 1.4 | baseline |",
+        "| ✓ |  |  | 1 | 42.0 | 52.0 | **47.0** | – | 1.4 | **+2.0 [+2.0, +2.0]** |",
+        "|  | ✓ |  | 1 | 45.0 | 55.0 | **50.0** | – | 1.4 | **+5.0 [+5.0, +5.0]** |",
+        "| ✓ | ✓ | ✓ | 1 | 60.0 | 70.0 | **65.0** | – | 1.4 | **+20.0 [+20.0, +20.0]** |",
     ]
     assert "| 1-shot fold0 | 1-shot fold1 | 1-shot mean |" in text  # Table 1: the main run only
     assert "**65.0**" in text.split("## Ablations")[0]
     assert len(pd.read_csv(tmp_path / "s.csv")) == 8
+
+
+def test_training_seeds_are_averaged_with_their_spread_and_widen_the_interval(tmp_path, capsys):
+    paths = []
+    for seed in (0, 1, 2):
+        for fold in (0, 1):
+            for switches, miou in (((1, 1, 1), 0.60 + 0.01 * seed), ((0, 0, 0), 0.40)):
+                name = f"{''.join(map(str, switches))}_{seed}/{fold}/metrics.json"
+                paths.append(
+                    write_metrics(
+                        tmp_path / name, fold, miou, *map(bool, switches), train_seed=seed
+                    )
+                )
+    code, err = cli(
+        "summarize",
+        *paths[:1],
+        "--variants",
+        *paths[1:],
+        "--csv",
+        tmp_path / "s.csv",
+        "--md",
+        tmp_path / "s.md",
+        capsys=capsys,
+    )
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "s.csv").set_index(["mine", "fold"])
+    assert table.loc[
+        (True, 0), ["miou", "miou_train_std", "train_seeds"]
+    ].tolist() == pytest.approx([61.0, 1.0, 3])
+    assert table.loc[(False, 0), "miou_train_std"] == 0
+    text = (tmp_path / "s.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| ✓ | ✓ | ✓ |"))
+    cells = row.strip("| ").split(" | ")
+    assert cells[4:9] == ["61.0", "61.0", "**61.0**", "1.0", "1.4"]  # folds, mean, sd train, test
+    low, high = map(float, cells[9].strip("*").split("[")[1].rstrip("]").split(", "))
+    assert 20.0 <= low < 21.0 < high <= 22.0  # within the seeds' own range, +20 to +22
+    assert "standard deviation 1.4 over the test seeds, 1.0 over the training seeds (3)" in text
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda scores: scores.unlink(), "a run has no scores.csv (evaluated before it)"),
+        (
+            lambda scores: pd.read_csv(scores).assign(class_id=3).to_csv(scores, index=False),
+            "fold 0, seed0: runs that scored other episodes (not paired)",
+        ),
+    ],
+)
+def test_rows_not_scored_on_the_same_episodes_get_no_interval(
+    tmp_path, capsys, caplog, damage, why
+):
+    runs = {(1, 1, 1): (0.60, 0.70), (0, 0, 0): (0.40, 0.50)}
+    summarize_runs(tmp_path, runs, main=(1, 1, 1), capsys=capsys)
+    damage(tmp_path / "000_0/0/scores.csv")
+    main = tmp_path / "111_0/0/metrics.json"
+    variants = sorted(set(tmp_path.glob("*/[01]/metrics.json")) - {main})
+    code, err = cli(
+        "summarize",
+        main,
+        "--variants",
+        *variants,
+        "--csv",
+        tmp_path / "s.csv",
+        "--md",
+        tmp_path / "s.md",
+        capsys=capsys,
+    )
+    assert code == 0, err
+    assert f"no intervals: {why}" in caplog.text
+    row = "| ✓ | ✓ | ✓ | 1 | 60.0 | 70.0 | **65.0** | – | 1.4 | – |"
+    assert row in (tmp_path / "s.md").read_text()
 
 
 def test_no_ablation_table_without_ablation_runs(evaluated):

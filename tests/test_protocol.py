@@ -275,9 +275,9 @@ def test_summary_has_a_table5_when_the_remain_row_ran(tmp_path, capsys):
     text = summarize_runs(tmp_path, runs, main=(1, 1, 1, 0), capsys=capsys)
     table = text[text.index("| Unlabeled source") :].split("\n\n")[0].splitlines()[2:]
     assert table == [
-        "| None | 1 | 50.0 | 55.0 | **52.5** |",
-        "| Trainset | 1 | 60.0 | 70.0 | **65.0** |",
-        "| Trainset + Remain | 1 | 62.0 | 71.0 | **66.5** |",
+        "| None | 1 | 50.0 | 55.0 | **52.5** | – | 1.4 | baseline |",
+        "| Trainset | 1 | 60.0 | 70.0 | **65.0** | – | 1.4 | **+12.5 [+12.5, +12.5]** |",
+        "| Trainset + Remain | 1 | 62.0 | 71.0 | **66.5** | – | 1.4 | **+14.0 [+14.0, +14.0]** |",
     ]
     table3 = text[text.index("| FG | BG | Mine") :].split("\n\n")[0]
     assert "62.0" not in table3  # the Remain run is not a Table 3 row

@@ -272,6 +272,19 @@ def test_pascal_preset_dry_run_on_the_official_archives_with_a_list_file(tmp_pat
     assert f"input: {pfenet}" in prepare and "make_synthetic" not in out
 
 
+def test_train_seeds_train_each_model_once_per_seed_the_first_at_the_plain_paths(tmp_path):
+    config = {"folds": [0], "shots": [1], "train_seeds": [0, 3]}
+    code, out = snakemake(tmp_path, "-n", "-p", presets=["config.yaml"], config=config)
+    assert code == 0, out
+    commands = re.findall(r"^Shell command: latentfss train .*$", out, re.MULTILINE)
+    assert len(commands) == 2
+    plain, variant = sorted(commands, key=lambda c: "variants" in c)
+    assert "--out results/synthetic/fold0/shot1/model.pt" in plain and "--seed 0 " in plain
+    assert "variants/bg1_mine1_remain0_train3/fold0/shot1/model.pt" in variant
+    assert "--seed 3 " in variant
+    assert "variants/fg1_bg1_mine1_remain0_train3/fold0/shot1/eval/scores.csv" in out
+
+
 def test_table3_preset_runs_eight_rows_three_training_seeds_and_trains_only_new_models(tmp_path):
     code, out = snakemake(
         tmp_path, "-n", "--quiet", "rules", presets=["config.yaml", "workflow/presets/table3.yaml"]

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from latentfss import layout
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file
+from latentfss.intervals import paired_differences
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +34,23 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default="latentfss", help="row label (method, dataset)")
 
 
+SWITCHES = ["fg", "bg", "mine", "remain"]
+ROW = ["shot", *SWITCHES]  # a table row: its shot and switches
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise InputError(f"{path}: missing or not valid JSON; run `latentfss evaluate`") from None
+
+
 def read_metrics(paths: list[Path]) -> pd.DataFrame:
+    """One row per metrics.json (a model's evaluation): its row's switches, training seed,
+    mIoU per test seed (list) and the rest."""
     rows = []
     for path in paths:
-        try:
-            m = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise InputError(
-                f"{path}: missing or not valid JSON; run `latentfss evaluate`"
-            ) from None
+        m = _read_json(path)
         rows.append(
             {
                 "shot": m["shot"],
@@ -49,77 +59,183 @@ def read_metrics(paths: list[Path]) -> pd.DataFrame:
                 "bg": m["model_config"]["bg_rectify"],
                 "mine": m["model_config"]["mine"],
                 "remain": m.get("mining", {}).get("remain", False),  # older runs: none
+                "train_seed": m.get("train_seed", 0),  # older runs: none
+                "lists": {name: 100 * r["miou"] for name, r in m["runs"].items()},
                 "miou": 100 * m["miou"],
-                "miou_std": 100 * m["miou_std"],
                 "fbiou": 100 * m["fbiou"],
                 "episodes_per_s": m["episodes_per_s"],
-                "model_episodes_per_s": m.get("model_episodes_per_s"),  # older: none
+                "model_episodes_per_s": m.get("model_episodes_per_s") or float("nan"),  # older: none
                 "parameters": m["parameters"],
                 "device": m["device"],
+                "scores": path.with_name(layout.SCORES),
             }
         )
-    return pd.DataFrame(rows).sort_values(["shot", "fold"]).reset_index(drop=True)
+    return pd.DataFrame(rows)
 
 
-def table1(results: pd.DataFrame, title: str) -> str:
-    """One row; per shot: fold columns then the mean (mIoU %, mean over seeds)."""
+def _lists(runs: pd.DataFrame) -> pd.DataFrame:
+    """runs -> one row per (run, list): its mIoU."""
+    per_list = runs[[*ROW, "fold", "train_seed"]].join(
+        pd.DataFrame(runs["lists"].tolist(), index=runs.index)
+    )
+    return per_list.melt(id_vars=[*ROW, "fold", "train_seed"], var_name="list", value_name="miou")
+
+
+def per_fold(runs: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv: per row and fold, the mIoU (mean over training seeds and lists), its spread
+    over training seeds (of each model's mean over lists) and over lists (of the mean over
+    training seeds), FB-IoU and speed (means over training seeds)."""
+    keys = [*ROW, "fold"]
+    groups = runs.groupby(keys)
+    table = groups.agg(
+        miou=("miou", "mean"),
+        miou_train_std=("miou", "std"),
+        train_seeds=("train_seed", "nunique"),
+        fbiou=("fbiou", "mean"),
+        episodes_per_s=("episodes_per_s", "mean"),
+        model_episodes_per_s=("model_episodes_per_s", "mean"),
+        parameters=("parameters", "first"),
+        device=("device", "first"),
+    )
+    lists = _lists(runs).groupby([*keys, "list"])["miou"].mean()
+    table.insert(1, "miou_std", lists.groupby(keys).std())
+    return table.reset_index()
+
+
+def row_spreads(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per table row: the spread of its fold mean over training seeds (each seed's mean over
+    folds and lists) and over lists (each list's mean over folds and training seeds)."""
+    seeds = runs.groupby([*ROW, "train_seed"])["miou"].mean()
+    lists = _lists(runs).groupby([*ROW, "list"])["miou"].mean()
+    return pd.DataFrame(
+        {"train_std": seeds.groupby(ROW).std(), "test_std": lists.groupby(ROW).std()}
+    )
+
+
+def _key(row) -> str:
+    """A row's switches as a run label of the intervals, e.g. '1110'."""
+    return "".join(str(int(getattr(row, k))) for k in SWITCHES)
+
+
+def differences(runs: pd.DataFrame, baseline: str) -> pd.DataFrame | None:
+    """One shot's runs -> each row's (`_key`) mIoU difference to `baseline` with its paired 95%
+    confidence interval (`intervals.paired_differences`), in points; None, said in one line,
+    when a run has no scores.csv (evaluated before it) or the rows were not scored on the same
+    episodes."""
+    if not runs["scores"].map(Path.is_file).all():
+        log.warning("no intervals: a run has no %s (evaluated before it)", layout.SCORES)
+        return None
+    scores = pd.concat(
+        pd.read_csv(r.scores).assign(run=_key(r), fold=r.fold, train_seed=r.train_seed)
+        for r in runs.itertuples()
+    )
+    try:
+        return 100 * paired_differences(scores, baseline)
+    except ValueError as e:
+        log.warning("no intervals: %s", e)
+        return None
+
+
+def table1(main: pd.DataFrame, title: str) -> str:
+    """One row; per shot: fold columns then the mean (mIoU %, mean over training and test
+    seeds); below it, the mean's spreads."""
     header, rule, cells = ["Method"], ["---"], [title]
-    for shot, group in results.groupby("shot"):
+    for shot, group in per_fold(main).groupby("shot"):
         for _, r in group.iterrows():
             header.append(f"{shot}-shot fold{r['fold']}")
             cells.append(f"{r['miou']:.1f}")
         header.append(f"{shot}-shot mean")
         cells.append(f"**{group['miou'].mean():.1f}**")
     rule += ["---:"] * (len(header) - 1)
-    return "\n".join("| " + " | ".join(row) + " |" for row in (header, rule, cells))
-
-
-SWITCHES = {"fg": "FG", "bg": "BG", "mine": "Mine"}
-TABLE5 = {
-    "None": (False, True, False, False),
-    "Trainset": (True, True, True, False),
-    "Trainset + Remain": (True, True, True, True),
-}  # (fg, bg, mine, remain)
-
-
-def _row(group: pd.DataFrame, folds: list[int]) -> str:
-    """The fold cells and the bold mean of one row's runs (mIoU %)."""
-    miou = group.set_index("fold")["miou"]
-    cells = [f"{miou[f]:.1f}" if f in miou else "–" for f in folds]
-    return f"{' | '.join(cells)} | **{miou.mean():.1f}** |"
-
-
-def table3(results: pd.DataFrame) -> str:
-    """One row per set of switches and shot, in the paper's order: fewest switches first."""
-    folds = sorted(results["fold"].unique())
-    lines = [
-        "| FG | BG | Mine | shot | " + " | ".join(f"fold{f}" for f in folds) + " | Mean |",
-        "|:-:|:-:|:-:|---:|" + "---:|" * (len(folds) + 1),
-    ]
-    rows = results.groupby(["shot", *SWITCHES])
-    order = sorted(rows.groups, key=lambda k: (k[0], sum(k[1:]), [not s for s in k[1:]]))
-    for key in order:
-        marks = ["✓" if on else "" for on in key[1:]]
-        lines.append(f"| {' | '.join(marks)} | {key[0]} | {_row(rows.get_group(key), folds)}")
+    lines = ["| " + " | ".join(row) + " |" for row in (header, rule, cells)]
+    seeds = main["train_seed"].nunique()
+    spreads = row_spreads(main)
+    lines.append("")
+    for (shot, *_), r in spreads.iterrows():
+        lines.append(
+            f"- {shot}-shot mean: standard deviation {_spread(r.test_std)} over the test seeds, "
+            f"{_spread(r.train_std)} over the training seeds ({seeds})."
+        )
     return "\n".join(lines)
 
 
-def table5(results: pd.DataFrame) -> str:
-    """The paper's Table 5 rows that ran, per shot: None, Trainset, Trainset + Remain."""
-    folds = sorted(results["fold"].unique())
+def _spread(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.1f}"
+
+
+def _difference(d) -> str:
+    """Δ [low, high], bold where the interval excludes 0."""
+    text = f"{d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+    return f"**{text}**" if d["low"] > 0 or d["high"] < 0 else text
+
+
+def rows_table(runs: pd.DataFrame, labels: dict[str, list[str]], baseline: str, header) -> str:
+    """A table of rows (`labels`: run key -> its label cells, in order; those that ran), per
+    shot: fold cells, the bold mean, its spreads over training and test seeds and the paired
+    difference to the `baseline` row with its 95% interval."""
+    folds = sorted(runs["fold"].unique())
     lines = [
-        "| Unlabeled source | shot | " + " | ".join(f"fold{f}" for f in folds) + " | Mean |",
-        "|---|---:|" + "---:|" * (len(folds) + 1),
+        "| "
+        + " | ".join(
+            [*header, "shot", *(f"fold{f}" for f in folds), "Mean", "sd train", "sd test", "Δ"]
+        )
+        + " |",
+        "|" + ":-:|" * len(header) + "---:|" * (len(folds) + 5),
     ]
-    for shot, runs in results.groupby("shot"):
-        switches = runs[["fg", "bg", "mine", "remain"]].apply(tuple, axis=1)
-        for name, key in TABLE5.items():
-            if (switches == key).any():
-                lines.append(f"| {name} | {shot} | {_row(runs[switches == key], folds)}")
+    keys = runs.apply(_key, axis=1)
+    for shot in sorted(runs["shot"].unique()):
+        ran = runs[runs["shot"] == shot]
+        ran_keys = set(keys[ran.index])
+        diffs = differences(ran, baseline) if baseline in ran_keys else None
+        table = per_fold(ran).assign(key=lambda t: t.apply(_key, axis=1))
+        spreads = row_spreads(ran).reset_index()
+        spreads = spreads.set_index(spreads.apply(_key, axis=1))
+        for key, label in labels.items():
+            if key not in ran_keys:
+                continue
+            miou = table[table["key"] == key].set_index("fold")["miou"]
+            cells = [*label, str(shot)]
+            cells += [f"{miou[f]:.1f}" if f in miou else "–" for f in folds]
+            cells += [f"**{miou.mean():.1f}**"]
+            cells += [_spread(spreads.loc[key, "train_std"]), _spread(spreads.loc[key, "test_std"])]
+            if diffs is None:
+                cells.append("–")
+            else:
+                cells.append("baseline" if key == baseline else _difference(diffs.loc[key]))
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def table7(results: pd.DataFrame) -> str:
+LEGEND = (
+    "Mean: over folds, training seeds and test seeds. sd train, sd test: the sample standard "
+    "deviation of the mean over the training seeds and over the test seeds. Δ: the difference "
+    "to the baseline row, paired (the same episode lists), with its 95% bootstrap interval "
+    "(episodes resampled within each fold and test seed, training seeds within each fold); "
+    "bold where the interval excludes 0."
+)
+
+
+def table3(runs: pd.DataFrame) -> str:
+    """One row per set of switches, in the paper's order (fewest switches first); Δ to the row
+    with every switch off."""
+    combos = sorted(
+        {tuple(int(v) for v in k) for k in runs.apply(_key, axis=1)},
+        key=lambda k: (sum(k[:3]), [not s for s in k[:3]]),
+    )
+    labels = {"".join(map(str, k)): ["✓" if on else "" for on in k[:3]] for k in combos}
+    return rows_table(runs, labels, "0000", ["FG", "BG", "Mine"])
+
+
+TABLE5 = {"None": "0100", "Trainset": "1110", "Trainset + Remain": "1111"}
+
+
+def table5(runs: pd.DataFrame) -> str:
+    """The paper's Table 5 rows that ran: None, Trainset, Trainset + Remain; Δ to None."""
+    labels = {key: [name] for name, key in TABLE5.items()}
+    return rows_table(runs, labels, TABLE5["None"], ["Unlabeled source"])
+
+
+def table7(main: pd.DataFrame) -> str:
     """The paper's speed: one episode at a time, nothing cached; beside it the throughput of
     the evaluation jobs, which encode each image once (means over folds)."""
     lines = [
@@ -127,9 +243,9 @@ def table7(results: pd.DataFrame) -> str:
         "parameters | device |",
         "|---:|---:|---:|---:|---:|---|",
     ]
-    for shot, g in results.groupby("shot"):
+    for shot, g in main.groupby("shot"):
         lines.append(
-            f"| {shot} | {g['model_episodes_per_s'].astype(float).mean():.1f} | "
+            f"| {shot} | {g['model_episodes_per_s'].mean():.1f} | "
             f"{g['episodes_per_s'].mean():.1f} | {g['fbiou'].mean():.1f} | "
             f"{g['parameters'].iloc[0] / 1e6:.2f}M | {g['device'].iloc[0]} |"
         )
@@ -137,40 +253,43 @@ def table7(results: pd.DataFrame) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    results = read_metrics(args.metrics)
-    runs = pd.concat([results, read_metrics(args.variants)]) if args.variants else results
+    runs = read_metrics([*args.metrics, *args.variants])
+    keys = runs.apply(_key, axis=1)
+    main_key = _key(runs.iloc[0])
+    main = runs[keys == main_key]
     with atomic_file(args.csv) as tmp:
-        runs.to_csv(tmp, index=False, float_format="%.4f")
+        per_fold(runs).to_csv(tmp, index=False, float_format="%.4f")
     text = (
         f"# Results: {args.title}\n\nMean IoU (%) of 1-way episodes on each fold's novel "
-        "classes, mean over seeds (paper Table 1 layout).\n\n"
-        + table1(results, args.title)
-        + "\n\nPer fold and shot, with the spread over seeds and FB-IoU: see summary.csv.\n\n"
+        "classes, mean over training and test seeds (paper Table 1 layout).\n\n"
+        + table1(main, args.title)
+        + "\n\nPer fold and shot, with FB-IoU: see summary.csv.\n\n"
     )
     # Table 3: the runs that mine what the main run mines (remain is moot without mining)
-    same = runs[(runs["remain"] == results["remain"].iloc[0]) | ~runs["mine"]]
-    if len(same) > len(results):
+    same = runs[(runs["remain"] == main["remain"].iloc[0]) | ~runs["mine"]]
+    if len(set(keys[same.index])) > 1:
         text += (
             "## Ablations (paper Table 3 layout)\n\nmIoU (%) with each component on (✓) or "
             "off. FG: foreground rectification (Eq. 8-9); BG: global background prototype "
-            "(Eq. 6-7); Mine: the mining branch (Eq. 1).\n\n" + table3(same) + "\n\n"
+            "(Eq. 6-7); Mine: the mining branch (Eq. 1). " + LEGEND + "\n\n" + table3(same) + "\n\n"
         )
-    full = runs["fg"] & runs["bg"] & runs["mine"]
-    if (full & runs["remain"]).any() and (full & ~runs["remain"]).any():
+    if {TABLE5["Trainset"], TABLE5["Trainset + Remain"]} <= set(keys):
         text += (
             "## Sources of unlabelled data (paper Table 5 layout)\n\nmIoU (%). None: BG "
             "rectification alone; Trainset: the full method, mining the fold's train set; "
-            "Trainset + Remain: mining the train images without a large base class too.\n\n"
+            "Trainset + Remain: mining the train images without a large base class too. "
+            + LEGEND
+            + "\n\n"
             + table5(runs)
             + "\n\n"
         )
-    text += "## Speed (paper Table 7 layout)\n\n" + table7(results) + "\n"
+    text += "## Speed (paper Table 7 layout)\n\n" + table7(main) + "\n"
     with atomic_file(args.md) as tmp:
         tmp.write_text(text)
     log.info(
-        "summary of %d runs (+%d ablation runs) -> %s, %s",
-        len(results),
-        len(runs) - len(results),
+        "summary of %d rows, %d evaluated models -> %s, %s",
+        keys.nunique(),
+        len(runs),
         args.csv,
         args.md,
     )
