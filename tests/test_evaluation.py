@@ -72,6 +72,11 @@ def test_rectification_is_eq8_and_eq9_by_hand():
     mu = torch.stack([c for _, c in picked]) / sum(c for _, c in picked)  # Eq. 9
     expected = 0.8 * p_s[0] + 0.2 * sum(m * r for m, (r, _) in zip(mu, picked, strict=True))
     torch.testing.assert_close(out[0], expected)
+    images, rows, weights = bank.relevant(p_s, embeddings[1:2])  # what Eq. 8 mixes
+    assert images[0].tolist() == nearest.tolist()
+    kept = rows[0] >= 0
+    torch.testing.assert_close(regions[rows[0][kept]], torch.stack([r for r, _ in picked]))
+    torch.testing.assert_close(weights[0][kept], mu)
 
 
 @pytest.fixture(scope="module")

@@ -56,27 +56,37 @@ class RegionBank:
         query = np.ascontiguousarray(embeddings.detach().float().cpu().numpy())
         return torch.from_numpy(self.index.search(query, self.top_n)[1]).to(self.offsets.device)
 
-    def rectify(self, prototypes: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """Eq. 8-9 for a batch, with one search: support fg prototypes (B, C) and unit image
-        embeddings (B, C) -> (B, C). An image without regions offers none; a support whose N
-        images have none is left as it is."""
+    def relevant(
+        self, prototypes: torch.Tensor, embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The regions Eq. 8 mixes, for a batch, with one search: support fg prototypes (B, C)
+        and unit image embeddings (B, C) -> the top-N images (B, N), in each the row of the
+        region most similar to the prototype (B, N; -1 where the image has no region) and
+        its weight mu (Eq. 9; B, N, 0 where none; all 0 where no image has a region)."""
         images = self.nearest_images(embeddings)  # (B, N)
         first, count = self.offsets[images], self.offsets[images + 1] - self.offsets[images]
-        widest = int(count.max())
-        if widest == 0:
-            return prototypes
+        widest = max(int(count.max()), 1)
         slot = torch.arange(widest, device=images.device)
         present = slot < count[..., None]  # (B, N, S): slot s holds region first + s
         rows = torch.where(present, first[..., None] + slot, 0)
-        regions = self.regions[rows].to(prototypes)  # (B, N, S, C)
-        cos = F.cosine_similarity(regions, prototypes[:, None, None], dim=-1)
+        cos = F.cosine_similarity(
+            self.regions[rows].to(prototypes), prototypes[:, None, None], dim=-1
+        )
         best, pick = cos.masked_fill(~present, -torch.inf).max(dim=-1)  # (B, N)
-        picked = regions.gather(2, pick[..., None, None].expand(-1, -1, 1, regions.shape[-1]))
         weight = torch.where(count > 0, best, 0.0)
-        mu = weight / weight.sum(dim=1, keepdim=True)  # Eq. 9
-        relevant = (mu[..., None] * picked[:, :, 0]).sum(dim=1)
+        total = weight.sum(dim=1, keepdim=True)
+        mu = torch.where(total != 0, weight / total, 0.0)  # Eq. 9
+        return images, torch.where(count > 0, rows.gather(2, pick[..., None])[..., 0], -1), mu
+
+    def rectify(self, prototypes: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Eq. 8-9 for a batch: support fg prototypes (B, C) and unit image embeddings (B, C)
+        -> (B, C). An image without regions offers none; a support whose N images have none is
+        left as it is."""
+        _, rows, mu = self.relevant(prototypes, embeddings)
+        picked = self.regions[rows.clamp(min=0)].to(prototypes)  # (B, N, C)
+        relevant = (mu[..., None] * picked).sum(dim=1)
         rectified = (1 - self.beta) * prototypes + self.beta * relevant  # Eq. 8
-        return torch.where((count > 0).any(dim=1, keepdim=True), rectified, prototypes)
+        return torch.where((rows >= 0).any(dim=1, keepdim=True), rectified, prototypes)
 
 
 def save_bank(path: Path, embeddings: np.ndarray, regions: dict[str, np.ndarray], **attrs) -> None:
