@@ -1,7 +1,9 @@
 """The results tables (rule summarize): mIoU per fold and shot with the mean, laid out like the
-paper's Table 1; with ablation runs, one row per set of switches like its Table 3, and its
+paper's Table 1; with variant runs, one row per set of switches like its Table 3, and its
 Table 5 when the full method ran with and without Remain; inference speed and parameters like
-its Table 7."""
+its Table 7. Every value is a mean over training seeds and test seeds, given with both spreads;
+a Table 3 or 5 row's difference to its baseline row comes with its paired 95% interval
+(`latentfss.intervals`)."""
 
 from __future__ import annotations
 
@@ -64,21 +66,23 @@ def read_metrics(paths: list[Path]) -> pd.DataFrame:
                 "miou": 100 * m["miou"],
                 "fbiou": 100 * m["fbiou"],
                 "episodes_per_s": m["episodes_per_s"],
-                "model_episodes_per_s": m.get("model_episodes_per_s") or float("nan"),  # older: none
+                "model_episodes_per_s": m.get("model_episodes_per_s")
+                or float("nan"),  # older: none
                 "parameters": m["parameters"],
                 "device": m["device"],
                 "scores": path.with_name(layout.SCORES),
             }
         )
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    runs["key"] = runs[SWITCHES].astype(int).astype(str).agg("".join, axis=1)  # e.g. '1110'
+    return runs
 
 
 def _lists(runs: pd.DataFrame) -> pd.DataFrame:
     """runs -> one row per (run, list): its mIoU."""
-    per_list = runs[[*ROW, "fold", "train_seed"]].join(
-        pd.DataFrame(runs["lists"].tolist(), index=runs.index)
-    )
-    return per_list.melt(id_vars=[*ROW, "fold", "train_seed"], var_name="list", value_name="miou")
+    keys = [*ROW, "key", "fold", "train_seed"]
+    per_list = runs[keys].join(pd.DataFrame(runs["lists"].tolist(), index=runs.index))
+    return per_list.melt(id_vars=keys, var_name="list", value_name="miou")
 
 
 def per_fold(runs: pd.DataFrame) -> pd.DataFrame:
@@ -88,6 +92,7 @@ def per_fold(runs: pd.DataFrame) -> pd.DataFrame:
     keys = [*ROW, "fold"]
     groups = runs.groupby(keys)
     table = groups.agg(
+        key=("key", "first"),
         miou=("miou", "mean"),
         miou_train_std=("miou", "std"),
         train_seeds=("train_seed", "nunique"),
@@ -98,27 +103,21 @@ def per_fold(runs: pd.DataFrame) -> pd.DataFrame:
         device=("device", "first"),
     )
     lists = _lists(runs).groupby([*keys, "list"])["miou"].mean()
-    table.insert(1, "miou_std", lists.groupby(keys).std())
+    table.insert(2, "miou_std", lists.groupby(keys).std())
     return table.reset_index()
 
 
 def row_spreads(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per table row: the spread of its fold mean over training seeds (each seed's mean over
-    folds and lists) and over lists (each list's mean over folds and training seeds)."""
-    seeds = runs.groupby([*ROW, "train_seed"])["miou"].mean()
-    lists = _lists(runs).groupby([*ROW, "list"])["miou"].mean()
-    return pd.DataFrame(
-        {"train_std": seeds.groupby(ROW).std(), "test_std": lists.groupby(ROW).std()}
-    )
-
-
-def _key(row) -> str:
-    """A row's switches as a run label of the intervals, e.g. '1110'."""
-    return "".join(str(int(getattr(row, k))) for k in SWITCHES)
+    """Per table row (shot, key): the spread of its fold mean over training seeds (each seed's
+    mean over folds and lists) and over lists (each list's mean over folds and seeds)."""
+    row = ["shot", "key"]
+    seeds = runs.groupby([*row, "train_seed"])["miou"].mean()
+    lists = _lists(runs).groupby([*row, "list"])["miou"].mean()
+    return pd.DataFrame({"train": seeds.groupby(row).std(), "test": lists.groupby(row).std()})
 
 
 def differences(runs: pd.DataFrame, baseline: str) -> pd.DataFrame | None:
-    """One shot's runs -> each row's (`_key`) mIoU difference to `baseline` with its paired 95%
+    """One shot's runs -> each row's (key) mIoU difference to `baseline` with its paired 95%
     confidence interval (`intervals.paired_differences`), in points; None, said in one line,
     when a run has no scores.csv (evaluated before it) or the rows were not scored on the same
     episodes."""
@@ -126,7 +125,7 @@ def differences(runs: pd.DataFrame, baseline: str) -> pd.DataFrame | None:
         log.warning("no intervals: a run has no %s (evaluated before it)", layout.SCORES)
         return None
     scores = pd.concat(
-        pd.read_csv(r.scores).assign(run=_key(r), fold=r.fold, train_seed=r.train_seed)
+        pd.read_csv(r.scores).assign(run=r.key, fold=r.fold, train_seed=r.train_seed)
         for r in runs.itertuples()
     )
     try:
@@ -147,14 +146,11 @@ def table1(main: pd.DataFrame, title: str) -> str:
         header.append(f"{shot}-shot mean")
         cells.append(f"**{group['miou'].mean():.1f}**")
     rule += ["---:"] * (len(header) - 1)
-    lines = ["| " + " | ".join(row) + " |" for row in (header, rule, cells)]
-    seeds = main["train_seed"].nunique()
-    spreads = row_spreads(main)
-    lines.append("")
-    for (shot, *_), r in spreads.iterrows():
+    lines = ["| " + " | ".join(row) + " |" for row in (header, rule, cells)] + [""]
+    for (shot, _), spread in row_spreads(main).iterrows():
         lines.append(
-            f"- {shot}-shot mean: standard deviation {_spread(r.test_std)} over the test seeds, "
-            f"{_spread(r.train_std)} over the training seeds ({seeds})."
+            f"- {shot}-shot mean: standard deviation {_spread(spread.test)} over the test seeds, "
+            f"{_spread(spread.train)} over the training seeds ({main['train_seed'].nunique()})."
         )
     return "\n".join(lines)
 
@@ -174,30 +170,20 @@ def rows_table(runs: pd.DataFrame, labels: dict[str, list[str]], baseline: str, 
     shot: fold cells, the bold mean, its spreads over training and test seeds and the paired
     difference to the `baseline` row with its 95% interval."""
     folds = sorted(runs["fold"].unique())
+    columns = [*header, "shot", *(f"fold{f}" for f in folds), "Mean", "sd train", "sd test", "Δ"]
     lines = [
-        "| "
-        + " | ".join(
-            [*header, "shot", *(f"fold{f}" for f in folds), "Mean", "sd train", "sd test", "Δ"]
-        )
-        + " |",
+        "| " + " | ".join(columns) + " |",
         "|" + ":-:|" * len(header) + "---:|" * (len(folds) + 5),
     ]
-    keys = runs.apply(_key, axis=1)
-    for shot in sorted(runs["shot"].unique()):
-        ran = runs[runs["shot"] == shot]
-        ran_keys = set(keys[ran.index])
-        diffs = differences(ran, baseline) if baseline in ran_keys else None
-        table = per_fold(ran).assign(key=lambda t: t.apply(_key, axis=1))
-        spreads = row_spreads(ran).reset_index()
-        spreads = spreads.set_index(spreads.apply(_key, axis=1))
-        for key, label in labels.items():
-            if key not in ran_keys:
-                continue
-            miou = table[table["key"] == key].set_index("fold")["miou"]
-            cells = [*label, str(shot)]
+    for shot, ran in runs.groupby("shot"):
+        diffs = differences(ran, baseline) if baseline in set(ran["key"]) else None
+        mious = per_fold(ran).set_index(["key", "fold"])["miou"]
+        spreads = row_spreads(ran).loc[shot]
+        for key in (k for k in labels if k in spreads.index):
+            miou = mious.loc[key]
+            cells = [*labels[key], str(shot)]
             cells += [f"{miou[f]:.1f}" if f in miou else "–" for f in folds]
-            cells += [f"**{miou.mean():.1f}**"]
-            cells += [_spread(spreads.loc[key, "train_std"]), _spread(spreads.loc[key, "test_std"])]
+            cells += [f"**{miou.mean():.1f}**", *map(_spread, spreads.loc[key, ["train", "test"]])]
             if diffs is None:
                 cells.append("–")
             else:
@@ -218,11 +204,8 @@ LEGEND = (
 def table3(runs: pd.DataFrame) -> str:
     """One row per set of switches, in the paper's order (fewest switches first); Δ to the row
     with every switch off."""
-    combos = sorted(
-        {tuple(int(v) for v in k) for k in runs.apply(_key, axis=1)},
-        key=lambda k: (sum(k[:3]), [not s for s in k[:3]]),
-    )
-    labels = {"".join(map(str, k)): ["✓" if on else "" for on in k[:3]] for k in combos}
+    keys = sorted(set(runs["key"]), key=lambda k: (k[:3].count("1"), k[:3].replace("0", "2")))
+    labels = {k: ["✓" if on == "1" else "" for on in k[:3]] for k in keys}
     return rows_table(runs, labels, "0000", ["FG", "BG", "Mine"])
 
 
@@ -254,9 +237,8 @@ def table7(main: pd.DataFrame) -> str:
 
 def run(args: argparse.Namespace) -> None:
     runs = read_metrics([*args.metrics, *args.variants])
-    keys = runs.apply(_key, axis=1)
-    main_key = _key(runs.iloc[0])
-    main = runs[keys == main_key]
+    keys = runs["key"]
+    main = runs[keys == keys.iloc[0]]
     with atomic_file(args.csv) as tmp:
         per_fold(runs).to_csv(tmp, index=False, float_format="%.4f")
     text = (
