@@ -154,7 +154,7 @@ def tables(summary: Path) -> dict:
     runs = pd.read_csv(summary)
     if "remain" not in runs:  # runs of the code before mining.remain existed
         runs["remain"] = False
-    main = runs.drop_duplicates(["shot", "fold"])  # summarize writes the main runs first
+    main = runs[runs.fg & runs.bg & runs.mine & ~runs.remain]  # the default's switches
     table1 = {
         f"{shot}-shot": {"folds": g["miou"].round(1).tolist(), "mean": g["miou"].mean()}
         for shot, g in main.groupby("shot")
