@@ -219,7 +219,9 @@ def train_inputs(wildcards):
 
 def run_dir(wildcards):
     """Where the model (and bank) of the job's bg, mine, remain and tseed live."""
-    values = {name: switch(wildcards, name) for name in ("bg", "mine", "remain", "tseed")}
+    values = {
+        name: switch(wildcards, name) for name in ("bg", "mine", "remain", "tseed")
+    }
     if tuple(values.values()) == MAIN_MODEL:
         return f"{RESULTS}/fold{wildcards.fold}/shot{wildcards.shot}"
     return VARIANT_MODEL.format(**values, fold=wildcards.fold, shot=wildcards.shot)

@@ -88,7 +88,9 @@ rule summarize:
     input:
         metrics=lambda wildcards: outputs("metrics", rules.evaluate),
         variants=lambda wildcards: outputs("metrics", rules.evaluate_variant),
-        scores=lambda wildcards: outputs("scores", rules.evaluate, rules.evaluate_variant),
+        scores=lambda wildcards: outputs(
+            "scores", rules.evaluate, rules.evaluate_variant
+        ),
     output:
         csv=report(
             f"{RESULTS}/summary.csv",
