@@ -198,12 +198,19 @@ def summarize_runs(
         for seed in train_seeds
     }
     first = (main, train_seeds[0])
-    variants = [p for run, ps in paths.items() if run != first for p in ps]
+    return summarize(
+        tmp_path, [*paths[first], *(p for r, ps in paths.items() if r != first for p in ps)], capsys
+    )
+
+
+def summarize(tmp_path: Path, metrics: list[Path], capsys) -> str:
+    """`latentfss summarize` of metrics.json files, the first the main run's, the others
+    variants -> summary.md's text (summary.csv beside it: tmp_path / s.csv)."""
     code, err = cli(
         "summarize",
-        *paths[first],
+        metrics[0],
         "--variants",
-        *variants,
+        *metrics[1:],
         "--csv",
         tmp_path / "s.csv",
         "--md",

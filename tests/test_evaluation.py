@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PROTOCOL, cli, cpu_only, params, summarize_runs, write_metrics
+from conftest import PROTOCOL, cli, cpu_only, params, summarize, summarize_runs, write_metrics
 from latentfss.episodes import IGNORE
 from latentfss.metrics import IoUMeter
 from latentfss.region_bank import RegionBank, inner_product_index
@@ -248,24 +248,12 @@ def test_training_seeds_are_averaged_with_their_spread_and_widen_the_interval(tm
                         tmp_path / name, fold, miou, *map(bool, switches), train_seed=seed
                     )
                 )
-    code, err = cli(
-        "summarize",
-        *paths[:1],
-        "--variants",
-        *paths[1:],
-        "--csv",
-        tmp_path / "s.csv",
-        "--md",
-        tmp_path / "s.md",
-        capsys=capsys,
-    )
-    assert code == 0, err
+    text = summarize(tmp_path, paths, capsys)
     table = pd.read_csv(tmp_path / "s.csv").set_index(["mine", "fold"])
     assert table.loc[
         (True, 0), ["miou", "miou_train_std", "train_seeds"]
     ].tolist() == pytest.approx([61.0, 1.0, 3])
     assert table.loc[(False, 0), "miou_train_std"] == 0
-    text = (tmp_path / "s.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| ✓ | ✓ | ✓ |"))
     cells = row.strip("| ").split(" | ")
     assert cells[4:9] == ["61.0", "61.0", "**61.0**", "1.0", "1.4"]  # folds, mean, sd train, test
@@ -292,21 +280,9 @@ def test_rows_not_scored_on_the_same_episodes_get_no_interval(
     damage(tmp_path / "000_0/0/scores.csv")
     main = tmp_path / "111_0/0/metrics.json"
     variants = sorted(set(tmp_path.glob("*/[01]/metrics.json")) - {main})
-    code, err = cli(
-        "summarize",
-        main,
-        "--variants",
-        *variants,
-        "--csv",
-        tmp_path / "s.csv",
-        "--md",
-        tmp_path / "s.md",
-        capsys=capsys,
-    )
-    assert code == 0, err
+    text = summarize(tmp_path, [main, *variants], capsys)
     assert f"no intervals: {why}" in caplog.text
-    row = "| ✓ | ✓ | ✓ | 1 | 60.0 | 70.0 | **65.0** | – | 1.4 | – |"
-    assert row in (tmp_path / "s.md").read_text()
+    assert "| ✓ | ✓ | ✓ | 1 | 60.0 | 70.0 | **65.0** | – | 1.4 | – |" in text
 
 
 def test_no_ablation_table_without_ablation_runs(evaluated):
