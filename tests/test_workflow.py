@@ -117,6 +117,7 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     assert not (results / "variants/bg0_mine0_remain0_train0/fold0/shot1/bank").exists()  # fg off
     summary = (results / "summary.md").read_text()
     assert "5-shot mean" in summary and "## Ablations" in summary
+    assert "| baseline |" in summary and "]" in summary.split("## Ablations")[1]  # intervals
     assert "| Trainset + Remain | 5 |" in summary  # Table 5
     assert (results / "training.png").stat().st_size > 0
     benchmarks = pd.read_csv(results / "benchmarks.csv")
