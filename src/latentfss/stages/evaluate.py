@@ -165,7 +165,7 @@ def evaluate_lists(
         fg[rows], bg[rows] = model.prototypes(shots, bank)
     rest = sorted(set(by_query) - {item["image_id"] for item, _ in kept})
     meters = {name: IoUMeter(novel) for name in lists}
-    scores = episodes[["episode", "class_id"]].assign(list=names, inter=0, union=0)
+    fg_counts = np.zeros((len(episodes), 2), dtype=np.int64)  # intersection, union
     for item, feats in itertools.chain(
         kept, encoded(model, rest, index, cfg, normalise, "queries")
     ):
@@ -173,7 +173,7 @@ def evaluate_lists(
         logits = model.match(feats[None].expand(len(rows), -1, -1, -1), fg[rows], bg[rows])
         preds = at_label(logits, item["input_size"], item["covered"], item["label"].shape)
         for row, pred in zip(rows, preds.argmax(1).to(torch.uint8).cpu().numpy(), strict=True):
-            scores.loc[row, ["inter", "union"]] = meters[names[row]].update(
+            fg_counts[row] = meters[names[row]].update(
                 pred, binary_mask(item["label"], classes[row]), int(classes[row])
             )
     work = {
@@ -182,7 +182,16 @@ def evaluate_lists(
         "distinct_images": len(set(by_query) | set(supports.ravel().tolist())),
         "encoded_images": len(np.unique(supports)) + len(rest),
     }
-    return meters, scores[["list", "episode", "class_id", "inter", "union"]], work
+    scores = pd.DataFrame(
+        {
+            "list": names,
+            "episode": episodes["episode"],
+            "class_id": classes,
+            "inter": fg_counts[:, 0],
+            "union": fg_counts[:, 1],
+        }
+    )
+    return meters, scores, work
 
 
 def read_episodes(path: Path, index, novel, shot: int) -> pd.DataFrame:
