@@ -22,13 +22,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from record import describe, machine, save
-from torch.utils.data import DataLoader
 
 from latentfss import store
-from latentfss.datasets.evaluation import EvaluateConfig, TestImages, collate
+from latentfss.datasets.evaluation import EvaluateConfig
 from latentfss.datasets.index import read_index
 from latentfss.datasets.synthetic import class_factors
-from latentfss.encoder import Normalise, encode_each
+from latentfss.encoder import Normalise
 from latentfss.episodes import (
     IGNORE,
     EpisodeSampler,
@@ -43,7 +42,7 @@ from latentfss.prototypes import region_prototypes
 from latentfss.region_bank import RegionBank, inner_product_index, load_bank
 from latentfss.runtime import set_threads
 from latentfss.stages.build_bank import TrainImages
-from latentfss.stages.evaluate import evaluate_lists
+from latentfss.stages.evaluate import encoded, evaluate_lists
 
 REPO = Path(__file__).resolve().parents[1]
 BETAS = (0.05, 0.1, 0.2, 0.4)
@@ -87,26 +86,12 @@ class Fold:
         self.region_image, self.region_label = group["image"][:], group["label"][:]
         self.pseudo_masks = results / f"fold{fold}/pseudo_masks.zarr"
 
+    @torch.inference_mode()
     def encode(self, image_ids) -> dict[int, tuple[torch.Tensor, np.ndarray]]:
-        """image id -> (features, class-index mask at the network's input)."""
-        data = TestImages(
-            image_ids,
-            self.index.images,
-            self.index.num_classes,
-            self.cfg.resize,
-            self.cfg.input_size,
-        )
-        loader = DataLoader(data, batch_size=self.cfg.batch_size, collate_fn=collate)
-        out = {}
-        with torch.inference_mode():
-            for batch in loader:
-                feats = encode_each(
-                    self.model.encoder, [b["image"] for b in batch], Normalise(self.cpu)
-                )
-                out.update(
-                    {b["image_id"]: (f, b["mask"]) for b, f in zip(batch, feats, strict=True)}
-                )
-        return out
+        """image id -> (features, class-index mask at the network's input), as evaluation
+        encodes them (`stages.evaluate.encoded`)."""
+        items = encoded(self.model, image_ids, self.index, self.cfg, Normalise(self.cpu), "")
+        return {item["image_id"]: (feats, item["mask"]) for item, feats in items}
 
     def train_images(self) -> tuple[dict, list[np.ndarray]]:
         """The bank's images: their features and GT masks, and their pseudo masks, as the bank
