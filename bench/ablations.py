@@ -45,6 +45,11 @@ def main() -> None:
         "episodes": int(len(pd.read_csv(runs["scores"].iloc[0]))),
         "variant_job_minutes": round(float(variant_jobs["seconds"].sum()) / 60, 1),
         "tables": {},
+        # each Table 3 row's mean over folds and test seeds, per training seed
+        "seed_means": {
+            key: {int(seed): round(float(m), 2) for seed, m in g.droplevel(0).items()}
+            for key, g in same.groupby(["key", "train_seed"])["miou"].mean().groupby(level=0)
+        },
     }
     for name, (baseline, text, rows) in tables.items():
         diffs = summarize.differences(rows, baseline).reset_index()
