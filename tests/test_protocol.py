@@ -241,19 +241,12 @@ def test_encoding_each_image_once_scores_what_encoding_every_episode_does(hand_b
             cfg = EvaluateConfig(resize=resize, input_size=60, batch_size=3, workers=0)
             once, scores, work = evaluate_lists(model, lists, index, cfg, bank, cpu, novel)
             for name, episodes in lists.items():
-                # each episode's scores add up to what the meter summed
-                sums = scores[scores["list"] == name].groupby("class_id")[["inter", "union"]]
-                summed = sums.sum().to_dict()
-                assert summed["inter"] == {
-                    c: n for c, n in once[name].inter.items() if c in summed["inter"]
-                }
-                assert summed["union"] == {
-                    c: n for c, n in once[name].union.items() if c in summed["union"]
-                }
-                assert (
-                    scores[scores["list"] == name]["episode"].tolist()
-                    == episodes["episode"].tolist()
-                )
+                # each episode's scores, in the list's order, add up to what the meter summed
+                ours = scores[scores["list"] == name]
+                assert ours["episode"].tolist() == episodes["episode"].tolist()
+                summed = ours.groupby("class_id")[["inter", "union"]].sum()
+                for c, row in summed.iterrows():
+                    assert (row.inter, row.union) == (once[name].inter[c], once[name].union[c])
                 meter = IoUMeter(novel)
                 for pred, label, class_id in episode_by_episode(
                     model, episodes, index, cfg, bank, cpu
