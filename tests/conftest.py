@@ -123,6 +123,80 @@ def annotated(tiny_root, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def evaluated(annotated, tmp_path_factory):
+    """train (3 steps) -> build-bank -> evaluate (2 seeds) -> summarize, fold 0, 1-shot."""
+    out = tmp_path_factory.mktemp("evaluated")
+    model, bank, eval_dir = out / "model.pt", out / "bank", out / "eval"
+    steps = [
+        (
+            "train",
+            "--index",
+            annotated / "dataset",
+            "--encoder-init",
+            annotated / "encoder_init.pt",
+            "--pseudo-masks",
+            annotated / "fold0/pseudo_masks.zarr",
+            "--fold",
+            "0",
+            "--shot",
+            "1",
+            "--out",
+            model,
+            "--log-csv",
+            out / "train.csv",
+            "--protocol",
+            PROTOCOL,
+            "--params",
+            params(iterations=3, batch_episodes=2, batch_pseudo=2, crop=48, workers=0),
+        ),
+        (
+            "build-bank",
+            "--index",
+            annotated / "dataset",
+            "--model",
+            model,
+            "--pseudo-masks",
+            annotated / "fold0/pseudo_masks.zarr",
+            "--out",
+            bank,
+            "--params",
+            params(input_size=64),
+        ),
+        (
+            "evaluate",
+            "--index",
+            annotated / "dataset",
+            "--model",
+            model,
+            "--bank",
+            bank,
+            "--fold",
+            "0",
+            "--shot",
+            "1",
+            "--out",
+            eval_dir,
+            "--protocol",
+            PROTOCOL,
+            "--params",
+            params(episodes=12, seeds=[0, 1], input_size=64, batch_size=5, workers=0),
+        ),
+        (
+            "summarize",
+            eval_dir / "metrics.json",
+            "--csv",
+            out / "summary.csv",
+            "--md",
+            out / "summary.md",
+        ),
+    ]
+    with cpu_only():
+        for step in steps:
+            assert cli(*step)[0] == 0, step
+    return out
+
+
 def tool_env() -> dict[str, str]:
     """The environment with this interpreter's bin/ first on PATH, where `latentfss` lives."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PROTOCOL, cli, cpu_only, params, summarize, summarize_runs, write_metrics
+from conftest import cli, params, summarize, summarize_runs, write_metrics
 from latentfss.episodes import IGNORE
 from latentfss.metrics import IoUMeter
 from latentfss.region_bank import RegionBank, inner_product_index
@@ -77,80 +77,6 @@ def test_rectification_is_eq8_and_eq9_by_hand():
     kept = rows[0] >= 0
     torch.testing.assert_close(regions[rows[0][kept]], torch.stack([r for r, _ in picked]))
     torch.testing.assert_close(weights[0][kept], mu)
-
-
-@pytest.fixture(scope="module")
-def evaluated(annotated, tmp_path_factory):
-    """train (3 steps) -> build-bank -> evaluate (2 seeds) -> summarize, fold 0, 1-shot."""
-    out = tmp_path_factory.mktemp("evaluated")
-    model, bank, eval_dir = out / "model.pt", out / "bank", out / "eval"
-    steps = [
-        (
-            "train",
-            "--index",
-            annotated / "dataset",
-            "--encoder-init",
-            annotated / "encoder_init.pt",
-            "--pseudo-masks",
-            annotated / "fold0/pseudo_masks.zarr",
-            "--fold",
-            "0",
-            "--shot",
-            "1",
-            "--out",
-            model,
-            "--log-csv",
-            out / "train.csv",
-            "--protocol",
-            PROTOCOL,
-            "--params",
-            params(iterations=3, batch_episodes=2, batch_pseudo=2, crop=48, workers=0),
-        ),
-        (
-            "build-bank",
-            "--index",
-            annotated / "dataset",
-            "--model",
-            model,
-            "--pseudo-masks",
-            annotated / "fold0/pseudo_masks.zarr",
-            "--out",
-            bank,
-            "--params",
-            params(input_size=64),
-        ),
-        (
-            "evaluate",
-            "--index",
-            annotated / "dataset",
-            "--model",
-            model,
-            "--bank",
-            bank,
-            "--fold",
-            "0",
-            "--shot",
-            "1",
-            "--out",
-            eval_dir,
-            "--protocol",
-            PROTOCOL,
-            "--params",
-            params(episodes=12, seeds=[0, 1], input_size=64, batch_size=5, workers=0),
-        ),
-        (
-            "summarize",
-            eval_dir / "metrics.json",
-            "--csv",
-            out / "summary.csv",
-            "--md",
-            out / "summary.md",
-        ),
-    ]
-    with cpu_only():
-        for step in steps:
-            assert cli(*step)[0] == 0, step
-    return out
 
 
 def test_bank_holds_every_train_image_and_its_regions(evaluated, annotated):

@@ -48,7 +48,8 @@ def pick_device(requested: str = "auto") -> torch.device:
             "check nvidia-smi and that the driver supports that CUDA version"
         )
     if requested == "cpu" or not torch.cuda.is_available():
-        log.info("device: cpu (%d torch threads)", torch.get_num_threads())
+        bf16 = "; bf16 autocast, $LATENTFSS_CPU_BF16" if os.environ.get(CPU_BF16) == "1" else ""
+        log.info("device: cpu (%d torch threads%s)", torch.get_num_threads(), bf16)
         return torch.device("cpu")
     count, names = torch.cuda.device_count(), visible_gpus()
     if len(names) != count:
@@ -84,10 +85,15 @@ def precision(device: torch.device) -> str:
     return f"fp32 with TF32 {' and '.join(tf32)}" if tf32 else "fp32 (TF32 off)"
 
 
+CPU_BF16 = "LATENTFSS_CPU_BF16"  # "1": the CPU runs CUDA's bf16 autocast too
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full precision on the CPU (bf16 matmuls are slow on most CPUs)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA; full precision on the CPU (bf16 matmuls are slow on most CPUs),
+    unless $LATENTFSS_CPU_BF16 is 1: then the CPU runs the CUDA path's precision, which is how
+    the tests catch its dtype errors without a GPU."""
+    if device.type == "cuda" or os.environ.get(CPU_BF16) == "1":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
