@@ -53,7 +53,7 @@ def save(results: dict, text: str, out: Path, name: str) -> None:
 # carries it over exec), so stages are spawned from this small shim, which reports on its child.
 _SHIM = """import os, subprocess, sys, time
 start = time.perf_counter()
-child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
 _, status, usage = os.wait4(child.pid, 0)
 print(time.perf_counter() - start, usage.ru_maxrss)
 sys.exit(os.waitstatus_to_exitcode(status))"""
@@ -61,11 +61,11 @@ sys.exit(os.waitstatus_to_exitcode(status))"""
 
 def run_stage(stage: str, **flags) -> dict:
     """Run `latentfss STAGE --flag value ...` in its own process: wall seconds (process start
-    included) and the process's peak RSS."""
+    included) and the process's peak RSS. A failure stops with the stage's last words."""
     argv = [str(a) for key, value in flags.items() for a in (f"--{key.replace('_', '-')}", value)]
     command = [sys.executable, "-m", "latentfss.cli", "--log-level", "WARNING", stage, *argv]
     done = subprocess.run([sys.executable, "-c", _SHIM, *command], capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"stage failed: {' '.join(command)}")
+        raise SystemExit(f"stage failed: {' '.join(command)}\n{done.stderr[-2000:]}")
     seconds, maxrss_kb = done.stdout.split()
     return {"seconds": round(float(seconds), 2), "peak_rss_mb": round(int(maxrss_kb) / 1024)}

@@ -53,9 +53,11 @@ def one_step(
     crop: int,
     micro_batches: int,
     device: torch.device,
+    steps: int = 1,
 ) -> dict:
-    """One train_step on random data, measured (its optimizer allocates its momenta, a
-    parameter's size: 0.1 GB for ResNet-101)."""
+    """`steps` train_steps on random data: the peak over all (the first step's optimizer
+    allocates its momenta, a parameter's size: 0.1 GB for ResNet-101), the last one's seconds
+    (the earlier ones warm the kernels up)."""
     torch.manual_seed(0)
     model = MatchingNet(Encoder(arch), ModelConfig(), K_PASCAL + 1).to(device).train()
     model = model.to(memory_format=torch.channels_last)
@@ -85,14 +87,16 @@ def one_step(
         before = torch.cuda.memory_allocated() / 2**20
     else:
         before = rss_mb()
-    start = time.perf_counter()
-    train_step(model, episode, mining, optimizer, normalise, 1.0, micro_batches)
+    for _ in range(steps):
+        start = time.perf_counter()
+        train_step(model, episode, mining, optimizer, normalise, 1.0, micro_batches)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
     if device.type == "cuda":
-        torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    seconds = time.perf_counter() - start
     return {
         "arch": arch,
         "shot": shot,
@@ -104,7 +108,7 @@ def one_step(
         "before_mb": round(before),
         "peak_mb": round(peak),
         "step_mb": round(peak - before),
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 3),
         "device": str(device),
     }
 

@@ -1,0 +1,454 @@
+"""The whole GPU path in one command, on a CUDA machine with a bare PyTorch (no Snakemake):
+
+    pip install --no-index --no-deps --target /tmp/site wheels/*.whl   # bench/gpu_wheels.txt
+    PYTHONPATH=src:/tmp/site python bench/gpu_check.py --out DIR       # about 8 minutes
+    python bench/gpu_check.py --device cpu --quick --out DIR           # tiny shapes; a test
+
+Parts, each in its own process under its own time budget; DIR/gpu_check.json and .md are
+rewritten as each part ends (a part that fails or runs out of time says so, the rest go on),
+DIR/gpu_check.log holds their output:
+
+- tests: the `gpu`-marked tests;
+- pipeline: the tiny pipeline's stages (prepare ... evaluate) on the device and on the CPU in
+  fp32: how many pseudo-mask labels agree, the metrics' differences;
+- train: one training step at the PASCAL preset's shapes with random weights (ResNet-50, crop
+  473, B = 4, M = 32; 1- and 5-shot; micro_batches 1 and 8): seconds and peak memory;
+- evaluate: encode-once evaluation at original resolution on 500x375 images (ResNet-50, random
+  weights and a random region bank of a PASCAL fold's size), 1- and 5-shot episodes/s against
+  the matrix-multiply floor and the paper's 27.8 and 12.8 (Table 7), and episode by episode;
+- features: extract-features images/s at the preset's input size;
+- faiss: whether the bank's index went to the GPU (faiss-gpu) or stayed on the CPU.
+
+With `--device cpu` the device side is the CPU running CUDA's bf16 autocast
+($LATENTFSS_CPU_BF16), so the comparison is of precision alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from record import describe, machine, run_stage, scratch
+
+from latentfss import store
+from latentfss.datasets import images, voc
+from latentfss.datasets.evaluation import EvaluateConfig
+from latentfss.datasets.index import read_index
+from latentfss.datasets.synthetic import SyntheticConfig
+from latentfss.encoder import Encoder
+from latentfss.episodes import IGNORE, EpisodeSampler, novel_classes, sample_test_episodes
+from latentfss.model import MatchingNet, ModelConfig
+from latentfss.region_bank import RegionBank, inner_product_index, on_device
+from latentfss.runtime import CPU_BF16, pick_device
+from latentfss.stages.make_synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_FPS = {1: 27.8, 5: 12.8}  # Table 7, on the authors' GPU, every episode encoded anew
+
+# Seconds each part may take; on one H100 they add up to 8 minutes.
+BUDGETS = {"tests": 100, "pipeline": 110, "train": 90, "evaluate": 100, "features": 45, "faiss": 20}
+QUICK_BUDGET = 300  # each part, on a loaded 2-core CI machine
+SHAPES = {  # the PASCAL preset's, and the tiny ones of --quick
+    False: dict(
+        arch="resnet50", crop=473, episodes=4, pseudo=32, micro=(1, 8), shots=(1, 5),
+        size=(375, 500), train=100, val=200, test_episodes=1000, one_by_one=100,
+        min_support_pixels=2048, bank_images=4000, workers=4,
+    ),
+    True: dict(
+        arch="resnet18", crop=64, episodes=2, pseudo=2, micro=(1, 2), shots=(1, 2),
+        size=(60, 80), train=8, val=40, test_episodes=20, one_by_one=4,
+        min_support_pixels=30, bank_images=50, workers=0,
+    ),
+}  # fmt: skip
+SIDES = ("device", "cpu")
+TINY = SyntheticConfig(num_train=24, num_val=8, min_size=48, max_size=64)  # as the tests'
+
+
+def flags(**section) -> str:
+    return json.dumps(section)
+
+
+def side_env(side: str, device: str) -> str:
+    """Set up the environment of one side of a comparison; -> its --device."""
+    on_device = side == "device"
+    os.environ[CPU_BF16] = "1" if on_device and device == "cpu" else "0"
+    return device if on_device else "cpu"
+
+
+def pipeline(args, shapes, work: Path, record) -> None:
+    """The tiny pipeline on each side, then what the two sides' artifacts share."""
+    root = work / "tiny"
+    if not root.is_dir():
+        generate(TINY, root)
+    run_stage("prepare", out=work / "tiny_index", params=flags(root=str(root)))
+    index, protocol = work / "tiny_index", flags(min_support_pixels=30)
+    for side in SIDES:
+        device, out, threads = side_env(side, args.device), work / side, os.cpu_count()
+        run = {}
+        run["extract-features"] = run_stage(
+            "extract-features",
+            index=index,
+            out=out / "features.zarr",
+            encoder_out=out / "encoder_init.pt",
+            encoder=flags(arch="resnet18", weights="none", calibration_images=8),
+            params=flags(input_size=64, batch_size=5),
+            device=device,
+            threads=threads,
+        )
+        run["pool-prototypes"] = run_stage(
+            "pool-prototypes", index=index, features=out / "features.zarr", out=out / "protos.zarr"
+        )
+        run["cluster"] = run_stage(
+            "cluster",
+            index=index,
+            prototypes=out / "protos.zarr",
+            fold=0,
+            out=out / "clusters.zarr",
+            params=flags(k=3, nredo=2),
+            protocol=protocol,
+        )
+        run["write-pseudo-masks"] = run_stage(
+            "write-pseudo-masks",
+            index=index,
+            features=out / "features.zarr",
+            clusters=out / "clusters.zarr",
+            out=out / "pseudo_masks.zarr",
+        )
+        common = dict(index=index, model=out / "model.pt", device=device, threads=threads)
+        run["train"] = run_stage(
+            "train",
+            index=index,
+            encoder_init=out / "encoder_init.pt",
+            pseudo_masks=out / "pseudo_masks.zarr",
+            fold=0,
+            shot=1,
+            out=out / "model.pt",
+            log_csv=out / "train.csv",
+            protocol=protocol,
+            params=flags(iterations=6, batch_episodes=2, batch_pseudo=2, crop=48, workers=0),
+            device=device,
+            threads=threads,
+        )
+        run["build-bank"] = run_stage(
+            "build-bank",
+            **common,
+            pseudo_masks=out / "pseudo_masks.zarr",
+            out=out / "bank",
+            params=flags(input_size=64),
+        )
+        run["evaluate"] = run_stage(
+            "evaluate",
+            **common,
+            bank=out / "bank",
+            fold=0,
+            shot=1,
+            out=out / "eval",
+            protocol=protocol,
+            params=flags(episodes=24, seeds=[0, 1], input_size=64, workers=0),
+        )
+        metrics = json.loads((out / "eval/metrics.json").read_text())
+        losses = pd.read_csv(out / "train.csv")[["loss_gt", "loss_pseudo"]]
+        record(
+            **{
+                side: {
+                    "device": device,
+                    "stage_seconds": {k: v["seconds"] for k, v in run.items()},
+                    "miou": round(100 * metrics["miou"], 2),
+                    "fbiou": round(100 * metrics["fbiou"], 2),
+                    "losses_finite": bool(np.isfinite(losses.to_numpy()).all()),
+                }
+            }
+        )
+    masks = [store.open_group(work / s / "pseudo_masks.zarr", "")["masks"][:] for s in SIDES]
+    labelled = masks[1] != IGNORE
+    agree = float((masks[0] == masks[1])[labelled].mean())
+    result = record(pseudo_mask_agreement_pct=round(100 * agree, 4))
+    for metric in ("miou", "fbiou"):
+        result = record(
+            **{f"{metric}_difference": result["device"][metric] - result["cpu"][metric]}
+        )
+
+
+def train(args, shapes, work: Path, record) -> None:
+    """train_memory.one_step in a fresh process per shape (its own peak memory)."""
+    import train_memory
+
+    rows = []
+    for shot in shapes["shots"]:
+        for micro in shapes["micro"]:
+            config = {k: shapes[k] for k in ("arch", "crop", "episodes", "pseudo")}
+            rows.append(train_memory.measured(**config, shot=shot, micro_batches=micro, steps=2))
+            record(rows=rows)
+
+
+def test_images(shapes, work: Path) -> Path:
+    """A synthetic VOC root whose images are all height x width (PASCAL's usual 375 x 500),
+    made once for the parts that need it, and its index."""
+    root, index = work / "sized", work / "sized_index"
+    if not index.is_dir():
+        height, width = shapes["size"]
+        cfg = SyntheticConfig(
+            num_train=shapes["train"], num_val=shapes["val"], min_size=height, max_size=width
+        )
+        shutil.rmtree(work / "sized.tmp", ignore_errors=True)  # a part out of time left it
+        generate(cfg, work / "sized.tmp")
+        for jpeg in (work / "sized.tmp/JPEGImages").iterdir():
+            image = Image.open(jpeg).resize((width, height), Image.Resampling.BILINEAR)
+            image.save(jpeg, quality=cfg.jpeg_quality)
+            mask_path = voc.mask_path(work / "sized.tmp", jpeg.stem)
+            mask = Image.open(mask_path).resize((width, height), Image.Resampling.NEAREST)
+            images.write_mask(mask_path, np.asarray(mask))
+        (work / "sized.tmp").rename(root)
+        run_stage("prepare", out=index, params=flags(root=str(root)))
+    return index
+
+
+def random_bank(count: int, channels: int, device: torch.device, regions: int = 4) -> RegionBank:
+    """A bank of `count` train images with `regions` regions each, random unit vectors."""
+    generator = torch.Generator().manual_seed(0)
+
+    def unit(n: int) -> torch.Tensor:
+        return torch.nn.functional.normalize(torch.randn(n, channels, generator=generator))
+
+    index = on_device(inner_product_index(unit(count).numpy()), device)
+    offsets = torch.arange(0, count * regions + 1, regions, device=device)
+    cfg = EvaluateConfig()
+    return RegionBank(index, unit(count * regions).to(device), offsets, cfg.top_n, cfg.beta)
+
+
+def evaluate(args, shapes, work: Path, record) -> None:
+    """Encode-once evaluation (the evaluate stage's `evaluate_lists`) and episode by episode on
+    the same lists, against the floor of the FLOPs they must do."""
+    import limits
+    from inference import Floors
+
+    from latentfss.metrics import IoUMeter
+    from latentfss.stages.evaluate import episode_by_episode, evaluate_lists
+
+    device = pick_device(args.device)
+    index = read_index(test_images(shapes, work))
+    torch.manual_seed(0)
+    model = MatchingNet(Encoder(shapes["arch"]), ModelConfig(), pseudo_classes=None)
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    bank = random_bank(shapes["bank_images"], model.encoder.channels, device)
+    cfg = EvaluateConfig(resize="none", batch_size=8, cache_mb=16384, workers=shapes["workers"])
+    novel = novel_classes(0, index.num_classes, "consecutive")
+    val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
+    floors, rate = Floors(model, index, cfg, device), limits.matmul_rate(device)
+    rows = []
+    for shot in shapes["shots"]:
+        sampler = EpisodeSampler.from_pixels(val, novel, shapes["min_support_pixels"], shot)
+        episodes = sample_test_episodes(sampler, shapes["test_episodes"], 0)
+        evaluate_lists(model, {"warm-up": episodes[:8]}, index, cfg, bank, device, novel)
+        _, _, work_done = evaluate_lists(
+            model, {"seed0": episodes}, index, cfg, bank, device, novel
+        )
+        few, meter = episodes[: shapes["one_by_one"]], IoUMeter(novel)
+        start = time.perf_counter()
+        for pred, label, class_id in episode_by_episode(model, few, index, cfg, bank, device):
+            meter.update(pred, label, class_id)
+        one_by_one = time.perf_counter() - start
+        for variant, count, seconds, flops in (
+            ("encode once", len(episodes), work_done["seconds"], floors.encode_once(episodes)),
+            ("episode by episode", len(few), one_by_one, floors.per_episode(few)),
+        ):
+            rows.append(
+                {
+                    "shot": shot,
+                    "variant": variant,
+                    "episodes": count,
+                    "episodes_per_s": round(count / seconds, 1),
+                    "floor_episodes_per_s": round(count / (flops / rate[0]), 1),
+                    "paper_episodes_per_s": PAPER_FPS.get(shot),
+                }
+            )
+            record(
+                rows=rows,
+                matmul=f"{rate[0] / 1e12:.1f} TFLOP/s {rate[1]}",
+                bank_images=shapes["bank_images"],
+            )
+
+
+def features(args, shapes, work: Path, record) -> None:
+    import limits
+
+    index = test_images(shapes, work)
+    timed = run_stage(
+        "extract-features",
+        index=index,
+        out=work / "sized_features.zarr",
+        encoder_out=work / "sized_encoder_init.pt",
+        encoder=flags(arch=shapes["arch"], weights="none", calibration_images=16),
+        params=flags(input_size=shapes["crop"], batch_size=16),
+        device=args.device,
+        threads=os.cpu_count(),
+    )
+    startup = limits.startup_seconds("extract-features", repeats=1)
+    count = shapes["train"]
+    record(
+        images=count,
+        **timed,
+        startup_seconds=startup,
+        images_per_s=round(count / timed["seconds"], 1),
+        images_per_s_after_startup=round(count / max(timed["seconds"] - startup, 1e-3), 1),
+    )
+
+
+def faiss_part(args, shapes, work: Path, record) -> None:
+    import faiss
+
+    device = pick_device(args.device)
+    bank = random_bank(shapes["bank_images"], 1024, device)
+    queries = torch.nn.functional.normalize(torch.randn(1000, 1024)).to(device)
+    start = time.perf_counter()
+    bank.nearest_images(queries)
+    record(
+        faiss=faiss.__version__,
+        gpus_seen_by_faiss=faiss.get_num_gpus(),
+        index=type(bank.index).__name__,
+        on_gpu=device.type == "cuda" and faiss.get_num_gpus() > 0,
+        search_1000_ms=round(1000 * (time.perf_counter() - start), 1),
+    )
+
+
+def tests(args, shapes, work: Path, record) -> None:
+    files = sorted(
+        str(p.relative_to(REPO))
+        for p in (REPO / "tests").glob("test_*.py")
+        if "mark.gpu" in p.read_text()
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    print(done.stdout[-4000:], done.stderr[-2000:])
+    lines = done.stdout.strip().splitlines()
+    record(files=files, summary=lines[-1] if lines else "", exit_code=done.returncode)
+    if done.returncode not in (0, 5):  # 5: nothing collected (no CUDA: every one skipped)
+        raise SystemExit(f"gpu tests failed: {lines[-1] if lines else done.stderr[-500:]}")
+
+
+PARTS = {
+    "tests": tests,
+    "pipeline": pipeline,
+    "train": train,
+    "evaluate": evaluate,
+    "features": features,
+    "faiss": faiss_part,
+}
+
+
+class Partial:
+    """A part's results, written to its JSON file each time it records something."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.values = path, {}
+
+    def __call__(self, **values) -> dict:
+        self.values.update(values)
+        self.path.write_text(json.dumps(self.values, indent=2) + "\n")
+        return self.values
+
+
+def run_part(name: str, budget: float, args, log) -> dict:
+    """One part in its own process group (killed whole when its budget runs out)."""
+    argv = [sys.executable, __file__, "--part", name, "--device", args.device, "--work", args.work]
+    start = time.perf_counter()
+    log.write(f"\n===== {name} (budget {budget:g} s)\n")
+    log.flush()
+    child = subprocess.Popen(
+        argv + ["--quick"] * args.quick,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        status = "ok" if child.wait(timeout=budget) == 0 else f"failed (exit {child.returncode})"
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        status = f"out of time after {budget:g} s"
+    path = Path(args.work) / f"{name}.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    return {"status": status, "seconds": round(time.perf_counter() - start, 1), **results}
+
+
+def report(results: dict) -> str:
+    lines = [
+        f"## GPU check (`bench/gpu_check.py --device {results['device']}"
+        f"{' --quick' if results['quick'] else ''}`)",
+        "",
+        f"Machine: {describe(results['machine'])}. Shapes: {results['shapes']}. The device "
+        "side runs bf16 autocast (on the CPU through $LATENTFSS_CPU_BF16), the CPU side fp32.",
+        "",
+        "| part | status | seconds | results |",
+        "|---|---|---:|---|",
+    ]
+    for name, part in results["parts"].items():
+        rest = {k: v for k, v in part.items() if k not in ("status", "seconds", "rows")}
+        lines.append(f"| {name} | {part['status']} | {part['seconds']} | `{json.dumps(rest)}` |")
+    for name, part in results["parts"].items():
+        if part.get("rows"):
+            keys = list(part["rows"][0])
+            lines += ["", f"{name}:", "", " | ".join(keys), " | ".join("---" for _ in keys)]
+            lines += [" | ".join(str(row.get(k, "")) for k in keys) for row in part["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (the test suite's run)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/gpu_check")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--budget", type=float, help="seconds for every part (default: its own)")
+    parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    shapes = SHAPES[args.quick]
+    if args.part:  # the parent's child: one part
+        os.environ[CPU_BF16] = "1" if args.device == "cpu" else "0"
+        PARTS[args.part](
+            args, shapes, Path(args.work), Partial(Path(args.work) / f"{args.part}.json")
+        )
+        return
+    paths = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)  # the parts run from other folders
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "machine": machine(),
+        "device": args.device,
+        "quick": args.quick,
+        "shapes": {k: v for k, v in shapes.items()},
+        "parts": {},
+    }
+    with scratch() as work, open(args.out / "gpu_check.log", "w") as log:
+        args.work = work
+        for name in args.only:
+            budget = args.budget or (QUICK_BUDGET if args.quick else BUDGETS[name])
+            results["parts"][name] = part = run_part(name, budget, args, log)
+            print(f"{name}: {part['status']} in {part['seconds']} s", flush=True)
+            (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
+            (args.out / "gpu_check.md").write_text(report(results))
+    failed = [name for name, part in results["parts"].items() if part["status"] != "ok"]
+    if failed:
+        raise SystemExit(
+            f"gpu check: {', '.join(failed)} did not pass; see {args.out}/gpu_check.log"
+        )
+
+
+if __name__ == "__main__":
+    main()
