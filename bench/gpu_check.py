@@ -175,9 +175,8 @@ def pipeline(args, shapes, work: Path, record) -> None:
     agree = float((masks[0] == masks[1])[labelled].mean())
     result = record(pseudo_mask_agreement_pct=round(100 * agree, 4))
     for metric in ("miou", "fbiou"):
-        result = record(
-            **{f"{metric}_difference": result["device"][metric] - result["cpu"][metric]}
-        )
+        difference = result["device"][metric] - result["cpu"][metric]
+        result = record(**{f"{metric}_difference": round(difference, 2)})
 
 
 def train(args, shapes, work: Path, record) -> None:
@@ -192,7 +191,7 @@ def train(args, shapes, work: Path, record) -> None:
             record(rows=rows)
 
 
-def test_images(shapes, work: Path) -> Path:
+def sized_images(shapes, work: Path) -> Path:
     """A synthetic VOC root whose images are all height x width (PASCAL's usual 375 x 500),
     made once for the parts that need it, and its index."""
     root, index = work / "sized", work / "sized_index"
@@ -237,7 +236,7 @@ def evaluate(args, shapes, work: Path, record) -> None:
     from latentfss.stages.evaluate import episode_by_episode, evaluate_lists
 
     device = pick_device(args.device)
-    index = read_index(test_images(shapes, work))
+    index = read_index(sized_images(shapes, work))
     torch.manual_seed(0)
     model = MatchingNet(Encoder(shapes["arch"]), ModelConfig(), pseudo_classes=None)
     model = model.to(device).eval().to(memory_format=torch.channels_last)
@@ -283,7 +282,7 @@ def evaluate(args, shapes, work: Path, record) -> None:
 def features(args, shapes, work: Path, record) -> None:
     import limits
 
-    index = test_images(shapes, work)
+    index = sized_images(shapes, work)
     timed = run_stage(
         "extract-features",
         index=index,
