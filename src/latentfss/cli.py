@@ -9,7 +9,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, distribution
 
 from latentfss import __version__
-from latentfss.errors import InputError
+from latentfss.errors import InputError, Stopped
 
 # subcommand -> (module under latentfss.stages, summary)
 STAGES = {
@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except InputError as e:
         message, code = str(e), 2
+        if message.startswith("Caught InputError"):  # raised in a data-loader worker
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[1]
+    except Stopped as e:
+        message, code = f"stopped by {e}", 128 + e.signum
     except KeyboardInterrupt:
         message, code = "interrupted", 130
     # printed once the failed stage's frames are released, so open progress bars finish their

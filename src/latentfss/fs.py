@@ -13,8 +13,10 @@ from pathlib import Path
 
 from latentfss.errors import InputError
 
-# write errors the user can act on: a full disk or quota, a read-only or forbidden folder
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+# write errors the user can act on: a full disk or quota, a file-size limit (ulimit -f), a
+# read-only or forbidden folder
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES}
+DAMAGED = "delete it and re-run (snakemake re-makes it)"
 
 
 @contextmanager
@@ -68,6 +70,27 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+def write_bytes(path: str | Path, data) -> None:
+    """`data` (bytes or a buffer) to `path`, all or nothing, flushed to the disk (a quota or a
+    network filesystem may report a full disk only then)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_torch(obj, path: str | Path) -> None:
+    """torch.save, serialised in memory first: torch's own writer reports a full disk as an
+    unrelated RuntimeError ("unexpected pos ..."), Python's writes as the OSError it is."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getbuffer())
+
+
 def read_torch(path: str | Path, missing: str, map_location="cpu") -> dict:
     """A dict saved with torch.save (tensors only: weights_only), or one line naming the file:
     `missing` says what to do when it does not exist."""
@@ -78,7 +101,9 @@ def read_torch(path: str | Path, missing: str, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise InputError(f"{path}: not found; {missing}") from None
     except Exception as e:
-        raise InputError(f"{path}: not a readable PyTorch file ({type(e).__name__})") from None
+        raise InputError(
+            f"{path}: damaged or not a PyTorch file ({type(e).__name__}); {DAMAGED}"
+        ) from None
     if not isinstance(saved, dict):
         raise InputError(f"{path}: expected a dict of tensors, got {type(saved).__name__}")
     return saved

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from latentfss import store
 from latentfss.errors import InputError
-from latentfss.fs import atomic_dir
+from latentfss.fs import DAMAGED, atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ def save_bank(path: Path, embeddings: np.ndarray, regions: dict[str, np.ndarray]
     embeddings, row i = train image i) and regions.zarr (`regions`' arrays: prototypes (R, C),
     image (R,) sorted, label, pixels; image_id (N,); `attrs`: what it was built for)."""
     with atomic_dir(path) as tmp:
-        faiss.write_index(inner_product_index(embeddings), str(tmp / "images.faiss"))
+        # Python's write, not faiss's: a full disk is then an OSError atomic_dir names
+        index = faiss.serialize_index(inner_product_index(embeddings))
+        (tmp / "images.faiss").write_bytes(index.tobytes())
         group = store.create_group(tmp / "regions.zarr", **attrs)
         for name, values in regions.items():
             store.write_array(group, name, values)
@@ -113,7 +115,13 @@ def load_bank(
         raise InputError(
             f"{path}: built for another {', '.join(differ)}; run `latentfss build-bank` again"
         )
-    index = on_device(faiss.read_index(str(path / "images.faiss")), device)
+    try:
+        index = faiss.read_index(str(path / "images.faiss"))
+    except RuntimeError:  # faiss names neither the file nor the fault
+        raise InputError(
+            f"{path / 'images.faiss'}: damaged or not a faiss index; {DAMAGED}"
+        ) from None
+    index = on_device(index, device)
     where = "the GPU" if device.type == "cuda" and faiss.get_num_gpus() else "the CPU"
     log.info("region bank %s: %d images, faiss index on %s", path, index.ntotal, where)
     image = group["image"][:]  # sorted: regions were written image by image

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from latentfss import code_version
 from latentfss.errors import InputError
+from latentfss.fs import DAMAGED
 
-# numcodecs' Blosc with Zstd; bit-shuffle suits float16 and small-integer arrays alike
-COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+# numcodecs' Blosc with Zstd (bit-shuffle suits float16 and small-integer arrays alike), then a
+# CRC-32C of each compressed chunk, so that a flipped bit is caught, not decoded into wrong data
+COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec())
 # Snakemake marks a finished directory() output with this file; it is not part of the store
 warnings.filterwarnings("ignore", message="Object at .snakemake_timestamp is not recognized")
 
@@ -32,11 +35,68 @@ def create_group(path: str | Path, **attrs) -> zarr.Group:
     return group
 
 
-def open_group(path: str | Path, stage: str) -> zarr.Group:
-    """Open an artifact for reading; a missing one names the stage that makes it."""
+def open_group(path: str | Path, stage: str) -> Stored:
+    """Open an artifact for reading; a missing one names the stage that makes it, a damaged
+    chunk the array it is in (`Stored`)."""
     if not (Path(path) / "zarr.json").is_file():
         raise InputError(f"{path}: missing or incomplete; run `latentfss {stage}` first")
-    return zarr.open_group(str(path), mode="r")
+    try:
+        return Stored(zarr.open_group(str(path), mode="r"), Path(path))
+    except (ValueError, OSError) as e:  # zarr.json itself is damaged
+        raise InputError(f"{path}: damaged ({type(e).__name__}); {DAMAGED}") from None
+
+
+class Stored:
+    """A Zarr group open for reading, whose arrays (`Checked`) read as zarr's do."""
+
+    def __init__(self, group: zarr.Group, path: Path) -> None:
+        self.group, self.path = group, path
+
+    def __getitem__(self, name: str) -> Checked:
+        return Checked(self.group[name], self.path)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.group
+
+    def __getattr__(self, name: str):
+        return getattr(self.group, name)
+
+
+class Checked:
+    """A Zarr array whose damaged chunks (a checksum that does not match, a chunk that does not
+    decompress) stop in one line naming the store and the array, not in a codec's traceback.
+    Stores written before the checksums read as before; only what does not decompress is
+    caught there."""
+
+    def __init__(self, array: zarr.Array, store: Path, indexer=None) -> None:
+        self.array, self.store = array, store
+        self.indexer = array if indexer is None else indexer  # array, or array.oindex
+
+    @property
+    def oindex(self) -> Checked:
+        return Checked(self.array, self.store, self.array.oindex)
+
+    def __getitem__(self, key) -> np.ndarray:
+        try:
+            return self.indexer[key]
+        except (RuntimeError, ValueError) as e:
+            if "checksum" in str(e):
+                why = "a checksum does not match"
+            elif "decompress" in str(e):
+                why = "a chunk does not decompress"
+            else:
+                raise
+            # the read's other chunk tasks are left pending; asyncio would log each at exit
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            raise InputError(
+                f"{self.store}: array {self.array.basename} is damaged ({why}); {DAMAGED}"
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getattr__(self, name: str):
+        return getattr(self.array, name)
 
 
 def create_array(
@@ -45,7 +105,12 @@ def create_array(
     """An empty array, chunked along the first axis by default (whole rows per chunk)."""
     chunks = chunks or (min(shape[0], 4096) or 1, *shape[1:])
     return group.create_array(
-        name, shape=shape, dtype=dtype, chunks=chunks, compressors=COMPRESSOR, fill_value=fill_value
+        name,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        compressors=COMPRESSORS,
+        fill_value=fill_value,
     )
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import zarr
 from torch.utils.data import Dataset
 
+from latentfss import store
 from latentfss.augment import scale_crop_flip
 from latentfss.datasets.images import read_image, read_mask
 from latentfss.episodes import EpisodeSampler, binary_mask
@@ -76,7 +76,7 @@ class PseudoSamples(Dataset):
     ) -> None:
         self.store_paths, self.paths, self.rows, sizes = [str(p) for p in stores], [], [], []
         for number, path in enumerate(self.store_paths):
-            group = zarr.open_group(path, mode="r")
+            group = store.open_group(path, "write-pseudo-masks")
             image_ids, extra = group["image_id"][:], group.attrs["unlabeled"]
             self.paths += images.loc[image_ids[image_ids >= 0], "image"].tolist() + list(extra)
             self.rows += [(number, row) for row in range(len(image_ids))]
@@ -90,10 +90,12 @@ class PseudoSamples(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         if self.masks is None:
-            self.masks = [zarr.open_group(p, mode="r")["masks"] for p in self.store_paths]
+            self.masks = [
+                store.open_group(p, "write-pseudo-masks")["masks"] for p in self.store_paths
+            ]
         rng = np.random.default_rng([self.seed, PSEUDO, k])
         i = int(rng.integers(len(self.paths)))
-        (store, row), (height, width) = self.rows[i], self.sizes[i]
-        mask = self.masks[store][row, :height, :width]
+        (number, row), (height, width) = self.rows[i], self.sizes[i]
+        mask = self.masks[number][row, :height, :width]
         image, labels = scale_crop_flip(read_image(self.paths[i]), mask, rng, self.crop, self.scale)
         return {"image": torch.from_numpy(image).permute(2, 0, 1), "mask": torch.from_numpy(labels)}

@@ -12,7 +12,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-import zarr
 from torch.utils.data import DataLoader, Dataset
 
 from latentfss import store
@@ -36,7 +35,7 @@ class TrainImages(Dataset):
 
     def __init__(self, paths: list[str], pseudo_masks: Path, cfg: EvaluateConfig) -> None:
         self.paths, self.store_path, self.cfg = paths, str(pseudo_masks), cfg
-        group = zarr.open_group(self.store_path, mode="r")
+        group = store.open_group(self.store_path, "write-pseudo-masks")
         self.sizes = np.stack([group["height"][:], group["width"][:]], axis=1)
         self.masks = None  # opened in each loader worker
 
@@ -45,7 +44,7 @@ class TrainImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray]:
         if self.masks is None:
-            self.masks = zarr.open_group(self.store_path, mode="r")["masks"]
+            self.masks = store.open_group(self.store_path, "write-pseudo-masks")["masks"]
         height, width = self.sizes[i]
         mask = self.masks[i, :height, :width]
         image, mask, _ = network_input(

@@ -24,7 +24,7 @@ from latentfss.config import from_params
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Encoder, EncoderConfig, build_encoder, calibrate_batchnorm
 from latentfss.features import AnnotationConfig, Features, feature_attrs, normalised_batches
-from latentfss.fs import atomic_dir, atomic_file
+from latentfss.fs import atomic_dir, save_torch
 from latentfss.progress import progress
 from latentfss.runtime import add_device_argument, pick_device, seed_everything, set_threads
 
@@ -79,16 +79,15 @@ def run(args: argparse.Namespace) -> None:
         encoder_cfg, paths[: encoder_cfg.calibration_images], cfg, device, args.seed, args.threads
     )
     weights = {k: v.cpu() for k, v in encoder.state_dict().items()}
-    with atomic_file(args.encoder_out) as tmp:
-        torch.save(
-            {
-                "state_dict": weights,
-                "encoder": dataclasses.asdict(encoder_cfg),
-                "seed": args.seed,
-                "code_version": code_version(),
-            },
-            tmp,
-        )
+    save_torch(
+        {
+            "state_dict": weights,
+            "encoder": dataclasses.asdict(encoder_cfg),
+            "seed": args.seed,
+            "code_version": code_version(),
+        },
+        args.encoder_out,
+    )
     if args.out is None:
         log.info("initial encoder -> %s (no --out: no features.zarr)", args.encoder_out)
         return

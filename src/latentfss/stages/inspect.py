@@ -134,7 +134,8 @@ def pseudo_mask_grid(args: argparse.Namespace) -> None:
     for r, row in enumerate(tiles):
         for c, tile in enumerate(row):
             sheet.paste(Image.fromarray(tile), (c * cell + 2, 16 + r * cell + 2))
-    sheet.save(args.out)
+    with atomic_file(args.out) as tmp:
+        sheet.save(tmp, format="png")
 
 
 def prototype_projection(args: argparse.Namespace) -> None:
@@ -181,7 +182,8 @@ def prototype_projection(args: argparse.Namespace) -> None:
     )
     ax.legend(fontsize=6, ncol=2, markerscale=1.5, loc="best")
     fig.tight_layout()
-    fig.savefig(args.out)
+    with atomic_file(args.out) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 

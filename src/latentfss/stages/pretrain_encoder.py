@@ -19,7 +19,7 @@ from latentfss import code_version
 from latentfss.config import from_params
 from latentfss.datasets import synthetic
 from latentfss.encoder import Classifier, EncoderConfig, Normalise
-from latentfss.fs import atomic_file
+from latentfss.fs import save_torch
 from latentfss.pretraining import (
     PretrainConfig,
     crops,
@@ -72,23 +72,22 @@ def run(args: argparse.Namespace) -> None:
             bar.set_postfix(loss=rows[-1]["loss"], refresh=False)
             window = []
     accuracy = heldout_accuracy(model, heldout, cfg, normalise, args.seed)
-    with atomic_file(args.out) as tmp:
-        torch.save(
-            {
-                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "arch": arch,
-                "factors": {name: list(values) for name, values in synthetic.FACTORS.items()},
-                "heldout_accuracy": accuracy,
-                "losses": rows,
-                "config": {
-                    "pretrain": dataclasses.asdict(cfg),
-                    "synthetic": dataclasses.asdict(world),
-                },
-                "seed": args.seed,
-                "code_version": code_version(),
+    save_torch(
+        {
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "arch": arch,
+            "factors": {name: list(values) for name, values in synthetic.FACTORS.items()},
+            "heldout_accuracy": accuracy,
+            "losses": rows,
+            "config": {
+                "pretrain": dataclasses.asdict(cfg),
+                "synthetic": dataclasses.asdict(world),
             },
-            tmp,
-        )
+            "seed": args.seed,
+            "code_version": code_version(),
+        },
+        args.out,
+    )
     log.info(
         "pre-trained %s for %d steps on %d images -> %s; held-out accuracy (a crop of each of "
         "%d images, every value of the factor right): %s",

@@ -24,6 +24,7 @@ from latentfss.datasets.evaluation import EvaluateConfig, at_label, network_inpu
 from latentfss.datasets.images import image_files, read_image, read_upright
 from latentfss.encoder import Normalise
 from latentfss.errors import InputError
+from latentfss.fs import atomic_file
 from latentfss.model import load_model
 from latentfss.region_bank import load_bank
 from latentfss.runtime import add_device_argument, pick_device, set_threads
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> None:
         logits = model(normalise(normalise.unit(query[None])), supports, masks, bank).logits
         mask = at_label(logits, (size, size), covered, image.shape[:2])[0].argmax(0)
         mask = mask.to(torch.uint8).cpu().numpy()
-        Image.fromarray(mask * 255).save(args.out / f"{path.stem}_mask.png")
-        Image.fromarray(overlay(image, mask)).save(args.out / f"{path.stem}_overlay.png")
+        for name, picture in (("mask", mask * 255), ("overlay", overlay(image, mask))):
+            with atomic_file(args.out / f"{path.stem}_{name}.png") as tmp:
+                Image.fromarray(picture).save(tmp, format="png")
         log.info("%s: %.1f%% of the image segmented", path.name, 100 * mask.mean())

@@ -10,18 +10,19 @@ run continues from it to the same final weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-import zarr
 from torch.utils.data import DataLoader
 
-from latentfss import code_version
+from latentfss import code_version, store
 from latentfss.augment import strong_photometric
 from latentfss.config import from_params
 from latentfss.datasets.index import read_index
@@ -29,8 +30,8 @@ from latentfss.datasets.training import EpisodeSamples, PseudoSamples
 from latentfss.ema import ModelEMA
 from latentfss.encoder import Normalise, load_encoder
 from latentfss.episodes import EpisodeSampler, ProtocolConfig, base_classes
-from latentfss.errors import InputError
-from latentfss.fs import atomic_file, identity, read_torch
+from latentfss.errors import InputError, Stopped
+from latentfss.fs import atomic_file, identity, read_torch, save_torch
 from latentfss.model import MatchingNet, ModelConfig, segmentation_loss
 from latentfss.progress import progress
 from latentfss.runtime import add_device_argument, pick_device, seed_everything, set_threads
@@ -94,6 +95,36 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * 0.1 ** sum(step >= cfg.iterations * f // 3 for f in (1, 2))
 
 
+# what asks training to stop after its step and save its state: SLURM's SIGTERM ahead of a time
+# limit (the slurm profile's --signal) and at a preemption, Ctrl-C, and SIGUSR1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """While open, STOP_SIGNALS are noted (the list of those received), not obeyed; a second
+    Ctrl-C interrupts at once."""
+    received: list[int] = []
+
+    def note(signum: int, frame) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _ignore_stop_signals(worker: int) -> None:
+    """Loader workers leave the signals to the training process (SLURM signals them all)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 def batches(dataset, batch_size: int, start: int, workers: int, pin: bool) -> Iterator[dict]:
     """Endless batches from sample number `start` on (the samples of earlier steps are skipped)."""
     indices = range(start, 2**62)
@@ -105,6 +136,7 @@ def batches(dataset, batch_size: int, start: int, workers: int, pin: bool) -> It
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=workers > 0,
+            worker_init_fn=_ignore_stop_signals,
         )
     )
 
@@ -135,7 +167,7 @@ def new_model(
 ) -> tuple[MatchingNet, ModelEMA, torch.optim.Optimizer]:
     """The network from encoder_init.pt with a mining head of K + 1 classes, BatchNorm frozen
     in the encoder (statistics and affine), its EMA and the SGD optimizer."""
-    pseudo_classes = zarr.open_group(str(args.pseudo_masks), mode="r").attrs["K"] + 1
+    pseudo_classes = store.open_group(args.pseudo_masks, "write-pseudo-masks").attrs["K"] + 1
     model = MatchingNet(load_encoder(args.encoder_init), model_cfg, pseudo_classes).to(device)
     model = model.to(memory_format=torch.channels_last)
     for module in model.encoder.modules():
@@ -240,23 +272,23 @@ class ResumeState:
         }
         return cls(args.out.with_name("train_state.pt"), origin)
 
-    def save(self, model, ema: ModelEMA, optimizer, step: int, rows: list[dict]) -> None:
+    def save(self, model, ema: ModelEMA, optimizer, step: int, losses: LossLog) -> None:
         state = {
             "origin": self.origin,
             "model": model.state_dict(),
             "step": step,
-            "log": rows,
+            "log": losses.rows,
+            "window": losses.window.cpu(),  # a stop between two rows keeps its steps' losses
             "ema": ema.model.state_dict(),
             "optimizer": optimizer.state_dict(),
         }
-        with atomic_file(self.path) as tmp:
-            torch.save(state, tmp)
+        save_torch(state, self.path)
 
-    def restore(self, model, ema: ModelEMA, optimizer, device) -> tuple[int, list[dict]]:
-        """(step, train.csv rows) to go on from: the saved ones, loaded into the model, EMA and
-        optimizer, if a state of this origin is there; else (0, []), saying why in one line."""
+    def restore(self, model, ema: ModelEMA, optimizer, losses: LossLog, device) -> int:
+        """The step to go on from: the saved one, with the model, EMA, optimizer and the loss
+        log loaded, if a state of this origin is there; else 0, saying why in one line."""
         if not self.path.is_file():
-            return 0, []
+            return 0
         try:
             state = read_torch(self.path, "", map_location=device)
             why = self._mismatch(state, model)
@@ -264,12 +296,15 @@ class ResumeState:
                 model.load_state_dict(state["model"])
                 ema.model.load_state_dict(state["ema"])
                 optimizer.load_state_dict(state["optimizer"])
+                losses.rows[:] = state["log"]
+                if "window" in state:
+                    losses.window.copy_(state["window"])
                 log.info("resuming from step %d (%s)", state["step"], self.path)
-                return state["step"], state["log"]
+                return state["step"]
         except (InputError, KeyError, AttributeError, TypeError) as e:
             why = f"it cannot be read ({e})"
         log.warning("%s: not resumed, %s; training from step 0", self.path, why)
-        return 0, []
+        return 0
 
     def _mismatch(self, state: dict, model: MatchingNet) -> str | None:
         """Why a saved state may not be used by this run, or None."""
@@ -296,8 +331,9 @@ def train(
     seed_everything(args.seed)
     episodes, pseudo = fold_data(args, cfg, protocol)
     model, ema, optimizer = new_model(args, cfg, model_cfg, device)
-    state = ResumeState.of(args, cfg, model_cfg, protocol)
-    start, rows = state.restore(model, ema, optimizer, device)
+    state, rows = ResumeState.of(args, cfg, model_cfg, protocol), []
+    losses = LossLog(cfg.log_every, cfg.iterations, rows, device)
+    start = state.restore(model, ema, optimizer, losses, device)
     pin, normalise = device.type == "cuda", Normalise(device)
     episode_batches = batches(
         episodes, cfg.batch_episodes, start * cfg.batch_episodes, cfg.workers, pin
@@ -307,30 +343,40 @@ def train(
         if mine
         else None
     )
-    losses = LossLog(cfg.log_every, cfg.iterations, rows, device)
     model.train()
     bar = progress(range(start, cfg.iterations), cfg.iterations - start, f"train fold{args.fold}")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        episode, mining = next(episode_batches), None
-        if mine:
-            extra = next(pseudo_batches)
-            generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
-            mining = (
-                normalise(strong_photometric(normalise.unit(extra["image"]), generator)),
-                extra["mask"],
+    with stop_requests() as stop:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            episode, mining = next(episode_batches), None
+            if mine:
+                extra = next(pseudo_batches)
+                generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
+                mining = (
+                    normalise(strong_photometric(normalise.unit(extra["image"]), generator)),
+                    extra["mask"],
+                )
+            step_losses = train_step(
+                model, episode, mining, optimizer, normalise, cfg.lambda_pseudo, cfg.micro_batches
             )
-        step_losses = train_step(
-            model, episode, mining, optimizer, normalise, cfg.lambda_pseudo, cfg.micro_batches
-        )
-        ema.update(model, step)
-        if losses.add(step + 1, step_losses, learning_rate(cfg, step)):
-            bar.set_postfix(gt=rows[-1]["loss_gt"], pseudo=rows[-1]["loss_pseudo"], refresh=False)
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.iterations:
-            state.save(model, ema, optimizer, step + 1, rows)
-        if step + 1 == stop_at:
-            return
+            ema.update(model, step)
+            if losses.add(step + 1, step_losses, learning_rate(cfg, step)):
+                bar.set_postfix(
+                    gt=rows[-1]["loss_gt"], pseudo=rows[-1]["loss_pseudo"], refresh=False
+                )
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.iterations:
+                state.save(model, ema, optimizer, step + 1, losses)
+            if step + 1 == stop_at:
+                return
+            if stop and step + 1 < cfg.iterations:
+                state.save(model, ema, optimizer, step + 1, losses)
+                name = signal.Signals(stop[0]).name
+                raise Stopped(
+                    stop[0],
+                    f"{name} at step {step + 1} of {cfg.iterations}: its state is in "
+                    f"{state.path}; run the job again to resume from there",
+                )
     save_model(args, ema.model, cfg, model_cfg, protocol, rows)
     state.path.unlink(missing_ok=True)
 
@@ -361,8 +407,7 @@ def save_model(
             "mining": {"remain": args.remain is not None},
         },
     }
-    with atomic_file(args.out) as tmp:
-        torch.save(checkpoint, tmp)
+    save_torch(checkpoint, args.out)
     with atomic_file(args.log_csv) as tmp:
         pd.DataFrame(rows, columns=["step", "loss_gt", "loss_pseudo", "lr"]).to_csv(
             tmp, index=False
