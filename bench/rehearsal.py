@@ -210,6 +210,17 @@ def report(r: dict) -> str:
             f"| {rule} | {g['seconds']} | {g['peak_rss_mb']} | {g['disk_mb']} |"
             for rule, g in r["growth"].items()
         ]
+        flagged = [
+            f"{rule} ({what} exponent {g[key]})"
+            for rule, g in r["growth"].items()
+            for key, what, limit in (("seconds", "time", 1.1), ("peak_rss_mb", "memory", 0.5))
+            if g[key] > limit
+        ]
+        lines += [
+            "",
+            "Faster than linear in time, or memory that grows with the data: "
+            + (", ".join(flagged) + " (a defect to fix)." if flagged else "none."),
+        ]
     if r["real_encoder"]:
         e = r["real_encoder"]
         lines += [
