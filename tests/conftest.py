@@ -123,32 +123,28 @@ def annotated(tiny_root, tmp_path_factory):
     return out
 
 
+def train_argv(annotated: Path, out: Path, train: str, *extra) -> tuple:
+    """`latentfss train` of fold 0, 1-shot, on the `annotated` fixture into `out` (model.pt,
+    train.csv), with the config section `train` as JSON."""
+    return (
+        ("train", "--index", annotated / "dataset", "--encoder-init", annotated / "encoder_init.pt")
+        + ("--pseudo-masks", annotated / "fold0/pseudo_masks.zarr", "--fold", "0", "--shot", "1")
+        + ("--out", out / "model.pt", "--log-csv", out / "train.csv", "--params", train, *extra)
+    )
+
+
 @pytest.fixture(scope="session")
 def evaluated(annotated, tmp_path_factory):
     """train (3 steps) -> build-bank -> evaluate (2 seeds) -> summarize, fold 0, 1-shot."""
     out = tmp_path_factory.mktemp("evaluated")
     model, bank, eval_dir = out / "model.pt", out / "bank", out / "eval"
     steps = [
-        (
-            "train",
-            "--index",
-            annotated / "dataset",
-            "--encoder-init",
-            annotated / "encoder_init.pt",
-            "--pseudo-masks",
-            annotated / "fold0/pseudo_masks.zarr",
-            "--fold",
-            "0",
-            "--shot",
-            "1",
-            "--out",
-            model,
-            "--log-csv",
-            out / "train.csv",
+        train_argv(
+            annotated,
+            out,
+            params(iterations=3, batch_episodes=2, batch_pseudo=2, crop=48, workers=0),
             "--protocol",
             PROTOCOL,
-            "--params",
-            params(iterations=3, batch_episodes=2, batch_pseudo=2, crop=48, workers=0),
         ),
         (
             "build-bank",

@@ -20,7 +20,7 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from conftest import PROTOCOL, cli, params, tool_env
+from conftest import PROTOCOL, cli, params, tool_env, train_argv
 from latentfss import store
 
 TRAIN = params(iterations=2, batch_episodes=2, batch_pseudo=2, crop=48, workers=0)
@@ -51,9 +51,7 @@ def write_cases(annotated: Path, evaluated: Path, out: Path) -> dict[str, tuple]
     return {
         "torch": (
             out / "model.pt",
-            ("train", "--index", index, "--encoder-init", annotated / "encoder_init.pt")
-            + ("--pseudo-masks", pseudo, "--fold", 0, "--shot", 1, "--out", out / "model.pt")
-            + ("--log-csv", out / "train.csv", "--protocol", PROTOCOL, "--params", TRAIN),
+            train_argv(annotated, out, TRAIN, "--protocol", PROTOCOL),
             2**20,
         ),
         "zarr": (
@@ -256,10 +254,7 @@ def test_a_signal_mid_run_saves_the_state_and_the_rerun_ends_as_an_unstopped_run
     train = train[:-1] + ', "checkpoint_every": 5, "log_every": 5}'
 
     def command(out: Path) -> list[str]:
-        args = ("train", "--index", annotated / "dataset", "--fold", 0, "--shot", 1)
-        args += ("--encoder-init", annotated / "encoder_init.pt", "--out", out / "model.pt")
-        args += ("--pseudo-masks", annotated / "fold0/pseudo_masks.zarr", "--params", train)
-        args += ("--log-csv", out / "train.csv", "--protocol", PROTOCOL, "--device", "cpu")
+        args = train_argv(annotated, out, train, "--protocol", PROTOCOL, "--device", "cpu")
         return ["latentfss", *map(str, args)]
 
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"

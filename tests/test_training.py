@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cli, params
+from conftest import cli, params, train_argv
 from latentfss.augment import scale_crop_flip, strong_photometric
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
@@ -346,23 +346,11 @@ def test_model_file_and_training_log(annotated, tmp_path):
 
 def test_training_without_mining_logs_no_pseudo_loss(annotated, tmp_path, capsys):
     code, err = cli(
-        "train",
-        "--index",
-        annotated / "dataset",
-        "--encoder-init",
-        annotated / "encoder_init.pt",
-        "--pseudo-masks",
-        annotated / "fold0/pseudo_masks.zarr",
-        "--fold",
-        "0",
-        "--shot",
-        "1",
-        "--out",
-        tmp_path / "model.pt",
-        "--log-csv",
-        tmp_path / "train.csv",
-        "--params",
-        params(iterations=2, batch_episodes=2, crop=48, log_every=1, workers=0),
+        *train_argv(
+            annotated,
+            tmp_path,
+            params(iterations=2, batch_episodes=2, crop=48, log_every=1, workers=0),
+        ),
         "--model-params",
         params(mine=False),
         "--protocol",

@@ -70,25 +70,20 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
-def write_bytes(path: str | Path, data) -> None:
-    """`data` (bytes or a buffer) to `path`, all or nothing, flushed to the disk (a quota or a
-    network filesystem may report a full disk only then)."""
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def save_torch(obj, path: str | Path) -> None:
-    """torch.save, serialised in memory first: torch's own writer reports a full disk as an
-    unrelated RuntimeError ("unexpected pos ..."), Python's writes as the OSError it is."""
+    """torch.save, serialised in memory first and written by Python (flushed to the disk: a
+    quota or a network filesystem may report a full disk only then): torch's own writer
+    reports a full disk as an unrelated RuntimeError ("unexpected pos ...")."""
     import io
 
     import torch
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    write_bytes(path, buffer.getbuffer())
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_torch(path: str | Path, missing: str, map_location="cpu") -> dict:

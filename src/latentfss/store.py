@@ -55,9 +55,6 @@ class Stored:
     def __getitem__(self, name: str) -> Checked:
         return Checked(self.group[name], self.path)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.group
-
     def __getattr__(self, name: str):
         return getattr(self.group, name)
 
