@@ -24,6 +24,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import coco_archives
 import numpy as np
 import pandas as pd
 import yaml
@@ -33,14 +34,18 @@ from latentfss import store
 from latentfss.datasets import pascal
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {  # on top of config.yaml and workflow/presets/pascal.yaml
-    "folds": [0],
-    "shots": [1],
-    "encoder": {"arch": "resnet50", "weights": "none", "calibration_images": 64},
-    "train": {"iterations": 4, "log_every": 2, "checkpoint_every": 2, "workers": 1},
-    "evaluate": {"episodes": 100, "seeds": [0], "workers": 1},
+ENCODER = {"arch": "resnet50", "weights": "none", "calibration_images": 64}
+SETTINGS = {  # on top of config.yaml and workflow/presets/{dataset}.yaml
+    "pascal": {
+        "folds": [0],
+        "shots": [1],
+        "encoder": ENCODER,
+        "train": {"iterations": 4, "log_every": 2, "checkpoint_every": 2, "workers": 1},
+        "evaluate": {"episodes": 100, "seeds": [0], "workers": 1},
+    },
+    "coco": {"folds": [0], "shots": [1], "encoder": ENCODER},
 }
-OUTPUTS = {  # rule -> its outputs under results/pascal (the disk each stage writes)
+OUTPUTS = {  # rule -> its outputs under results/{dataset} (the disk each stage writes)
     "prepare": ["dataset"],
     "extract_features": ["features.zarr", "encoder_init.pt"],
     "pool_prototypes": ["prototypes.zarr"],
@@ -50,6 +55,8 @@ OUTPUTS = {  # rule -> its outputs under results/pascal (the disk each stage wri
     "build_bank": ["fold0/shot1/bank"],
     "evaluate": ["fold0/shot1/eval"],
 }
+TARGETS = {"pascal": [], "coco": ["fold0/pseudo_masks.zarr"]}  # [] = the whole DAG
+RULES = {"pascal": list(OUTPUTS), "coco": list(OUTPUTS)[:5]}
 
 
 def disk_mb(path: Path) -> float:
@@ -57,33 +64,29 @@ def disk_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files) / 2**20
 
 
-def work_done(results: Path) -> dict[str, int]:
-    """What the stages did: images encoded, prototypes clustered, regions banked."""
+def work_done(results: Path, dataset: str) -> dict[str, int]:
+    """What the stages did: images indexed and encoded, prototypes clustered, regions banked."""
     protos = store.open_group(results / "prototypes.zarr", "pool-prototypes")
     clusters = store.open_group(results / "fold0/clusters.zarr", "cluster")
-    regions = store.open_group(results / "fold0/shot1/bank/regions.zarr", "build-bank")
-    return {
+    work = {
         "train_images": int(protos["image_id"].shape[0]),
         "prototypes": int(protos["fg"].shape[0]),
         "fold_train_set": int(clusters["train_set"].shape[0]),
-        "bank_regions": int(regions["image"].shape[0]),
+        "pixels_csv_mb": round(disk_mb(results / "dataset/pixels.csv"), 1),
     }
+    if dataset == "pascal":
+        regions = store.open_group(results / "fold0/shot1/bank/regions.zarr", "build-bank")
+        work["bank_regions"] = int(regions["image"].shape[0])
+    return work
 
 
-def rehearse(data: Path, fraction: float, keep_features: bool, runs: Path) -> dict:
-    run = runs / f"pascal-{fraction:g}"
+def rehearse(dataset: str, run: Path, settings: dict) -> dict:
+    """The preset's DAG (up to TARGETS) through Snakemake in `run`: per stage seconds, peak
+    RSS, disk written; the work done. features.zarr is deleted after, for the next run's disk."""
     run.mkdir(parents=True, exist_ok=True)
-    train = pascal.split(data, "voc_sbd").train
-    ids = train[: round(fraction * len(train))]
-    (run / "train.txt").write_text("".join(f"{i}\n" for i in ids))
-    settings = {
-        **SETTINGS,
-        "dataset": {"name": "pascal", "root": str(data), "train_list": str(run / "train.txt")},
-        "annotation": {"keep_features": keep_features},
-    }
     (run / "rehearsal.yaml").write_text(yaml.safe_dump(settings))
     shutil.copy(REPO / "config.yaml", run)  # the Snakefile's configfile, in its workdir
-    configs = [REPO / "workflow/presets/pascal.yaml", run / "rehearsal.yaml"]
+    configs = [REPO / f"workflow/presets/{dataset}.yaml", run / "rehearsal.yaml"]
     env = {
         **os.environ,
         "LATENTFSS_STANDIN": "1",
@@ -92,43 +95,71 @@ def rehearse(data: Path, fraction: float, keep_features: bool, runs: Path) -> di
         ),
         "LATENTFSS_DEVICE": "cpu",
     }
+    results = run / "results" / dataset
     command = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(run), "--cores", "2"]
+    command += [str(results.relative_to(run) / t) for t in TARGETS[dataset]]
     command += ["--configfile", *map(str, configs)]
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-    results = run / "results/pascal"
-    jobs = pd.read_csv(results / "benchmarks.csv").set_index("job")
-    stages = {
-        rule: {
-            "seconds": float(jobs.filter(regex=f"^{rule}", axis=0)["seconds"].sum()),
-            "peak_rss_mb": float(jobs.filter(regex=f"^{rule}", axis=0)["max_rss_mb"].max()),
-            "disk_mb": round(
-                sum(disk_mb(results / o) for o in outputs if (results / o).exists()), 1
-            ),
+    stages = {}
+    for rule in RULES[dataset]:
+        bench = pd.read_csv(results / "benchmarks" / f"{BENCH_FILES[rule]}.tsv", sep="\t")
+        outputs = [results / o for o in OUTPUTS[rule] if (results / o).exists()]
+        stages[rule] = {
+            "seconds": round(float(bench["s"].iloc[0]), 1),
+            "peak_rss_mb": round(float(bench["max_rss"].iloc[0])),
+            "disk_mb": round(sum(map(disk_mb, outputs)), 1),
         }
-        for rule, outputs in OUTPUTS.items()
+    work = work_done(results, dataset)
+    shutil.rmtree(results / "features.zarr", ignore_errors=True)
+    return {"stages": stages, "work": work}
+
+
+BENCH_FILES = {
+    rule: rule if rule in ("prepare", "extract_features", "pool_prototypes") else f"{rule}_fold0"
+    for rule in OUTPUTS
+} | {rule: f"{rule}_fold0_shot1" for rule in ("train", "build_bank", "evaluate")}
+
+
+def rehearse_pascal(data: Path, fraction: float, keep_features: bool, runs: Path) -> dict:
+    """The first `fraction` of voc_sbd's train list."""
+    run = runs / f"pascal-{fraction:g}"
+    run.mkdir(parents=True, exist_ok=True)
+    ids = pascal.split(data, "voc_sbd").train
+    ids = ids[: round(fraction * len(ids))]
+    (run / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    settings = SETTINGS["pascal"] | {
+        "dataset": {"name": "pascal", "root": str(data), "train_list": str(run / "train.txt")},
+        "annotation": {"keep_features": keep_features},
     }
-    work = work_done(results)
-    shutil.rmtree(results / "features.zarr", ignore_errors=True)  # the next run's disk
-    return {"fraction": fraction, "images": len(ids), "stages": stages, "work": work}
+    return {"fraction": fraction, "images": len(ids), **rehearse("pascal", run, settings)}
+
+
+def rehearse_coco(data: Path, fraction: float, input_size: int, runs: Path) -> dict:
+    """The first `fraction` of each split of the generated COCO at `data`."""
+    run = runs / f"coco-{fraction:g}-{input_size}"
+    root = data if fraction == 1 else runs / f"coco-data-{fraction:g}"
+    if fraction != 1:
+        coco_archives.subset(data, root, fraction)
+    images = len(json.loads((root / "annotations/instances_train2014.json").read_text())["images"])
+    settings = SETTINGS["coco"] | {
+        "dataset": {"name": "coco", "root": str(root)},
+        "annotation": {"input_size": input_size},
+    }
+    return {"fraction": fraction, "images": images, **rehearse("coco", run, settings)}
 
 
 def exponents(runs: list[dict]) -> dict[str, dict[str, float]]:
     """Each stage's growth: the slope of log(figure) on log(train images) over the runs."""
     images = np.log([r["images"] for r in runs])
-    grow = {}
-    for rule in OUTPUTS:
-        grow[rule] = {
-            key: round(
-                float(
-                    np.polyfit(
-                        images, np.log([max(r["stages"][rule][key], 1e-3) for r in runs]), 1
-                    )[0]
-                ),
-                2,
-            )
-            for key in ("seconds", "peak_rss_mb", "disk_mb")
-        }
-    return grow
+
+    def slope(rule: str, key: str) -> float:
+        figures = np.log([max(r["stages"][rule][key], 1e-3) for r in runs])
+        return round(float(np.polyfit(images, figures, 1)[0]), 2)
+
+    return {
+        rule: {key: slope(rule, key) for key in ("seconds", "peak_rss_mb", "disk_mb")}
+        for rule in runs[0]["stages"]
+    }
 
 
 def real_encoder(data: Path, count: int, runs: Path) -> dict:
@@ -156,51 +187,95 @@ def real_encoder(data: Path, count: int, runs: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=["pascal"])
-    parser.add_argument("--data", type=Path, required=True, help="bench/pascal_prepare.py's tree")
+    parser.add_argument("dataset", choices=["pascal", "coco"])
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="bench/pascal_prepare.py's or coco_archives.py's tree",
+    )
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5, 1.0])
     parser.add_argument(
         "--keep-features",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="features.zarr as the preset keeps it (44 GB at the full list)",
+        help="pascal: features.zarr as the preset keeps it (44 GB at the full list)",
     )
-    parser.add_argument("--real-encoder", type=int, default=0, metavar="N")
+    parser.add_argument("--real-encoder", type=int, default=0, metavar="N", help="pascal")
+    parser.add_argument(
+        "--input-size", type=int, default=121, help="coco: annotation.input_size of the runs"
+    )
+    parser.add_argument(
+        "--sample", type=int, default=0, metavar="N", help="coco: N images at COCO's pixels too"
+    )
     parser.add_argument("--runs", type=Path, default=REPO / ".bench-rehearsal")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
-    runs = [rehearse(args.data, f, args.keep_features, args.runs) for f in args.fractions]
-    results = {
-        "machine": machine(),
-        "settings": SETTINGS,
-        "keep_features": args.keep_features,
-        "runs": runs,
-        "growth": exponents(runs) if len(runs) > 1 else None,
-        "real_encoder": real_encoder(args.data, args.real_encoder, args.runs)
-        if args.real_encoder
-        else None,
-    }
-    save(results, report(results), args.out, "rehearsal_pascal")
+    results = {"machine": machine(), "dataset": args.dataset, "settings": SETTINGS[args.dataset]}
+    if args.dataset == "pascal":
+        runs = [
+            rehearse_pascal(args.data, f, args.keep_features, args.runs) for f in args.fractions
+        ]
+        results |= {
+            "keep_features": args.keep_features,
+            "real_encoder": real_encoder(args.data, args.real_encoder, args.runs)
+            if args.real_encoder
+            else None,
+        }
+    else:
+        if not args.data.exists():
+            coco_archives.make_coco(args.data, coco_archives.SPLITS, SCALE, os.cpu_count())
+        runs = [rehearse_coco(args.data, f, args.input_size, args.runs) for f in args.fractions]
+        results |= {
+            "scale": SCALE,
+            "input_size": args.input_size,
+            "data": coco_archives.facts(args.data),
+            "sample": coco_sample(args.sample, args.runs) if args.sample else None,
+        }
+    results |= {"runs": runs, "growth": exponents(runs) if len(runs) > 1 else None}
+    save(results, report(results), args.out, f"rehearsal_{args.dataset}")
+
+
+SCALE = 0.25  # coco: the generated images' sides, of COCO's
+
+
+def coco_sample(count: int, runs: Path) -> dict:
+    """The COCO runs' DAG on `count` train images at COCO's own sides and the preset's
+    annotation input size: the per-image cost of what scales with pixels."""
+    root = runs / f"coco-sample-{count}"
+    if not root.exists():
+        splits = {"train2014": count, "val2014": count // 2}
+        coco_archives.make_coco(root, splits, 1.0, os.cpu_count())
+    input_size = yaml.safe_load((REPO / "workflow/presets/coco.yaml").read_text())["annotation"]
+    return rehearse_coco(root, 1, input_size["input_size"], runs) | {"scale": 1.0}
 
 
 def report(r: dict) -> str:
+    coco = r["dataset"] == "coco"
     lines = [
-        "## The PASCAL preset rehearsed at data scale (`bench/rehearsal.py pascal`)",
+        f"## The {r['dataset'].upper()} preset rehearsed at data scale "
+        f"(`bench/rehearsal.py {r['dataset']}`)",
         "",
-        f"Machine: {describe(r['machine'])}. The preset's DAG through Snakemake on the generated "
-        "official archives with the stand-in encoder (1,024 channels at stride 8), fold 0, "
-        f"1-shot, {r['settings']['train']['iterations']} training steps, one test seed of "
-        f"{r['settings']['evaluate']['episodes']} episodes, keep_features {r['keep_features']}.",
+        f"Machine: {describe(r['machine'])}. The preset's DAG through Snakemake on generated "
+        "data with the stand-in encoder (1,024 channels at stride 8), fold 0"
+        + (
+            f", up to the pseudo masks; images at {r['scale']:g} of COCO's sides, "
+            f"annotation.input_size {r['input_size']}."
+            if coco
+            else f", 1-shot, {r['settings']['train']['iterations']} training steps, one test "
+            f"seed of {r['settings']['evaluate']['episodes']} episodes, keep_features "
+            f"{r['keep_features']}."
+        ),
         "",
         "| train images | stage | seconds | peak RSS MB | disk MB |",
         "|---:|---|---:|---:|---:|",
     ]
     for run in r["runs"]:
-        for rule, s in run["stages"].items():
-            lines.append(
-                f"| {run['images']:,} | {rule} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | "
-                f"{s['disk_mb']:,.1f} |"
-            )
+        lines += [
+            f"| {run['images']:,} | {rule} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | "
+            f"{s['disk_mb']:,.1f} |"
+            for rule, s in run["stages"].items()
+        ]
     for run in r["runs"]:
         lines += ["", f"Work at {run['images']:,} train images: {run['work']}."]
     if r["growth"]:
@@ -221,13 +296,32 @@ def report(r: dict) -> str:
             "Faster than linear in time, or memory that grows with the data: "
             + (", ".join(flagged) + " (a defect to fix)." if flagged else "none."),
         ]
-    if r["real_encoder"]:
+    if not coco and r["real_encoder"]:
         e = r["real_encoder"]
         lines += [
             "",
             f"extract-features with the real ResNet-50 (random weights, 473) on {e['images']} "
             f"train images: {e['seconds']} s, {e['seconds_per_image']} s an image (start-up "
             f"included), peak RSS {e['peak_rss_mb']} MB.",
+        ]
+    if coco:
+        lines += ["", f"Generated data: {r['data']}."]
+    if coco and r["sample"]:
+        sample, full = r["sample"], r["runs"][-1]
+        ratio = full["images"] / sample["images"]
+        lines += [
+            "",
+            f"At COCO's own sides and annotation.input_size {sample['input_size']}, on "
+            f"{sample['images']:,} train images; a stage's seconds at the full count x "
+            f"{ratio:.1f} (linear, as the exponents above say):",
+            "",
+            "| stage | seconds | peak RSS MB | disk MB | full count, seconds | disk GB |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {rule} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | {s['disk_mb']:,.1f} | "
+            f"{s['seconds'] * ratio:,.0f} | {s['disk_mb'] * ratio / 1024:,.1f} |"
+            for rule, s in sample["stages"].items()
         ]
     return "\n".join(lines) + "\n"
 

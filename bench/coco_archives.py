@@ -1,0 +1,169 @@
+"""COCO 2014 generated in its own format at full count, for bench/rehearsal.py coco: no
+download, the real JSON's size and the pixels scaled down to save disk.
+
+    python bench/coco_archives.py ROOT [--scale 0.25] [--train 82783] [--val 40504]
+
+The tree is {ROOT}/train2014/*.jpg, val2014/*.jpg and annotations/instances_{split}.json, as
+`latentfss prepare` reads it. Per image about 7.3 instances (geometric counts; 1% of images
+have none), each a polygon of 8-40 vertices over COCO's 80 category ids drawn with a skewed
+frequency (person first); 1.5% of instances are crowds as uncompressed RLE; 1% of the JPEGs
+are greyscale. Image sides are COCO's common ones (640 x 480, 640 x 427, 480 x 640, 500 x 375)
+times --scale; coordinates are in the scaled image, so the JSON has COCO's size whatever the
+scale. `subset` writes a root of the first fraction of each split, whose image folders are
+links to the full root's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SPLITS = {"train2014": 82_783, "val2014": 40_504}
+CATEGORY_IDS = [
+    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
+    *range(72, 83), *range(84, 91),
+]  # fmt: skip
+SIDES = [(640, 480), (640, 427), (480, 640), (500, 375)]
+INSTANCES_PER_IMAGE = 7.3  # COCO train2014: 604,907 instances on 82,783 images
+CROWD, GREY, EMPTY = 0.015, 0.01, 0.01
+
+
+def category_weights() -> np.ndarray:
+    """A frequency over the 80 categories falling as 1 / rank^0.8, person (id 1) first."""
+    weights = 1 / np.arange(1, len(CATEGORY_IDS) + 1) ** 0.8
+    return weights / weights.sum()
+
+
+def polygon(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """(V, 2) vertices on a jittered ellipse inside the image; COCO's objects are mostly small."""
+    vertices = rng.integers(8, 41)
+    radius = np.array([width, height]) * rng.uniform(0.02, 0.4) * rng.uniform(0.5, 1, 2)
+    centre = rng.uniform(radius, np.array([width, height]) - radius)
+    angle = np.sort(rng.uniform(0, 2 * np.pi, vertices))
+    scale = rng.uniform(0.7, 1.0, (vertices, 1))
+    return centre + scale * radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+
+
+def uncompressed_rle(mask: np.ndarray) -> list[int]:
+    """COCO's crowd encoding: run lengths of the column-major mask, starting with zeros."""
+    flat = mask.ravel(order="F")
+    bounds = np.r_[0, np.flatnonzero(np.diff(flat)) + 1, flat.size]
+    runs = np.diff(bounds).tolist()
+    return [0, *runs] if flat[0] else runs
+
+
+def image_record(task: tuple[Path, str, int, int, float]) -> tuple[dict, list[dict]]:
+    """Write one JPEG; its COCO image entry and annotations (ids filled in by the caller)."""
+    folder, split, image_id, seed, scale = task
+    rng = np.random.default_rng(seed)
+    width, height = (round(s * scale) for s in SIDES[rng.integers(len(SIDES))])
+    name = f"COCO_{split}_{image_id:012d}.jpg"
+    picture = Image.new("RGB", (width, height), tuple(rng.integers(0, 256, 3).tolist()))
+    draw = ImageDraw.Draw(picture)
+    count = 0 if rng.random() < EMPTY else rng.geometric(1 / INSTANCES_PER_IMAGE)
+    weights = category_weights()
+    annotations = []
+    for _ in range(count):
+        category = CATEGORY_IDS[rng.choice(len(CATEGORY_IDS), p=weights)]
+        points = polygon(rng, width, height)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.polygon([tuple(p) for p in points], fill=colour)
+        x, y = points.min(axis=0)
+        w, h = points.max(axis=0) - (x, y)
+        area = 0.5 * abs(
+            np.dot(points[:, 0], np.roll(points[:, 1], 1))
+            - np.dot(points[:, 1], np.roll(points[:, 0], 1))
+        )
+        ann = {"image_id": image_id, "category_id": category, "iscrowd": 0}
+        if rng.random() < CROWD:
+            crowd = np.zeros((height, width), np.uint8)
+            crowd[int(y) : int(y + h) + 1, int(x) : int(x + w) + 1] = 1
+            ann |= {
+                "iscrowd": 1,
+                "segmentation": {"size": [height, width], "counts": uncompressed_rle(crowd)},
+            }
+            area = float(crowd.sum())
+        else:
+            ann["segmentation"] = [np.round(points, 2).ravel().tolist()]
+        annotations.append(
+            ann
+            | {"area": round(float(area), 2), "bbox": [round(float(v), 2) for v in (x, y, w, h)]}
+        )
+    if rng.random() < GREY:
+        picture = picture.convert("L")
+    picture.save(folder / name, quality=90)
+    return {"id": image_id, "file_name": name, "height": height, "width": width}, annotations
+
+
+def make_coco(root: Path, counts: dict[str, int], scale: float, threads: int) -> dict:
+    """Every split's JPEGs and instances JSON under `root`; returns their `facts`."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    categories = [
+        {"id": c, "name": f"category {c}", "supercategory": "thing"} for c in CATEGORY_IDS
+    ]
+    for offset, (split, count) in enumerate(counts.items()):
+        folder = root / split
+        folder.mkdir(exist_ok=True)
+        tasks = [(folder, split, i + 1, 1_000_000 * offset + i, scale) for i in range(count)]
+        with Pool(threads) as pool:
+            records = pool.map(image_record, tasks, chunksize=256)
+        images = [image for image, _ in records]
+        annotations = [ann for _, anns in records for ann in anns]
+        for ann_id, ann in enumerate(annotations, 1):
+            ann["id"] = ann_id
+        path = root / "annotations" / f"instances_{split}.json"
+        data = {"images": images, "annotations": annotations, "categories": categories}
+        path.write_text(json.dumps(data))
+    return facts(root)
+
+
+def facts(root: Path) -> dict[str, dict]:
+    """Per split: images, instances, crowds, greyscale JPEGs and the JSON's size."""
+    written = {}
+    for split in SPLITS:
+        path = root / "annotations" / f"instances_{split}.json"
+        data = json.loads(path.read_text())
+        written[split] = {
+            "images": len(data["images"]),
+            "instances": len(data["annotations"]),
+            "crowds": sum(a["iscrowd"] for a in data["annotations"]),
+            "json_mb": round(path.stat().st_size / 2**20, 1),
+        }
+    return written
+
+
+def subset(full: Path, root: Path, fraction: float) -> None:
+    """A root holding the first `fraction` of each split of `full` (image folders linked)."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        data = json.loads((full / "annotations" / f"instances_{split}.json").read_text())
+        images = data["images"][: round(fraction * len(data["images"]))]
+        ids = {image["id"] for image in images}
+        data |= {
+            "images": images,
+            "annotations": [a for a in data["annotations"] if a["image_id"] in ids],
+        }
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+        if not (root / split).exists():
+            (root / split).symlink_to((full / split).resolve(), target_is_directory=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--scale", type=float, default=0.25, help="of COCO's image sides")
+    parser.add_argument("--train", type=int, default=SPLITS["train2014"])
+    parser.add_argument("--val", type=int, default=SPLITS["val2014"])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    counts = {"train2014": args.train, "val2014": args.val}
+    print(json.dumps(make_coco(args.root, counts, args.scale, args.threads), indent=2))
+
+
+if __name__ == "__main__":
+    main()
