@@ -33,10 +33,8 @@ INSTANCES_PER_IMAGE = 7.3  # COCO train2014: 604,907 instances on 82,783 images
 CROWD, GREY, EMPTY = 0.015, 0.01, 0.01
 
 
-def category_weights() -> np.ndarray:
-    """A frequency over the 80 categories falling as 1 / rank^0.8, person (id 1) first."""
-    weights = 1 / np.arange(1, len(CATEGORY_IDS) + 1) ** 0.8
-    return weights / weights.sum()
+RANKS = np.arange(1, len(CATEGORY_IDS) + 1)
+CATEGORY_WEIGHTS = RANKS**-0.8 / (RANKS**-0.8).sum()  # 1 / rank^0.8, person (id 1) first
 
 
 def polygon(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -66,10 +64,9 @@ def image_record(task: tuple[Path, str, int, int, float]) -> tuple[dict, list[di
     picture = Image.new("RGB", (width, height), tuple(rng.integers(0, 256, 3).tolist()))
     draw = ImageDraw.Draw(picture)
     count = 0 if rng.random() < EMPTY else rng.geometric(1 / INSTANCES_PER_IMAGE)
-    weights = category_weights()
     annotations = []
     for _ in range(count):
-        category = CATEGORY_IDS[rng.choice(len(CATEGORY_IDS), p=weights)]
+        category = CATEGORY_IDS[rng.choice(len(CATEGORY_IDS), p=CATEGORY_WEIGHTS)]
         points = polygon(rng, width, height)
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         draw.polygon([tuple(p) for p in points], fill=colour)

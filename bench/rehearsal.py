@@ -55,8 +55,20 @@ OUTPUTS = {  # rule -> its outputs under results/{dataset} (the disk each stage 
     "build_bank": ["fold0/shot1/bank"],
     "evaluate": ["fold0/shot1/eval"],
 }
+BENCH_FILES = {  # rule -> its Snakemake benchmark file under results/{dataset}/benchmarks
+    "prepare": "prepare",
+    "extract_features": "extract_features",
+    "pool_prototypes": "pool_prototypes",
+    "cluster": "cluster_fold0",
+    "write_pseudo_masks": "write_pseudo_masks_fold0",
+    "train": "train_fold0_shot1",
+    "build_bank": "build_bank_fold0_shot1",
+    "evaluate": "evaluate_fold0_shot1",
+}
 TARGETS = {"pascal": [], "coco": ["fold0/pseudo_masks.zarr"]}  # [] = the whole DAG
-RULES = {"pascal": list(OUTPUTS), "coco": list(OUTPUTS)[:5]}
+ANNOTATION = ["prepare", "extract_features", "pool_prototypes", "cluster", "write_pseudo_masks"]
+RULES = {"pascal": list(OUTPUTS), "coco": ANNOTATION}  # the rules each rehearsal runs
+SCALE = 0.25  # coco: the generated images' sides, of COCO's
 
 
 def disk_mb(path: Path) -> float:
@@ -112,12 +124,6 @@ def rehearse(dataset: str, run: Path, settings: dict) -> dict:
     work = work_done(results, dataset)
     shutil.rmtree(results / "features.zarr", ignore_errors=True)
     return {"stages": stages, "work": work}
-
-
-BENCH_FILES = {
-    rule: rule if rule in ("prepare", "extract_features", "pool_prototypes") else f"{rule}_fold0"
-    for rule in OUTPUTS
-} | {rule: f"{rule}_fold0_shot1" for rule in ("train", "build_bank", "evaluate")}
 
 
 def rehearse_pascal(data: Path, fraction: float, keep_features: bool, runs: Path) -> dict:
@@ -234,9 +240,6 @@ def main() -> None:
         }
     results |= {"runs": runs, "growth": exponents(runs) if len(runs) > 1 else None}
     save(results, report(results), args.out, f"rehearsal_{args.dataset}")
-
-
-SCALE = 0.25  # coco: the generated images' sides, of COCO's
 
 
 def coco_sample(count: int, runs: Path) -> dict:

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
     )
     # Every row is written in place. Per-image arrays kept in lists until the end sit in the
     # heap between the large feature maps, whose sizes vary at resize: none, and fragment it:
-    # 7.8 GB of peak RSS at PASCAL's 5,265 train images, 1.1 GB this way (bench/rehearsal.py).
+    # peak RSS 7.8 GB at PASCAL's 5,265 train images, 1.4 GB this way (bench/rehearsal.py).
     # An image has at most K regions; pages of `capacity` never written are never resident.
     capacity = len(data) * pseudo.attrs["K"]
     embeddings = np.empty((len(data), encoder.channels), np.float32)
