@@ -4,13 +4,13 @@ download, the real JSON's size and the pixels scaled down to save disk.
     python bench/coco_archives.py ROOT [--scale 0.25] [--train 82783] [--val 40504]
 
 The tree is {ROOT}/train2014/*.jpg, val2014/*.jpg and annotations/instances_{split}.json, as
-`latentfss prepare` reads it. Per image about 7.3 instances (geometric counts; 1% of images
-have none), each a polygon of 8-40 vertices over COCO's 80 category ids drawn with a skewed
-frequency (person first); 1.5% of instances are crowds as uncompressed RLE; 1% of the JPEGs
-are greyscale. Image sides are COCO's common ones (640 x 480, 640 x 427, 480 x 640, 500 x 375)
-times --scale; coordinates are in the scaled image, so the JSON has COCO's size whatever the
-scale. `subset` writes a root of the first fraction of each split, whose image folders are
-links to the full root's.
+`latentfss prepare` reads it. Per image about 2.9 categories drawn with COCO's own instance
+frequencies (person 31%), about 2.5 instances of each, 7.3 in all (geometric counts; 1% of
+images have none), each a polygon of 8-40 vertices; 1.5% of instances are crowds as
+uncompressed RLE; 1% of the JPEGs are greyscale. Image sides are COCO's common ones (640 x 480,
+640 x 427, 480 x 640, 500 x 375) times --scale; coordinates are in the scaled image, so the
+JSON has COCO's size whatever the scale. `subset` writes a root of the first fraction of each
+split, whose image folders are links to the full root's.
 """
 
 from __future__ import annotations
@@ -30,11 +30,17 @@ CATEGORY_IDS = [
 ]  # fmt: skip
 SIDES = [(640, 480), (640, 427), (480, 640), (500, 375)]
 INSTANCES_PER_IMAGE = 7.3  # COCO train2014: 604,907 instances on 82,783 images
+CATEGORIES_PER_IMAGE = 2.9  # distinct categories an image holds, on average
 CROWD, GREY, EMPTY = 0.015, 0.01, 0.01
-
-
-RANKS = np.arange(1, len(CATEGORY_IDS) + 1)
-CATEGORY_WEIGHTS = RANKS**-0.8 / (RANKS**-0.8).sum()  # 1 / rank^0.8, person (id 1) first
+INSTANCE_COUNTS = [  # COCO train2017's instances per category, in CATEGORY_IDS order
+    262465, 7113, 43867, 8725, 5135, 6069, 4571, 9973, 10759, 12884, 1865, 1983, 1285, 9838,
+    10806, 4768, 5508, 6587, 9509, 8147, 5513, 1294, 5303, 5131, 8720, 11431, 12354, 6496, 6192,
+    2682, 6646, 2685, 6347, 9076, 3276, 3747, 5543, 6126, 4812, 24342, 7913, 20650, 5479, 7770,
+    6165, 14358, 9458, 5851, 4373, 6399, 7308, 7852, 2918, 5821, 7179, 6353, 38491, 5779, 8652,
+    4192, 15714, 4157, 5805, 4970, 2262, 5703, 2855, 6434, 1673, 3334, 225, 5610, 2637, 24715,
+    6334, 6613, 1481, 4793, 198, 1954,
+]  # fmt: skip
+CATEGORY_WEIGHTS = np.array(INSTANCE_COUNTS) / sum(INSTANCE_COUNTS)
 
 
 def polygon(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -63,10 +69,11 @@ def image_record(task: tuple[Path, str, int, int, float]) -> tuple[dict, list[di
     name = f"COCO_{split}_{image_id:012d}.jpg"
     picture = Image.new("RGB", (width, height), tuple(rng.integers(0, 256, 3).tolist()))
     draw = ImageDraw.Draw(picture)
-    count = 0 if rng.random() < EMPTY else rng.geometric(1 / INSTANCES_PER_IMAGE)
+    kinds = 0 if rng.random() < EMPTY else rng.geometric(1 / CATEGORIES_PER_IMAGE)
+    chosen = rng.choice(CATEGORY_IDS, size=min(kinds, 20), replace=False, p=CATEGORY_WEIGHTS)
+    per_kind = INSTANCES_PER_IMAGE / CATEGORIES_PER_IMAGE
     annotations = []
-    for _ in range(count):
-        category = CATEGORY_IDS[rng.choice(len(CATEGORY_IDS), p=CATEGORY_WEIGHTS)]
+    for category in (int(c) for c in chosen for _ in range(rng.geometric(1 / per_kind))):
         points = polygon(rng, width, height)
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         draw.polygon([tuple(p) for p in points], fill=colour)

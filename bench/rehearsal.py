@@ -28,7 +28,7 @@ import coco_archives
 import numpy as np
 import pandas as pd
 import yaml
-from record import describe, machine, run_stage, save
+from record import describe, machine, run_stage, save, tree_memory
 
 from latentfss import store
 from latentfss.datasets import pascal
@@ -69,6 +69,13 @@ TARGETS = {"pascal": [], "coco": ["fold0/pseudo_masks.zarr"]}  # [] = the whole 
 ANNOTATION = ["prepare", "extract_features", "pool_prototypes", "cluster", "write_pseudo_masks"]
 RULES = {"pascal": list(OUTPUTS), "coco": ANNOTATION}  # the rules each rehearsal runs
 SCALE = 0.25  # coco: the generated images' sides, of COCO's
+PER_IMAGE = ["prepare", "pool_prototypes", "write_pseudo_masks"]  # coco: work per image, no
+# fixed part worth the name (extract_features only writes encoder_init.pt, cluster's prototypes
+# do not grow with the pixels): what the sample extrapolates to the full count
+UNBOUNDED = {  # stages whose memory must grow with the data, and why
+    "prepare": "it holds the instances JSON parsed whole, as pycocotools does (a streaming "
+    "parser is no dependency of ours); the rule asks 16 GB on COCO",
+}
 
 
 def disk_mb(path: Path) -> float:
@@ -140,18 +147,34 @@ def rehearse_pascal(data: Path, fraction: float, keep_features: bool, runs: Path
     return {"fraction": fraction, "images": len(ids), **rehearse("pascal", run, settings)}
 
 
-def rehearse_coco(data: Path, fraction: float, input_size: int, runs: Path) -> dict:
-    """The first `fraction` of each split of the generated COCO at `data`."""
+def rehearse_coco(data: Path, fraction: float, input_size: int, scale: float, runs: Path) -> dict:
+    """The first `fraction` of each split of the generated COCO at `data`, whose images have
+    `scale` of COCO's sides: the support threshold scales with their area."""
     run = runs / f"coco-{fraction:g}-{input_size}"
     root = data if fraction == 1 else runs / f"coco-data-{fraction:g}"
     if fraction != 1:
         coco_archives.subset(data, root, fraction)
     images = len(json.loads((root / "annotations/instances_train2014.json").read_text())["images"])
+    preset = yaml.safe_load((REPO / "workflow/presets/coco.yaml").read_text())
+    min_pixels = round(preset["protocol"]["min_support_pixels"] * scale**2)
     settings = SETTINGS["coco"] | {
         "dataset": {"name": "coco", "root": str(root)},
         "annotation": {"input_size": input_size},
+        "protocol": {"min_support_pixels": min_pixels},
     }
-    return {"fraction": fraction, "images": images, **rehearse("coco", run, settings)}
+    result = rehearse("coco", run, settings)
+    facts = {"input_size": input_size, "min_support_pixels": min_pixels}
+    return {"fraction": fraction, "images": images, **facts, **result}
+
+
+def prepare_memory(data: Path, runs: Path) -> dict:
+    """`latentfss prepare` on the full generated COCO, 2 workers as in the rehearsal: its
+    process tree's peak RSS (Snakemake's figure) against its PSS (what a cgroup charges)."""
+    out = runs / "prepare-memory"
+    shutil.rmtree(out, ignore_errors=True)
+    params = json.dumps({"name": "coco", "root": str(data)})
+    command = ["latentfss", "prepare", "--out", str(out), "--params", params, "--threads", "2"]
+    return tree_memory(command)
 
 
 def exponents(runs: list[dict]) -> dict[str, dict[str, float]]:
@@ -214,6 +237,11 @@ def main() -> None:
     parser.add_argument(
         "--sample", type=int, default=0, metavar="N", help="coco: N images at COCO's pixels too"
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="coco: keep the runs in the results JSON, measure only what it lacks, rewrite",
+    )
     parser.add_argument("--runs", type=Path, default=REPO / ".bench-rehearsal")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
@@ -228,15 +256,22 @@ def main() -> None:
             if args.real_encoder
             else None,
         }
+    elif args.reuse:  # the runs of the results file; only what it lacks is measured
+        results = json.loads((args.out / "rehearsal_coco.json").read_text())
+        runs = results["runs"]
+        results.setdefault("prepare_memory", prepare_memory(args.data, args.runs))
     else:
         if not args.data.exists():
             coco_archives.make_coco(args.data, coco_archives.SPLITS, SCALE, os.cpu_count())
-        runs = [rehearse_coco(args.data, f, args.input_size, args.runs) for f in args.fractions]
+        runs = [
+            rehearse_coco(args.data, f, args.input_size, SCALE, args.runs) for f in args.fractions
+        ]
         results |= {
             "scale": SCALE,
             "input_size": args.input_size,
             "data": coco_archives.facts(args.data),
             "sample": coco_sample(args.sample, args.runs) if args.sample else None,
+            "prepare_memory": prepare_memory(args.data, args.runs),
         }
     results |= {"runs": runs, "growth": exponents(runs) if len(runs) > 1 else None}
     save(results, report(results), args.out, f"rehearsal_{args.dataset}")
@@ -249,8 +284,8 @@ def coco_sample(count: int, runs: Path) -> dict:
     if not root.exists():
         splits = {"train2014": count, "val2014": count // 2}
         coco_archives.make_coco(root, splits, 1.0, os.cpu_count())
-    input_size = yaml.safe_load((REPO / "workflow/presets/coco.yaml").read_text())["annotation"]
-    return rehearse_coco(root, 1, input_size["input_size"], runs) | {"scale": 1.0}
+    preset = yaml.safe_load((REPO / "workflow/presets/coco.yaml").read_text())
+    return rehearse_coco(root, 1, preset["annotation"]["input_size"], 1.0, runs)
 
 
 def report(r: dict) -> str:
@@ -289,7 +324,7 @@ def report(r: dict) -> str:
             for rule, g in r["growth"].items()
         ]
         flagged = [
-            f"{rule} ({what} exponent {g[key]})"
+            f"{rule} ({what} exponent {g[key]}): {UNBOUNDED.get(rule, 'a defect to fix')}"
             for rule, g in r["growth"].items()
             for key, what, limit in (("seconds", "time", 1.1), ("peak_rss_mb", "memory", 0.5))
             if g[key] > limit
@@ -297,7 +332,7 @@ def report(r: dict) -> str:
         lines += [
             "",
             "Faster than linear in time, or memory that grows with the data: "
-            + (", ".join(flagged) + " (a defect to fix)." if flagged else "none."),
+            + ("; ".join(flagged) + "." if flagged else "none."),
         ]
     if not coco and r["real_encoder"]:
         e = r["real_encoder"]
@@ -315,16 +350,30 @@ def report(r: dict) -> str:
         lines += [
             "",
             f"At COCO's own sides and annotation.input_size {sample['input_size']}, on "
-            f"{sample['images']:,} train images; a stage's seconds at the full count x "
-            f"{ratio:.1f} (linear, as the exponents above say):",
+            f"{sample['images']:,} train images; the per-image stages' seconds and disk at the "
+            f"full count x {ratio:.1f} (linear, as the exponents above say):",
             "",
             "| stage | seconds | peak RSS MB | disk MB | full count, seconds | disk GB |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         lines += [
             f"| {rule} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | {s['disk_mb']:,.1f} | "
-            f"{s['seconds'] * ratio:,.0f} | {s['disk_mb'] * ratio / 1024:,.1f} |"
+            + (
+                f"{s['seconds'] * ratio:,.0f} | {s['disk_mb'] * ratio / 1024:,.1f} |"
+                if rule in PER_IMAGE
+                else "- | - |"
+            )
             for rule, s in sample["stages"].items()
+        ]
+    if coco and r.get("prepare_memory"):
+        m, full = r["prepare_memory"], r["runs"][-1]
+        lines += [
+            "",
+            f"prepare's memory at {full['images']:,} train images, 2 workers, the process "
+            f"tree polled: peak RSS summed {m['tree_rss_mb']:,} MB (Snakemake's figure counts "
+            f"the pages the forked workers share once per process), PSS summed "
+            f"{m['tree_pss_mb']:,} MB (each page once: what a memory cgroup charges); "
+            f"{m['seconds']} s.",
         ]
     return "\n".join(lines) + "\n"
 

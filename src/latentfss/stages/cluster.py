@@ -57,7 +57,7 @@ def representatives(
         np.isin(fg_class, base_classes(fold, num_classes, split)) & in_set[fg_image]
     )
     hidden = np.isin(fg_class, novel_classes(fold, num_classes, split))
-    fg = prototypes["fg"][:]  # (M, C) float32: a few hundred MB on COCO at most
+    fg = prototypes["fg"][:]  # (M, C) float32: 1 GB on COCO (236,608 x 1,024, rehearsed)
     centroids, assign, inertia = spherical_kmeans(fg[member], cfg, seed)
     bg = fold_background(
         prototypes["bg"][:],
