@@ -47,7 +47,7 @@ rule extract_features:
     resources:
         gpu=1,
         mem_mb=8000,
-        runtime=240,
+        runtime=240 * LONGER,
     params:
         encoder=encoder_params,
         annotation=section("annotation", drop=["keep_features"]),
@@ -78,7 +78,7 @@ rule pool_prototypes:
     resources:
         gpu=int(ENCODES["pool"]),
         mem_mb=4000,
-        runtime=120,
+        runtime=120 * LONGER,
     params:
         features=optional_flag("features"),
         annotation=section("annotation", drop=["keep_features"]),
@@ -132,7 +132,7 @@ rule write_pseudo_masks:
     resources:
         gpu=int(ENCODES["masks"]),
         mem_mb=4000,
-        runtime=120,
+        runtime=120 * LONGER,
     params:
         features=optional_flag("features"),
         annotation=section("annotation", drop=["keep_features"]),
@@ -158,7 +158,7 @@ use rule write_pseudo_masks as write_pseudo_masks_remain with:
     resources:
         gpu=int(not KEEP_FEATURES),
         mem_mb=4000,
-        runtime=120,
+        runtime=120 * LONGER,
     params:
         features=optional_flag("features"),
         annotation=section("annotation", drop=["keep_features"]),

@@ -46,6 +46,11 @@ RESULTS = f"results/{DATASET}"
 CPU_ENV = "../../envs/latentfss-cpu.yaml"
 GPU_ENV = "../../envs/latentfss-gpu.yaml"
 KEEP_FEATURES = config["annotation"]["keep_features"]
+# runtime factor of the stages whose work grows with the train images or the test episodes:
+# COCO has 14x PASCAL's train images and 4x its episodes, and bench/projection.py projects its
+# pool_prototypes and write_pseudo_masks at 2.9 and 3.8 h, its 5-shot evaluate at 3.8 h on a
+# GPU node (upper bounds). SLURM kills a job at its runtime, and only train resumes.
+LONGER = 4 if DATASET == "coco" else 1
 PRETRAIN = config["encoder"]["weights"] == "pretrain"
 PRETRAINED = f"{RESULTS}/pretrain_encoder/weights.pt"
 # GPU-type jobs (train, build_bank, evaluate) declare the cores they use: one torch thread, and

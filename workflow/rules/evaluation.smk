@@ -18,7 +18,7 @@ rule build_bank:
     resources:
         gpu=1,
         mem_mb=4000,
-        runtime=120,
+        runtime=120 * LONGER,
     params:
         evaluate=section(
             "evaluate", keep=["resize", "input_size", "batch_size", "workers"]
@@ -59,7 +59,7 @@ rule evaluate:
     resources:
         gpu=1,
         mem_mb=4000,
-        runtime=240,
+        runtime=240 * LONGER,
     params:
         out=lambda wildcards, output: Path(output.metrics).parent,
         evaluate=evaluate_params,
