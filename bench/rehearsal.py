@@ -1,18 +1,26 @@
-"""The PASCAL preset rehearsed at full data scale on the CPU: the preset's DAG through Snakemake
-on generated official archives (`bench/pascal_prepare.py`: 12,031 images of 500 x 375, the
-official list counts), with a stand-in encoder (`bench/standin/`: ResNet-50's output, 1,024
-channels at stride 8, from a cheap projection), so that every data-dependent cost is real.
+"""The PASCAL and COCO presets rehearsed at full data scale on the CPU: the preset's DAG through
+Snakemake on generated data in the official formats, with a stand-in encoder (`bench/standin/`:
+ResNet-50's output, 1,024 channels at stride 8, from a cheap projection), so that every
+data-dependent cost is real.
 
     python bench/rehearsal.py pascal --data DIR [--fractions 0.25 0.5 1] [--no-keep-features]
+    python bench/rehearsal.py coco --data DIR [--fractions 0.0625 0.25 1] [--sample 1000]
 
-Only the counts that multiply time shrink: fold 0, 1-shot, `train.iterations` 4, one test seed
-of 100 episodes. The train list is the first `fraction` of voc_sbd (5,953 images); each
-fraction is its own run. Per stage: wall time and peak RSS (Snakemake's benchmark files), disk
-written, and the work done; across the fractions, each figure's growth exponent in the train
-images (a least-squares slope of log figure on log images). `--real-encoder N` also times
-extract-features with the real ResNet-50 on the first N train images.
+pascal: the archives of `bench/pascal_prepare.py` (12,031 images of 500 x 375, the official
+list counts). Only the counts that multiply time shrink: fold 0, 1-shot, `train.iterations` 4,
+one test seed of 100 episodes. The train list is the first `fraction` of voc_sbd (5,953
+images). `--real-encoder N` also times extract-features with the real ResNet-50 on N images.
 
-Writes bench/results/rehearsal_pascal.json and .md.
+coco: `bench/coco_archives.py`'s COCO 2014 at full count, images at 1/4 of COCO's sides
+(generated when DIR is absent), up to fold 0's pseudo masks, annotation.input_size 121 (the
+grid of 473 on the scaled images); `--sample N` runs N images at COCO's own sides and 473, for
+the costs that scale with pixels; prepare's memory is polled over its process tree.
+
+Each fraction is its own run. Per stage: wall time and peak RSS (Snakemake's benchmark files),
+disk written, and the work done; across the fractions, each figure's growth exponent in the
+train images (a least-squares slope of log figure on log images).
+
+Writes bench/results/rehearsal_{pascal,coco}.json and .md.
 """
 
 from __future__ import annotations
