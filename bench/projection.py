@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from limits import count_flops
 from record import machine, save
 from rehearsal import PER_IMAGE
 from snakemake.utils import update_config
-from torch.utils.flop_counter import FlopCounterMode
 
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
@@ -49,8 +49,8 @@ SIDES = {"pascal": (375, 500), "coco": (480, 640)}  # the test images, at origin
 CUDA_CONTEXT_MB = 1000  # host memory a process's CUDA context adds, about (not measured here)
 REHEARSED_EPISODES = 100  # bench/rehearsal.py pascal: one test seed of 100 episodes
 ASSUMED = {
-    "GPU rate": "the encoder's bf16 throughput on one H100/H200 taken as --gpu-tflops, about "
-    "10% of the 989 TFLOP/s dense peak, roughly what eager PyTorch's ResNet-50 reaches; "
+    "GPU rate": "the encoder's bf16 throughput on one H100/H200 assumed to be --gpu-tflops, "
+    "about 10% of the 989 TFLOP/s dense peak (an assumption, not a measurement); "
     "bench/gpu_check.py measures it (train: s/step, features: images/s) where a GPU is lent",
     "CPU side": "each job's non-encoder work as rehearsed on 2 cores, the stand-in encoder's "
     "own compute included; the 6-10 cores a GPU job gets (profiles/slurm set-threads) are not "
@@ -83,16 +83,8 @@ def rule_resources(preset: str) -> dict[str, dict[str, int]]:
     with tempfile.TemporaryDirectory() as work:
         shutil.copy(REPO / "config.yaml", work)
         dataset = f"dataset={{name: {preset}, root: {work}}}"
-        command = [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "--directory",
-            work,
-            "-n",
-        ]
+        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n"]
+        command += ["--directory", work]
         command += ["--configfile", str(REPO / f"workflow/presets/{preset}.yaml")]
         dry = subprocess.run([*command, "--config", dataset], capture_output=True, text=True)
     found = re.findall(r"^rule (\w+):\n(?:.*\n)*?\s+resources: (.*)$", dry.stdout, re.M)
@@ -102,12 +94,6 @@ def rule_resources(preset: str) -> dict[str, dict[str, int]]:
         if "mem_mb" in values:  # not the target rule `all`
             asks[rule] = {"mem_mb": int(values["mem_mb"]), "runtime": int(values["runtime"])}
     return asks
-
-
-def count_flops(step) -> float:
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return float(counter.get_total_flops())
 
 
 def encoder_flops(arch: str, height: int, width: int) -> float:
@@ -283,9 +269,7 @@ def main() -> None:
     results = {"machine": machine(), "gpu_tflops": args.gpu_tflops, "assumed": ASSUMED}
     for preset in ("pascal", "coco"):
         config = preset_config(preset)
-        loaders = loader_seconds(
-            args.runs / f"coco-1-{sample['input_size']}", config, args.samples
-        )
+        loaders = loader_seconds(args.runs / f"coco-1-{sample['input_size']}", config, args.samples)
         flops = {shot: step_flops(config, shot) for shot in SHOTS}
         rows = jobs(preset, rate, flops, loaders)
         name, keep = ("pascal (voc_sbd)", True) if preset == "pascal" else ("coco", False)

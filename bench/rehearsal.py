@@ -267,7 +267,8 @@ def main() -> None:
     elif args.reuse:  # the runs of the results file; only what it lacks is measured
         results = json.loads((args.out / "rehearsal_coco.json").read_text())
         runs = results["runs"]
-        results.setdefault("prepare_memory", prepare_memory(args.data, args.runs))
+        if "prepare_memory" not in results:
+            results["prepare_memory"] = prepare_memory(args.data, args.runs)
     else:
         if not args.data.exists():
             coco_archives.make_coco(args.data, coco_archives.SPLITS, SCALE, os.cpu_count())
@@ -359,17 +360,22 @@ def report(r: dict) -> str:
             "",
             f"At COCO's own sides and annotation.input_size {sample['input_size']}, on "
             f"{sample['images']:,} train images; the per-image stages' seconds and disk at the "
-            f"full count x {ratio:.1f} (linear, as the exponents above say):",
+            f"full count x {ratio:.1f} (linear, as the exponents above say), and that time "
+            f"over the full count's at {r['scale']:g} of the sides: {1 / r['scale'] ** 2:g} where "
+            "all of a stage's cost scales with the pixels (the encoder's input grows with them, "
+            f"{r['input_size']} -> {sample['input_size']}), 1 where none does:",
             "",
-            "| stage | seconds | peak RSS MB | disk MB | full count, seconds | disk GB |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| stage | seconds | peak RSS MB | disk MB | full count, seconds | disk GB | "
+            "x the scaled run |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [
             f"| {rule} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | {s['disk_mb']:,.1f} | "
             + (
-                f"{s['seconds'] * ratio:,.0f} | {s['disk_mb'] * ratio / 1024:,.1f} |"
+                f"{s['seconds'] * ratio:,.0f} | {s['disk_mb'] * ratio / 1024:,.1f} | "
+                f"{s['seconds'] * ratio / full['stages'][rule]['seconds']:.1f} |"
                 if rule in PER_IMAGE
-                else "- | - |"
+                else "- | - | - |"
             )
             for rule, s in sample["stages"].items()
         ]
