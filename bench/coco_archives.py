@@ -127,7 +127,8 @@ def make_coco(root: Path, counts: dict[str, int], scale: float, threads: int) ->
 
 
 def facts(root: Path) -> dict[str, dict]:
-    """Per split: images, instances, crowds, greyscale JPEGs and the JSON's size."""
+    """Per split: images, instances, crowds, the share of images holding a person and the
+    JSON's size."""
     written = {}
     for split in SPLITS:
         path = root / "annotations" / f"instances_{split}.json"
@@ -136,6 +137,11 @@ def facts(root: Path) -> dict[str, dict]:
             "images": len(data["images"]),
             "instances": len(data["annotations"]),
             "crowds": sum(a["iscrowd"] for a in data["annotations"]),
+            "with_person": round(
+                len({a["image_id"] for a in data["annotations"] if a["category_id"] == 1})
+                / len(data["images"]),
+                3,
+            ),
             "json_mb": round(path.stat().st_size / 2**20, 1),
         }
     return written

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import train as train_bench
 import yaml
 from limits import count_flops
 from record import machine, save
@@ -105,21 +106,14 @@ def encoder_flops(arch: str, height: int, width: int) -> float:
 
 def step_flops(config: dict, shot: int) -> float:
     """One training step's encoder and mining head, forward and backward (bench/train.py's
-    count), plus the checkpointed micro-batches' second forward."""
+    count, on the meta device), plus the checkpointed micro-batches' second forward."""
     arch, t = config["encoder"]["arch"], config["train"]
-    labelled = t["batch_episodes"] * (1 + shot)
-    images = labelled + t["batch_pseudo"]
     with torch.device("meta"):
         encoder = build_encoder(EncoderConfig(arch=arch, weights="none"))
         net = MatchingNet(encoder, ModelConfig(**config["model"]), config["cluster"]["k"] + 1)
-        batch = torch.empty(images, 3, t["crop"], t["crop"])
-
-        def step() -> None:
-            feats = net.encoder(batch)
-            (feats[:labelled].sum() + net.head(feats[labelled:]).sum()).backward()
-
-        flops = count_flops(step)
+        flops = float(train_bench.step_flops(net, t, shot))
     if t["micro_batches"] > 1:
+        images = t["batch_episodes"] * (1 + shot) + t["batch_pseudo"]
         flops += images * encoder_flops(arch, t["crop"], t["crop"])
     return flops
 
@@ -267,16 +261,18 @@ def main() -> None:
     sample = json.loads((RESULTS / "rehearsal_coco.json").read_text())["sample"]
     bound = json.loads((RESULTS / "disk.json").read_text())["gb"]
     results = {"machine": machine(), "gpu_tflops": args.gpu_tflops, "assumed": ASSUMED}
+    loaders = loader_seconds(  # both presets train on 473 crops, with the same rescale
+        args.runs / f"coco-1-{sample['input_size']}", preset_config("coco"), args.samples
+    )
+    results["loader_s_per_sample"] = loaders
     for preset in ("pascal", "coco"):
         config = preset_config(preset)
-        loaders = loader_seconds(args.runs / f"coco-1-{sample['input_size']}", config, args.samples)
         flops = {shot: step_flops(config, shot) for shot in SHOTS}
         rows = jobs(preset, rate, flops, loaders)
         name, keep = ("pascal (voc_sbd)", True) if preset == "pascal" else ("coco", False)
         upper = sum(gb for a, gb in bound[name].items() if keep or a != "features.zarr")
         results[preset] = {
             "jobs": rows,
-            "loader_s_per_sample": loaders,
             "summary": summary(rows, bound[name]["models (8)"]) | {"disk_upper_bound_gb": upper},
         }
     save(results, report(results), RESULTS, "projection")

@@ -77,6 +77,7 @@ TARGETS = {"pascal": [], "coco": ["fold0/pseudo_masks.zarr"]}  # [] = the whole 
 ANNOTATION = ["prepare", "extract_features", "pool_prototypes", "cluster", "write_pseudo_masks"]
 RULES = {"pascal": list(OUTPUTS), "coco": ANNOTATION}  # the rules each rehearsal runs
 SCALE = 0.25  # coco: the generated images' sides, of COCO's
+COCO_PRESET = yaml.safe_load((REPO / "workflow/presets/coco.yaml").read_text())
 PER_IMAGE = ["prepare", "pool_prototypes", "write_pseudo_masks"]  # coco: work per image, no
 # fixed part worth the name (extract_features only writes encoder_init.pt, cluster's prototypes
 # do not grow with the pixels): what the sample extrapolates to the full count
@@ -165,8 +166,7 @@ def rehearse_coco(data: Path, fraction: float, input_size: int, scale: float, ru
     if fraction != 1:
         coco_archives.subset(data, root, fraction)
     images = len(json.loads((root / "annotations/instances_train2014.json").read_text())["images"])
-    preset = yaml.safe_load((REPO / "workflow/presets/coco.yaml").read_text())
-    min_pixels = round(preset["protocol"]["min_support_pixels"] * scale**2)
+    min_pixels = round(COCO_PRESET["protocol"]["min_support_pixels"] * scale**2)
     settings = SETTINGS["coco"] | {
         "dataset": {"name": "coco", "root": str(root)},
         "annotation": {"input_size": input_size},
@@ -250,7 +250,8 @@ def main() -> None:
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="coco: keep the runs in the results JSON, measure only what it lacks, rewrite",
+        help="coco: keep the runs in the results JSON, re-read the data's facts, measure only "
+        "what the JSON lacks, rewrite",
     )
     parser.add_argument("--runs", type=Path, default=REPO / ".bench-rehearsal")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
@@ -268,7 +269,7 @@ def main() -> None:
         }
     elif args.reuse:  # the runs of the results file; only what it lacks is measured
         results = json.loads((args.out / "rehearsal_coco.json").read_text())
-        runs = results["runs"]
+        runs, results["data"] = results["runs"], coco_archives.facts(args.data)
         if "prepare_memory" not in results:
             results["prepare_memory"] = prepare_memory(args.data, args.runs)
     else:
@@ -295,8 +296,7 @@ def coco_sample(count: int, runs: Path) -> dict:
     if not root.exists():
         splits = {"train2014": count, "val2014": count // 2}
         coco_archives.make_coco(root, splits, 1.0, os.cpu_count())
-    preset = yaml.safe_load((REPO / "workflow/presets/coco.yaml").read_text())
-    return rehearse_coco(root, 1, preset["annotation"]["input_size"], 1.0, runs)
+    return rehearse_coco(root, 1, COCO_PRESET["annotation"]["input_size"], 1.0, runs)
 
 
 def report(r: dict) -> str:

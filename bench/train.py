@@ -55,16 +55,24 @@ def iteration_flops(results: Path, config: dict, shot: int) -> int:
     training loop builds (B queries, B x shot supports, M pseudo-labelled images); the cosine
     matching and the losses are left out (by hand, a few MFLOP against the 54 (1-shot)
     to 100 (5-shot) GFLOP counted here per iteration at the default)."""
-    t = config["train"]
     k = zarr.open_group(str(results / "fold0/pseudo_masks.zarr"), mode="r").attrs["K"]
     model = MatchingNet(
         load_encoder(results / "encoder_init.pt"), ModelConfig(**config["model"]), k + 1
-    ).train()
+    )
+    return step_flops(model, config["train"], shot)
+
+
+def step_flops(model: MatchingNet, train: dict, shot: int) -> int:
+    """FLOPs of `model`'s encoder and mining head, forward and backward, on one step's batch
+    (config section `train`); on the meta device they are counted without computing."""
+    model.train()
     for module in model.encoder.modules():  # frozen BatchNorm, as in training
         if isinstance(module, torch.nn.BatchNorm2d):
             module.requires_grad_(False)
-    labelled = t["batch_episodes"] * (1 + shot)
-    images = torch.randn(labelled + t["batch_pseudo"], 3, t["crop"], t["crop"])
+    labelled = train["batch_episodes"] * (1 + shot)
+    device = next(model.parameters()).device
+    side = train["crop"]
+    images = torch.randn(labelled + train["batch_pseudo"], 3, side, side, device=device)
 
     def step() -> None:
         feats = model.encoder(images)

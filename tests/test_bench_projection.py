@@ -13,12 +13,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import coco_archives  # noqa: E402
+import train as train_bench  # noqa: E402
 from limits import count_flops  # noqa: E402
 from projection import encoder_flops, rule_resources, short_of_ask  # noqa: E402
 
 from latentfss.cli import main  # noqa: E402
 from latentfss.datasets.index import read_index  # noqa: E402
 from latentfss.encoder import Encoder  # noqa: E402
+from latentfss.model import MatchingNet, ModelConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ASK_KEYS = {"mem_mb": "mem_mb", "minutes": "runtime"}  # projection.json's asks_* <- a dry run's
@@ -60,6 +62,18 @@ def test_meta_device_flops_equal_a_real_forward():
     with torch.no_grad():
         real = count_flops(lambda: encoder(torch.randn(1, 3, 40, 56)))
     assert encoder_flops("resnet18", 40, 56) == real
+
+
+def test_a_training_steps_flops_on_meta_equal_a_real_steps():
+    """bench/train.py's step count, shared with the projection, gives one figure on both."""
+    train = {"batch_episodes": 1, "batch_pseudo": 2, "crop": 32}
+
+    def net() -> MatchingNet:
+        return MatchingNet(Encoder("resnet18"), ModelConfig(head_channels=16), 4)
+
+    real = train_bench.step_flops(net(), train, shot=1)
+    with torch.device("meta"):
+        assert train_bench.step_flops(net(), train, shot=1) == real > 0
 
 
 def test_a_job_past_its_ask_is_flagged():
