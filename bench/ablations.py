@@ -1,4 +1,6 @@
-"""Tables 3 and 5 of a finished run with training seeds (workflow/presets/table3.yaml,
+"""Backs docs/results.md, Tables 3 and 5: each row's paired difference and its interval.
+
+Tables 3 and 5 of a finished run with training seeds (workflow/presets/table3.yaml,
 table5.yaml): summarize's tables, each row's paired difference to its baseline with its 95%
 interval and the interval's half-width (the episode count is chosen by it), and the job time
 the rows took.
@@ -10,11 +12,10 @@ Writes bench/results/{name}.json and .md (default name: ablations).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
-from record import describe, machine, save
+from record import arguments, describe, machine, save
 
 from latentfss.stages import summarize
 
@@ -22,9 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("results", type=Path, help="a run's results/{dataset} folder")
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     parser.add_argument("--name", default="ablations", help="of the results files")
     args = parser.parse_args()
     paths = sorted(args.results.glob("fold*/shot*/eval/metrics.json"))

@@ -1,18 +1,18 @@
-"""Offline-annotation benchmark: throughput, peak memory and distance to the floor
+"""Backs docs/method.md, "The offline annotation": its stages' speed and flat memory.
+
+Offline-annotation benchmark: throughput, peak memory and distance to the floor
 (bench/limits.py) of each stage on the synthetic benchmark at the default config, at two dataset
 sizes, and faiss K-Means against scikit-learn's on the same prototypes.
 
     python bench/annotation.py [--threads 2] [--out bench/results]
 
-Writes bench/results/annotation.json and annotation.md (assembled into BENCHMARKS.md by
+Writes bench/results/annotation.json and annotation.md (assembled into docs/benchmarks.md by
 bench/report.py). Needs `pip install -e '.[bench]'` for scikit-learn.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 import zarr
-from record import describe, machine, run_stage, save, scratch
+from record import arguments, describe, machine, run_stage, save, scratch
 
 from latentfss.encoder import Encoder
 from latentfss.runtime import pick_device
@@ -151,8 +151,7 @@ def least_work(config: dict, work: Path, num_train: int, encoder_flops: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser = arguments(__doc__, threads=True)
     parser.add_argument(
         "--sizes",
         type=int,
@@ -160,7 +159,6 @@ def main() -> None:
         default=[800, 1600],
         help="train images; peak memory must not grow with them",
     )
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     torch.set_num_threads(args.threads)

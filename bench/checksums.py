@@ -1,4 +1,6 @@
-"""What the CRC-32C of every Zarr chunk costs (store.COMPRESSORS): a finished run's largest
+"""Backs docs/reliability.md, "Faults": what the chunks' CRC-32C costs.
+
+What the CRC-32C of every Zarr chunk costs (store.COMPRESSORS): a finished run's largest
 stores (features, pseudo masks, prototypes) written and read whole with and without it, in
 turn, in one process; their sizes on disk and the seconds of each, the median of `repeats`.
 
@@ -9,14 +11,13 @@ Writes bench/results/checksums.json and .md.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import time
 from pathlib import Path
 
 import zarr
-from record import describe, machine, save, scratch
+from record import arguments, describe, machine, save, scratch
 
 from latentfss import store
 
@@ -48,10 +49,9 @@ def write_and_read(data, chunks, compressors, path: Path) -> tuple[float, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("results", type=Path, help="a run's results/{dataset} folder")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     variants = {"blosc": store.COMPRESSORS[:1], "blosc + crc32c": store.COMPRESSORS}
     rows = []

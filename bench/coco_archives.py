@@ -1,4 +1,6 @@
-"""COCO 2014 generated in its own format at full count, for bench/rehearsal.py coco: no
+"""Backs docs/running.md, "What a full run costs": COCO's archives for the rehearsal.
+
+COCO 2014 generated in its own format at full count, for bench/rehearsal.py coco: no
 download, the real JSON's size and the pixels scaled down to save disk.
 
     python bench/coco_archives.py ROOT [--scale 0.25] [--train 82783] [--val 40504]

@@ -1,4 +1,6 @@
-"""How the masks of a prepared index differ from a SegmentationClassAug folder (the zip the
+"""Backs docs/data.md, "Real data": our PASCAL masks against SegmentationClassAug.
+
+How the masks of a prepared index differ from a SegmentationClassAug folder (the zip the
 references link to): images compared, images that differ, and differing pixels, by where the
 index's mask came from (VOC2012's own, or SBD's converted).
 

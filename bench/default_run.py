@@ -1,24 +1,23 @@
-"""The default run rule by rule: each rule's jobs, their seconds and peak memory, from the
+"""Backs docs/results.md, "What the default run costs": every rule's time and memory.
+
+The default run rule by rule: each rule's jobs, their seconds and peak memory, from the
 benchmarks.csv a `snakemake --cores 2` run writes (gathered from Snakemake's own benchmark
 files), so that every stage, summaries and figures included, has a measured time.
 
     python bench/default_run.py [--results results/synthetic] [--wall SECONDS]
-        [--before OTHER/results/synthetic --before-wall SECONDS]
 
-`--wall` is the run's wall-clock time, measured around the snakemake command; `--before` adds
-each rule's seconds of another run (the code before a change, run in the same session). Writes
-bench/results/default_run.json and default_run.md (assembled into BENCHMARKS.md by
+`--wall` is the run's wall-clock time, measured around the snakemake command. Writes
+bench/results/default_run.json and default_run.md (assembled into docs/benchmarks.md by
 bench/report.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
 import pandas as pd
-from record import describe, machine, save
+from record import arguments, describe, machine, save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,12 +37,8 @@ def by_rule(jobs: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=REPO / "results/synthetic")
+    parser = arguments(__doc__, results=True)
     parser.add_argument("--wall", type=float, help="the run's wall-clock seconds")
-    parser.add_argument("--before", type=Path, help="another run's results folder")
-    parser.add_argument("--before-wall", type=float, help="that run's wall-clock seconds")
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     table = by_rule(pd.read_csv(args.results / "benchmarks.csv"))
     results = {
@@ -51,23 +46,12 @@ def main() -> None:
         "wall_seconds": args.wall,
         "rules": table.round(1).to_dict(orient="records"),
     }
-    if args.before:
-        before = by_rule(pd.read_csv(args.before / "benchmarks.csv")).set_index("rule")
-        results["before_wall_seconds"] = args.before_wall
-        for rule in results["rules"]:
-            rule["seconds_before"] = before["seconds"].round(1).get(rule["rule"])
     save(results, markdown(results), args.out, "default_run")
 
 
 def markdown(r: dict) -> str:
     total = sum(rule["seconds"] for rule in r["rules"])
     wall = f"; the run took {r['wall_seconds'] / 60:.1f} minutes" if r["wall_seconds"] else ""
-    if r.get("before_wall_seconds"):
-        wall += (
-            f"; the code before, run in the same session, {r['before_wall_seconds'] / 60:.1f} "
-            f"(ratio {r['wall_seconds'] / r['before_wall_seconds']:.2f})"
-        )
-    before = "seconds_before" in r["rules"][0]
     lines = [
         "## The default run, rule by rule (`bench/default_run.py`)",
         "",
@@ -78,16 +62,13 @@ def markdown(r: dict) -> str:
         "FLOP or byte floor worth the name. (Snakemake samples memory while a job runs: a job "
         "of under a second can show less than its real peak.)",
         "",
-        "| rule | jobs | seconds (all jobs) | longest job s | peak RSS (MB) |"
-        + (" seconds, the code before |" if before else ""),
-        "|---|---:|---:|---:|---:|" + ("---:|" if before else ""),
+        "| rule | jobs | seconds (all jobs) | longest job s | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for rule in r["rules"]:
-        was = rule.get("seconds_before")
         lines.append(
             f"| {rule['rule']} | {rule['jobs']} | {rule['seconds']} | "
             f"{rule['longest']} | {rule['peak_rss_mb']} |"
-            + (f" {'-' if was is None else was} |" if before else "")
         )
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,6 @@
-"""Scratch disk of each preset: the artifacts' sizes before compression, from the datasets'
+"""Backs docs/method.md, "The offline annotation": each preset's scratch disk.
+
+Scratch disk of each preset: the artifacts' sizes before compression, from the datasets'
 counts and the presets' shapes (an upper bound: every store is Blosc/Zstd-compressed, and
 features.zarr, the one that matters, compresses by about 6%, bench/annotation.py).
 
@@ -12,7 +14,7 @@ when built from the official archives; COCO 2014 train 82,783 images, at most 64
 every fold holds at most every train image, padded to the largest; the region bank at most K
 regions per image; prototypes: one per (image, class present), taken as 3 per image.
 
-Writes bench/results/disk.json and disk.md (assembled into BENCHMARKS.md).
+Writes bench/results/disk.json and disk.md (assembled into docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Evaluation's memory on a COCO-sized val set: peak RSS of the evaluate stage over about 10,000
+"""Backs docs/method.md, "Evaluation": memory stays bounded on COCO-sized val sets.
+
+Evaluation's memory on a COCO-sized val set: peak RSS of the evaluate stage over about 10,000
 distinct images, against the bytes their features would take if every query's were kept.
 
 A synthetic val set of `--val-images` images (own seed) is generated and indexed; the evaluate
@@ -8,19 +10,17 @@ stage then runs fold 0, 1-shot, with the default run's fold-0 model and bank, on
     python bench/evaluate_memory.py [--results results/synthetic] [--val-images 24000]
         [--episodes 16000] [--cache-mb 256]
 
-Writes bench/results/evaluate_memory.json and .md (assembled into BENCHMARKS.md).
+Writes bench/results/evaluate_memory.json and .md (assembled into docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import yaml
-from record import describe, machine, run_stage, save, scratch
+from record import arguments, describe, machine, run_stage, save, scratch
 
 from latentfss.datasets.index import read_index
 from latentfss.model import load_model
@@ -35,13 +35,10 @@ def feature_bytes(index, image_ids, channels: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=REPO / "results/synthetic")
+    parser = arguments(__doc__, results=True, threads=True)
     parser.add_argument("--val-images", type=int, default=24000)
     parser.add_argument("--episodes", type=int, default=16000)
     parser.add_argument("--cache-mb", type=int, nargs="+", default=[256])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     run = args.results / "fold0/shot1"

@@ -1,4 +1,6 @@
-"""The whole GPU path in one command, on a CUDA machine with a bare PyTorch (no Snakemake):
+"""Backs docs/running.md, "GPUs": the whole GPU path checked in one command.
+
+The whole GPU path in one command, on a CUDA machine with a bare PyTorch (no Snakemake):
 
     pip install --no-index --no-deps --target /tmp/site wheels/*.whl   # bench/gpu_wheels.txt
     PYTHONPATH=src:/tmp/site python bench/gpu_check.py --out DIR       # about 8 minutes

@@ -1,4 +1,6 @@
-"""Inference benchmark: episodes/s of evaluation 1-shot and 5-shot, rectified, on the models
+"""Backs docs/results.md, "Speed against the machine's limits": evaluation's episodes/s.
+
+Inference benchmark: episodes/s of evaluation 1-shot and 5-shot, rectified, on the models
 and banks of an existing run (fold 0), in one process on the same episode lists:
 
 - encode once: `evaluate_lists` as the evaluate stage runs it, over 5 seeds x 1000 episodes,
@@ -16,14 +18,12 @@ and build-bank and evaluate as the workflow runs them. Every figure is set again
 
 The variants that score seed 0's list must agree on its mIoU; the table shows it. Writes
 bench/results/inference.json (`speedup_vs_per_episode` per shot) and inference.md (assembled
-into BENCHMARKS.md by bench/report.py). On a CUDA machine the same run measures the GPU path.
+into docs/benchmarks.md by bench/report.py). On a CUDA machine the same run measures the GPU path.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 import yaml
 import zarr
-from record import describe, machine, run_stage, save, scratch
+from record import arguments, describe, machine, run_stage, save, scratch
 from torch.utils.data import DataLoader
 
 from latentfss.datasets.evaluation import EvaluateConfig, TestEpisodes, at_label
@@ -216,11 +216,8 @@ def measure_stages(results: Path, shot: int, config: dict, threads: int, tmp: Pa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=REPO / "results/synthetic")
+    parser = arguments(__doc__, results=True, threads=True)
     parser.add_argument("--episodes", type=int, default=1000, help="per seed (seeds 0-4)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     for shot in (1, 5):

@@ -1,4 +1,6 @@
-"""What `annotation.keep_features: false` costs, how well pseudo masks compress, and how far the
+"""Backs docs/method.md, "The offline annotation": keep_features and precision.
+
+What `annotation.keep_features: false` costs, how well pseudo masks compress, and how far the
 annotation's precision moves the pseudo masks.
 
     python bench/keep_features.py [--threads 2]
@@ -15,21 +17,19 @@ annotation's precision moves the pseudo masks.
    size of the differences between fp32 kernels, CPU against GPU): the share of pixels whose
    label changes.
 
-Writes bench/results/keep_features.json and keep_features.md (assembled into BENCHMARKS.md).
+Writes bench/results/keep_features.json and keep_features.md (assembled into docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 import zarr
-from record import describe, machine, run_stage, save, scratch
+from record import arguments, describe, machine, run_stage, save, scratch
 
 from latentfss.datasets.index import read_index
 from latentfss.features import AnnotationConfig, Features, annotation_encoder, normalised_batches
@@ -147,9 +147,7 @@ def precision(work: Path, images: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
+    parser = arguments(__doc__, threads=True)
     parser.add_argument(
         "--report-only",
         action="store_true",

@@ -1,4 +1,6 @@
-"""What every stage is measured against: the least work it must do (FLOPs counted by torch's
+"""Backs docs/results.md, "Speed against the machine's limits": the floors.
+
+What every stage is measured against: the least work it must do (FLOPs counted by torch's
 FlopCounterMode, or bytes it must read and write) over the rate this machine can do that work
 at (matrix multiplies, memory copies and disk writes, measured here with the benchmark's own
 threads). work / rate is the stage's floor: no implementation on this machine can beat it.

@@ -1,4 +1,6 @@
-"""`prepare` on PASCAL-5i laid out as the official VOC2012 and SBD archives, at full size: the
+"""Backs docs/data.md, "Real data": prepare on the official archives at full size.
+
+`prepare` on PASCAL-5i laid out as the official VOC2012 and SBD archives, at full size: the
 real list counts and overlaps, VOC-sized images, SBD's .mat files (generated: no download).
 
     python bench/pascal_prepare.py [--threads 2]
@@ -11,7 +13,7 @@ ships them. `prepare` then runs, each time in its own process, with train_list v
 trainaug: wall time (start-up included), peak RSS, the masks it converted and their size on
 disk; and every converted mask is checked against its .mat.
 
-Writes bench/results/pascal_prepare.json and .md (assembled into BENCHMARKS.md).
+Writes bench/results/pascal_prepare.json and .md (assembled into docs/benchmarks.md).
 """
 
 from __future__ import annotations

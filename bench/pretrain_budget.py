@@ -1,4 +1,6 @@
-"""What the encoder's pre-training buys for its share of the default run: its seconds, held-out
+"""Backs docs/data.md, "The encoder's pre-training": what its steps buy.
+
+What the encoder's pre-training buys for its share of the default run: its seconds, held-out
 accuracy per factor, and the Eq. 2 prototypes' 1-NN accuracy on the val objects
 (bench/synthetic_properties.py) after each number of steps, beside the calibrated random
 encoder (0 steps).
@@ -10,14 +12,12 @@ Writes bench/results/pretrain_budget.json and .md.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
 import yaml
-from record import describe, machine, run_stage, save, scratch
+from record import arguments, describe, machine, run_stage, save, scratch
 from synthetic_properties import factors, object_prototypes, prototype_neighbours, val_features
 
 from latentfss.datasets.index import read_index
@@ -27,10 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__, threads=True)
     parser.add_argument("--steps", type=int, nargs="+", default=[100, 200, 300])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load((REPO / "config.yaml").read_text())

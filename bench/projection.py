@@ -1,4 +1,6 @@
-"""Each preset's full run projected onto GPUs from what was measured on the CPU: the rehearsals'
+"""Backs docs/running.md, "What a full run costs": each preset on GPUs, projected.
+
+Each preset's full run projected onto GPUs from what was measured on the CPU: the rehearsals'
 per-stage seconds, memory and disk (`bench/rehearsal.py`: every data-dependent cost at full
 count, with a stand-in encoder), the real encoder's FLOPs (torch's FlopCounterMode on the meta
 device), the training loaders' seconds per sample (timed here on the COCO sample's 640 x 480

@@ -1,4 +1,6 @@
-"""Why random weights get BatchNorm calibration: how much of a random encoder's layer3 features
+"""Backs docs/method.md, "The offline annotation": why random weights are calibrated.
+
+Why random weights get BatchNorm calibration: how much of a random encoder's layer3 features
 is position rather than content, before and after `calibrate_batchnorm`.
 
     python bench/random_features.py [--results results/synthetic] [--images 256]
@@ -8,13 +10,12 @@ Writes bench/results/random_features.json and .md. Needs a prepared synthetic da
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from record import save
+from record import arguments, save
 
 from latentfss.datasets.index import read_index
 from latentfss.encoder import EncoderConfig, build_encoder, calibrate_batchnorm
@@ -43,10 +44,8 @@ def statistics(encoder, paths: list[str], cfg: AnnotationConfig, device) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=REPO / "results/synthetic")
+    parser = arguments(__doc__, results=True)
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
     import yaml

@@ -1,7 +1,10 @@
-"""What every benchmark records: the machine it ran on, and its results files."""
+"""Backs docs/benchmarks.md: the plumbing every benchmark shares.
+
+What every benchmark records: the machine it ran on, and its results files."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -12,6 +15,23 @@ import time
 from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def arguments(doc: str, *, results: bool = False, threads: bool = False) -> argparse.ArgumentParser:
+    """The command line every benchmark starts from: its docstring as the help, `--out` (the
+    folder of its results files) and, when asked, `--results` (a finished run's folder) and
+    `--threads` (all cores by default)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
+    if results:
+        parser.add_argument("--results", type=Path, default=REPO / "results/synthetic")
+    if threads:
+        parser.add_argument("--threads", type=int, default=os.cpu_count())
+    return parser
 
 
 def machine() -> dict:
@@ -39,11 +59,11 @@ def describe(m: dict) -> str:
 def scratch() -> tempfile.TemporaryDirectory:
     """A scratch folder in the checkout, on the disk the pipeline writes to; git ignores its
     name (.bench-*), so one left behind by a killed run is never committed."""
-    return tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1], prefix=".bench-")
+    return tempfile.TemporaryDirectory(dir=REPO, prefix=".bench-")
 
 
 def save(results: dict, text: str, out: Path, name: str) -> None:
-    """bench/results/{name}.json (raw) and {name}.md (assembled into BENCHMARKS.md)."""
+    """bench/results/{name}.json (raw) and {name}.md (assembled into docs/benchmarks.md)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{name}.md").write_text(text)

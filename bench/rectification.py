@@ -1,4 +1,6 @@
-"""Whether and why foreground rectification (Eq. 8-9) helps, on a finished run's 1-shot models:
+"""Backs docs/results.md, "Foreground rectification, diagnosed".
+
+Whether and why foreground rectification (Eq. 8-9) helps, on a finished run's 1-shot models:
 how often the retrieved train images hold the support's class, what the chosen regions are made
 of, whether rectification moves the support prototype toward its class's mean val prototype,
 an oracle bank of the ground-truth novel objects, and beta x N, all on the same episode lists,
@@ -11,17 +13,15 @@ Writes bench/results/rectification.json and .md.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from record import describe, machine, save
+from record import arguments, describe, machine, save
 
 from latentfss import store
 from latentfss.datasets.evaluation import EvaluateConfig
@@ -201,13 +201,10 @@ def sweep(fold: Fold, train: dict) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=REPO / "results/synthetic")
+    parser = arguments(__doc__, results=True, threads=True)
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--episodes", type=int, default=200, help="per test seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     set_threads(args.threads, 0)
     metrics = json.loads((args.results / "fold0/shot1/eval/metrics.json").read_text())

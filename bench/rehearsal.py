@@ -1,4 +1,6 @@
-"""The PASCAL and COCO presets rehearsed at full data scale on the CPU: the preset's DAG through
+"""Backs docs/running.md, "What a full run costs": the presets at full data scale.
+
+The PASCAL and COCO presets rehearsed at full data scale on the CPU: the preset's DAG through
 Snakemake on generated data in the official formats, with a stand-in encoder (`bench/standin/`:
 ResNet-50's output, 1,024 channels at stride 8, from a cheap projection), so that every
 data-dependent cost is real.
@@ -36,7 +38,7 @@ import coco_archives
 import numpy as np
 import pandas as pd
 import yaml
-from record import describe, machine, run_stage, save, tree_memory
+from record import arguments, describe, machine, run_stage, save, tree_memory
 
 from latentfss import store
 from latentfss.datasets import pascal
@@ -225,7 +227,7 @@ def real_encoder(data: Path, count: int, runs: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("dataset", choices=["pascal", "coco"])
     parser.add_argument(
         "--data",
@@ -254,7 +256,6 @@ def main() -> None:
         "what the JSON lacks, rewrite",
     )
     parser.add_argument("--runs", type=Path, default=REPO / ".bench-rehearsal")
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     results = {"machine": machine(), "dataset": args.dataset, "settings": SETTINGS[args.dataset]}
     if args.dataset == "pascal":

@@ -1,4 +1,6 @@
-"""Assemble BENCHMARKS.md from the Markdown fragments the bench/*.py scripts write.
+"""Backs docs/benchmarks.md: assembled from the scripts' fragments.
+
+Assemble docs/benchmarks.md from the Markdown fragments the bench/*.py scripts write.
 
 python bench/report.py
 """
@@ -12,7 +14,8 @@ HEADER = """# Benchmarks
 
 Every figure below was measured by a script in `bench/` on the machine it names, and is
 rebuilt by running that script and then `python bench/report.py`. The raw numbers are in
-`bench/results/*.json`.
+`bench/results/*.json`; what every script records (the machine, its results files) and its
+command line's shared options come from `bench/record.py`.
 """
 
 
@@ -20,8 +23,8 @@ def main() -> None:
     fragments = sorted((REPO / "bench/results").glob("*.md"))
     fragments.append(REPO / "bench/gpu_checklist.md")  # what is still to measure, last
     body = "\n".join(f.read_text() for f in fragments)
-    (REPO / "BENCHMARKS.md").write_text(f"{HEADER}\n{body}")
-    print(f"BENCHMARKS.md: {len(fragments)} section(s)")
+    (REPO / "docs/benchmarks.md").write_text(f"{HEADER}\n{body}")
+    print(f"docs/benchmarks.md: {len(fragments)} section(s)")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""Two GPU-type jobs on a CPU-only machine: one after the other with all threads each, or side
+"""Backs docs/running.md, "Running on a cluster": CPU-only jobs side by side.
+
+Two GPU-type jobs on a CPU-only machine: one after the other with all threads each, or side
 by side with one thread each (what the default profile does without a GPU). The jobs are
 `latentfss evaluate` of fold 0 and fold 1, 5-shot, on the models and banks of an existing run.
 
     python bench/side_by_side.py [--results results/synthetic] [--seeds 2]
 
-Writes bench/results/side_by_side.json and .md (assembled into BENCHMARKS.md by bench/report.py).
+Writes bench/results/side_by_side.json and .md (assembled into docs/benchmarks.md by
+bench/report.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -18,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from record import describe, machine, save
+from record import arguments, describe, machine, save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,10 +65,8 @@ def wall(processes_in_turn: list[list]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=REPO / "results/synthetic")
+    parser = arguments(__doc__, results=True)
     parser.add_argument("--seeds", type=int, default=2, help="100 episodes per seed")
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     cores = os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,6 @@
-"""How long train's state takes to write at the presets' sizes: the time SLURM's early signal
+"""Backs docs/reliability.md, "Faults": writing train's state fits SLURM's early signal.
+
+How long train's state takes to write at the presets' sizes: the time SLURM's early signal
 (the slurm profile's --signal=TERM@300) must leave, beside the step in progress.
 
     python bench/state_write.py [--archs resnet50 resnet101] [--repeats 3]
@@ -10,12 +12,11 @@ checkout's disk; the slowest of `repeats`. Writes bench/results/state_write.json
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
-from record import describe, machine, save, scratch
+from record import arguments, describe, machine, save, scratch
 
 from latentfss.ema import ModelEMA
 from latentfss.encoder import Encoder
@@ -51,10 +52,9 @@ def state_seconds(arch: str, k: int, folder: Path, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--archs", nargs="+", default=["resnet50", "resnet101"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     with scratch() as folder:
         rows = [

@@ -1,23 +1,21 @@
-"""The synthetic benchmark's properties, measured with the method switched off: whether a class
+"""Backs docs/data.md, "The synthetic benchmark": its properties, method off.
+
+The synthetic benchmark's properties, measured with the method switched off: whether a class
 shows in a small patch of its objects and in their Eq. 2 prototypes, how often a query holds a
 distractor that shares a factor with its class, how many training images hold an unlabelled
 novel object, the headroom between the plain matching and an oracle prototype, and the quality of
 each encoder's pseudo masks (README, "The synthetic benchmark").
 
-    python bench/synthetic_properties.py [--encoders none pretrain] [--old-root DIR]
+    python bench/synthetic_properties.py [--encoders none pretrain]
 
-Each (generator, encoder) variant runs the annotation stages in a scratch folder at config.yaml's
-settings. `--old-root` adds a dataset made by another generator, e.g. the one before this
-benchmark: `git worktree add /tmp/old 1fe3eab && PYTHONPATH=/tmp/old/src python -m
-latentfss.cli make-synthetic --out /tmp/old-voc`. Writes bench/results/synthetic_properties.json
+Each encoder runs the annotation stages in a scratch folder at config.yaml's settings, on one
+generated dataset. Writes bench/results/synthetic_properties.json
 and .md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ import pandas as pd
 import torch
 import yaml
 import zarr
-from record import describe, machine, run_stage, save, scratch
+from record import arguments, describe, machine, run_stage, save, scratch
 from scipy import ndimage
 from scipy.stats import entropy
 
@@ -51,8 +49,7 @@ FOLDS = range(4)
 
 def factors(index) -> list[tuple[str, str]]:
     """Per class id (1-based, index 0 unused): its two generating factors, from its name:
-    "red-striped" -> (red, striped); the generator before: "red-striped-disc" ->
-    (red-striped, disc), appearance and shape."""
+    "red-striped" -> (red, striped)."""
     return [("", "")] + [tuple(n.rsplit("-", 1)) for n in index.meta["class_names"]]
 
 
@@ -420,12 +417,9 @@ def measure(config: dict, work: Path, patch: dict, episodes: int, threads: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__, threads=True)
     parser.add_argument("--encoders", nargs="+", default=["none", "pretrain"])
-    parser.add_argument("--old-root", type=Path, help="a dataset of the generator before")
     parser.add_argument("--episodes", type=int, default=1000, help="1-shot episodes per fold")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -433,20 +427,12 @@ def main() -> None:
     with scratch() as tmp:
         root = Path(tmp) / "voc"
         run_stage("make-synthetic", out=root, params=json.dumps(config["synthetic"]))
-        datasets = {"new": root} | ({"old": args.old_root} if args.old_root else {})
-        patches = {}
-        for generator, data in datasets.items():
-            for weights in args.encoders if generator == "new" else ["none"]:
-                work = annotate(
-                    config, data, weights, Path(tmp) / f"{generator}-{weights}", args.threads
-                )
-                if generator not in patches:
-                    patches[generator] = patch_probe(read_index(work / "dataset"), config["seed"])
-                name = f"{generator} generator, encoder {weights}"
-                variants[name] = measure(
-                    config, work, patches[generator], args.episodes, args.threads
-                )
-                print(name, json.dumps(variants[name]))
+        patch = None  # of the data, whatever the encoder: measured once
+        for weights in args.encoders:
+            work = annotate(config, root, weights, Path(tmp) / weights, args.threads)
+            patch = patch or patch_probe(read_index(work / "dataset"), config["seed"])
+            variants[weights] = measure(config, work, patch, args.episodes, args.threads)
+            print(weights, json.dumps(variants[weights]))
     results = {"machine": machine(), "config": config, "variants": variants}
     save(results, markdown(results), args.out, "synthetic_properties")
 
@@ -457,28 +443,23 @@ def markdown(r: dict) -> str:
         "## The synthetic benchmark's properties (`bench/synthetic_properties.py`)",
         "",
         f"Machine: {describe(r['machine'])}. Measured with the method switched off. Factors: "
-        "colour and pattern (the generator before: appearance and shape). Patch probe: a small "
+        "colour and pattern. Patch probe: a small "
         "CNN trained with all 20 labels on 16x16 crops lying wholly inside train objects, "
         "tested on crops of val objects; beside it nearest class mean on the crops' RGB mean "
         "and std. Distractor: a test query (1-shot, one seed's episodes per fold, as evaluate "
         "draws them) holds another object sharing the class's first / second factor. Latent: "
         "share of a fold's train set holding a novel-class object.",
         "",
-        "| generator | patch CNN | patch colour stats | distractor (factor 1 / 2) | latent |",
-        "|---|---:|---:|---|---:|",
+        "| patch CNN | patch colour stats | distractor (factor 1 / 2) | latent |",
+        "|---:|---:|---|---:|",
     ]
-    seen = set()
-    for name, v in variants.items():
-        generator = name.split(",")[0]
-        if generator in seen:
-            continue
-        seen.add(generator)
-        p, h = v["patch_probe"], v["frozen"]
-        lines.append(
-            f"| {generator} | {p['cnn_accuracy']:.1%} | {p['colour_stats_accuracy']:.1%} "
-            f"| {h['distractor_same_factor0']:.0%} / {h['distractor_same_factor1']:.0%} "
-            f"| {v['latent']['train_images_with_novel_object']:.0%} |"
-        )
+    v = next(iter(variants.values()))  # the data's properties: the same for every encoder
+    p, h = v["patch_probe"], v["frozen"]
+    lines.append(
+        f"| {p['cnn_accuracy']:.1%} | {p['colour_stats_accuracy']:.1%} "
+        f"| {h['distractor_same_factor0']:.0%} / {h['distractor_same_factor1']:.0%} "
+        f"| {v['latent']['train_images_with_novel_object']:.0%} |"
+    )
     lines += [
         "",
         "Per encoder. Prototypes: Eq. 2 on each val (image, class) covering "
@@ -493,7 +474,7 @@ def markdown(r: dict) -> str:
         "object pixels of each fold's train set, NMI(pseudo label, class) and the share of "
         "novel-object pixels not labelled background.",
         "",
-        "| variant | proto 20-way | colour 20-way | proto 5-way novel | colour 5-way novel "
+        "| encoder | proto 20-way | colour 20-way | proto 5-way novel | colour 5-way novel "
         "| frozen plain / oracle / self | baseline plain / oracle / self | pseudo NMI "
         "| novel px not bg |",
         "|---|---:|---:|---:|---:|---|---|---:|---:|",

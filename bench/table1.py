@@ -1,4 +1,6 @@
-"""Table 1 of several default runs side by side, with the test seeds' intervals: per fold and
+"""Backs docs/results.md, "Table 1: the default run": runs side by side with intervals.
+
+Table 1 of several default runs side by side, with the test seeds' intervals: per fold and
 shot the mIoU (mean over seeds) from each run's summary.csv, the 4-fold mean, its standard
 error from the seeds' spread (miou_std / sqrt(seeds), combined over the folds), and each run's
 difference from the first with a 95% interval (1.96 standard errors; test seeds alone, not
@@ -11,13 +13,12 @@ Writes bench/results/table1.json and .md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import pandas as pd
-from record import describe, machine, save
+from record import arguments, describe, machine, save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,9 +51,8 @@ def shot_summary(rows: pd.DataFrame) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("runs", nargs="+", help="LABEL=results folder; the first is the reference")
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     runs = {}
     for item in args.runs:

@@ -1,25 +1,25 @@
-"""Training benchmark: iterations/s, peak memory and distance to the floor (bench/limits.py) of
+"""Backs docs/method.md, "Training": iterations/s and distance to the floor.
+
+Training benchmark: iterations/s, peak memory and distance to the floor (bench/limits.py) of
 `latentfss train` at the default config, 1-shot and 5-shot, on the annotation artifacts of an
 existing run (results/synthetic by default).
 
     python bench/train.py [--results results/synthetic] [--iterations 40] [--threads 2]
 
-Writes bench/results/train.json and train.md (assembled into BENCHMARKS.md by bench/report.py).
+Writes bench/results/train.json and train.md (assembled into docs/benchmarks.md by bench/report.py).
 On a CUDA machine the same run measures the GPU path.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from pathlib import Path
 
 import limits
 import torch
 import yaml
 import zarr
-from record import describe, machine, run_stage, save, scratch
+from record import arguments, describe, machine, run_stage, save, scratch
 
 from latentfss.encoder import load_encoder
 from latentfss.model import MatchingNet, ModelConfig
@@ -82,11 +82,8 @@ def step_flops(model: MatchingNet, train: dict, shot: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=REPO / "results/synthetic")
+    parser = arguments(__doc__, results=True, threads=True)
     parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     if not (args.results / "fold0/pseudo_masks.zarr").is_dir():

@@ -1,4 +1,6 @@
-"""Memory of one training step at the presets' shapes (ResNet-50/101, crop 473, B = 4 episodes, M =
+"""Backs docs/method.md, "Training": memory at the paper's batch, micro-batched.
+
+Memory of one training step at the presets' shapes (ResNet-50/101, crop 473, B = 4 episodes, M =
 32 pseudo-labelled images, 1- and 5-shot), with and without `train.micro_batches`.
 
     python bench/train_memory.py [--archs resnet50 resnet101] [--shots 1 5] [--micro-batches 1 8]
@@ -14,7 +16,7 @@ such.
 `--cost-only` adds the time that micro-batching costs: a small step (1 episode, 4 pseudo-
 labelled images) with micro_batches 1 and 2.
 
-Writes bench/results/train_memory.json and train_memory.md (assembled into BENCHMARKS.md).
+Writes bench/results/train_memory.json and train_memory.md (assembled into docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from record import describe, machine, save
+from record import arguments, describe, machine, save
 
 from latentfss.encoder import Encoder, Normalise
 from latentfss.model import MatchingNet, ModelConfig
@@ -127,12 +129,11 @@ def measured(**config) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments(__doc__, threads=True)
     parser.add_argument("--archs", nargs="+", default=["resnet50", "resnet101"])
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 5])
     parser.add_argument("--micro-batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--crop", type=int, default=473)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument(
         "--full-step-limit-mb",
         type=float,
@@ -149,7 +150,6 @@ def main() -> None:
         "--report-only", action="store_true", help="rewrite train_memory.md from train_memory.json"
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device()

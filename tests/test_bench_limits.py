@@ -1,4 +1,4 @@
-"""bench/limits.py: the floors BENCHMARKS.md measures every stage against."""
+"""bench/limits.py: the floors docs/benchmarks.md measures every stage against."""
 
 from __future__ import annotations
 
