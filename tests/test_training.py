@@ -209,6 +209,22 @@ def test_strong_photometric_is_per_image_seeded_and_in_range():
     assert not torch.allclose(a, images)
 
 
+def test_the_blur_kernel_is_a_tenth_of_the_image_as_simclrs():
+    """9 taps at the synthetic crop of 96, as before SimCLR's rule was followed, and 47 at the
+    presets' 473, where 9 taps would cut a sigma of 2 off at two sigmas; the blur keeps each
+    image's mean and reaches exactly its radius."""
+    from latentfss.augment import _gaussian_blur, blur_radius
+
+    assert blur_radius(96) == 4 and blur_radius(473) == 23
+    impulse = torch.zeros(1, 3, 101, 101)
+    impulse[..., 50, 50] = 1
+    row = _gaussian_blur(impulse, torch.tensor([2.0]), radius=23)[0, 0, 50]
+    assert row[50 - 23] > 0 and row[50 + 23] > 0 and row[: 50 - 23].eq(0).all()
+    images = torch.rand(2, 3, 96, 96)
+    blurred = _gaussian_blur(images, torch.tensor([2.0, 0.5]), radius=4)
+    assert torch.allclose(blurred.mean(dim=(2, 3)), images.mean(dim=(2, 3)), atol=0.02)
+
+
 def test_episodes_follow_the_protocol(annotated):
     index = read_index(annotated / "dataset")
     train_ids = index.split("train").index

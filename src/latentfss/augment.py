@@ -70,7 +70,8 @@ def _rotate_hue(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
 def strong_photometric(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """SimCLR's colour distortion and blur, each image its own draw: colour jitter (brightness,
     contrast, saturation 0.8, hue 0.2) with p=0.8, grayscale with p=0.2, Gaussian blur
-    (sigma 0.1-2.0) with p=0.5. images (B, 3, H, W) in [0, 1] -> same."""
+    (sigma 0.1-2.0, a kernel of a tenth of the image's height, as SimCLR's) with p=0.5.
+    images (B, 3, H, W) in [0, 1] -> same."""
     b, device = images.shape[0], images.device
 
     def uniform(low: float, high: float) -> torch.Tensor:
@@ -90,12 +91,18 @@ def strong_photometric(images: torch.Tensor, generator: torch.Generator) -> torc
     out = _rotate_hue(out.clamp(0, 1), uniform(-0.2, 0.2).view(b) * 2 * torch.pi)
     out = torch.where(jitter, out.clamp(0, 1), images)
     out = torch.where(chance(0.2), _grey(out).expand_as(out), out)
-    blurred = _gaussian_blur(out, uniform(0.1, 2.0).view(b))
+    blurred = _gaussian_blur(out, uniform(0.1, 2.0).view(b), blur_radius(images.shape[2]))
     return torch.where(chance(0.5), blurred, out).clamp(0, 1)
 
 
-def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 4) -> torch.Tensor:
-    """Separable Gaussian blur with a per-image sigma (B,), as one grouped convolution."""
+def blur_radius(height: int) -> int:
+    """SimCLR's blur kernel: kernel_size = height // 10, 2 * (kernel_size // 2) + 1 taps."""
+    return height // 10 // 2
+
+
+def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur with a per-image sigma (B,) over 2 * radius + 1 taps, as one
+    grouped convolution."""
     b, c, h, w = images.shape
     offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
     kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
