@@ -77,11 +77,13 @@ def test_the_dag_picture_matches_the_rules(tmp_path):
 
 @pytest.mark.parametrize("script", sorted((REPO / "bench").glob("*.py")), ids=lambda p: p.name)
 def test_every_bench_script_names_the_claim_it_backs(script):
-    """Its docstring's first line names a docs/ page, and that page cites the script."""
+    """Its docstring's first line names a docs/ page (and, quoted, a section of it), and that
+    page cites the script."""
     first = ast.get_docstring(ast.parse(script.read_text())).splitlines()[0]
-    pages = re.findall(r"docs/(\w+\.md)", first)
-    assert pages, f"{script.name}: the first docstring line names no docs/ page: {first!r}"
-    for page in pages:
-        assert f"bench/{script.name}" in (REPO / "docs" / page).read_text(), (
-            f"docs/{page} does not cite bench/{script.name}"
-        )
+    named = re.match(r'Backs docs/(\w+\.md)(?:, "([^"]+)")?', first)
+    assert named, f"{script.name}: the first docstring line names no docs/ page: {first!r}"
+    page = REPO / "docs" / named[1]
+    assert f"bench/{script.name}" in page.read_text(), f"{page.name} does not cite {script.name}"
+    if named[2]:
+        headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.MULTILINE)
+        assert named[2] in headings, f"{script.name}: {page.name} has no section {named[2]!r}"
