@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from record import arguments, describe, machine, save
+from record import arguments, describe, save
 
 from latentfss.stages import summarize
 
@@ -42,7 +42,6 @@ def main() -> None:
     jobs = pd.read_csv(args.results / "benchmarks.csv")
     variant_jobs = jobs[jobs["job"].str.contains("_train[0-9]+_", regex=True)]
     results = {
-        "machine": machine(),
         "models": int(runs.groupby(["fold", "bg", "mine", "remain", "train_seed"]).ngroups),
         "train_seeds": sorted(runs["train_seed"].unique().tolist()),
         "episodes": int(len(pd.read_csv(runs["scores"].iloc[0]))),
@@ -63,10 +62,10 @@ def main() -> None:
             "differences": diffs.round(3).to_dict(orient="records"),
             "widest_half_width": round(float(diffs["half_width"].max()), 2),
         }
-    save(results, report(results), args.out, args.name)
+    save(results, report, args.out, args.name)
 
 
-def report(r: dict) -> str:
+def report(r: dict) -> list[str]:
     lines = [
         f"## {' and '.join(n for n in r['tables'] if ',' not in n)} with training seeds "
         "(`bench/ablations.py`)",
@@ -93,7 +92,7 @@ def report(r: dict) -> str:
             "",
             t["text"],
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

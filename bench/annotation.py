@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 import zarr
-from record import arguments, describe, machine, run_stage, save, scratch
+from record import arguments, describe, run_stage, save, scratch
 
 from latentfss.encoder import Encoder
 from latentfss.runtime import pick_device
@@ -187,7 +187,6 @@ def main() -> None:
     centres = rng.normal(size=(40, 1024))
     stand_in = centres[rng.integers(0, 40, 9000)] + rng.normal(0, 2.0, (9000, 1024))
     results = {
-        "machine": machine(),
         "threads": args.threads,
         "limits": rates,
         "encoder_flops_per_image": encoder_flops,
@@ -201,10 +200,10 @@ def main() -> None:
             stand_in.astype(np.float32), cluster["k"], cluster["niter"], cluster["nredo"]
         ),
     }
-    save(results, markdown(results), args.out, "annotation")
+    save(results, markdown, args.out, "annotation")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     m = r["machine"]
     lines = [
         "## Offline annotation (`bench/annotation.py`)",
@@ -262,7 +261,7 @@ def markdown(r: dict) -> str:
             f"{k['sklearn_over_faiss']} | {k['faiss_sse_of_assignment']} | "
             f"{k['sklearn_sse_of_assignment']} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import zarr
-from record import arguments, describe, machine, save, scratch
+from record import arguments, describe, save, scratch
 
 from latentfss import store
 
@@ -76,13 +76,17 @@ def main() -> None:
                         "read_s": round(statistics.median(r for _, r in times[variant]), 3),
                     }
                 )
-    results = {"machine": machine(), "results": str(args.results), "rows": rows}
+    results = {"results": str(args.results), "repeats": args.repeats, "rows": rows}
+    save(results, markdown, args.out, "checksums")
+
+
+def markdown(results: dict) -> list[str]:
     lines = [
         "## The chunks' checksums (`bench/checksums.py`)",
         "",
         f"Machine: {describe(results['machine'])}. Each store's largest array from a default "
         f"run, written and read whole with and without a CRC-32C after Blosc, in turn; the "
-        f"median of {args.repeats}.",
+        f"median of {results.get('repeats', 5)}.",
         "",
         "| store | chunks | codecs | MB | write s | read s |",
         "|---|---:|---|---:|---:|---:|",
@@ -90,9 +94,9 @@ def main() -> None:
     lines += [
         f"| {r['store']} ({r['array']}) | {r['chunks']} | {r['variant']} | {r['mb']} | "
         f"{r['write_s']} | {r['read_s']} |"
-        for r in rows
+        for r in results["rows"]
     ]
-    save(results, "\n".join(lines) + "\n", args.out, "checksums")
+    return lines
 
 
 if __name__ == "__main__":

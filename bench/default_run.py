@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from record import arguments, describe, machine, save
+from record import arguments, describe, save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,14 +42,13 @@ def main() -> None:
     args = parser.parse_args()
     table = by_rule(pd.read_csv(args.results / "benchmarks.csv"))
     results = {
-        "machine": machine(),
         "wall_seconds": args.wall,
         "rules": table.round(1).to_dict(orient="records"),
     }
-    save(results, markdown(results), args.out, "default_run")
+    save(results, markdown, args.out, "default_run")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     total = sum(rule["seconds"] for rule in r["rules"])
     wall = f"; the run took {r['wall_seconds'] / 60:.1f} minutes" if r["wall_seconds"] else ""
     lines = [
@@ -70,7 +69,7 @@ def markdown(r: dict) -> str:
             f"| {rule['rule']} | {rule['jobs']} | {rule['seconds']} | "
             f"{rule['longest']} | {rule['peak_rss_mb']} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

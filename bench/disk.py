@@ -49,7 +49,11 @@ def sizes(images: int, side: int, k: int, converted: int) -> dict[str, float]:
 
 def main() -> None:
     rows = {name: sizes(*counts) for name, counts in PRESETS.items()}
-    results = {"gb": rows}
+    save({"gb": rows}, markdown, REPO / "bench/results", "disk")
+
+
+def markdown(results: dict) -> list[str]:
+    rows = results["gb"]
     names = list(next(iter(rows.values())))
     lines = [
         "Scratch disk per preset (GB, uncompressed upper bounds; `bench/disk.py` gives the "
@@ -66,7 +70,7 @@ def main() -> None:
         ]
         label = "total, keep_features: " + ("true" if keep else "false")
         lines.append(f"| **{label}** | " + " | ".join(f"**{t:,.0f}**" for t in total) + " |")
-    save(results, "\n".join(lines) + "\n", REPO / "bench/results", "disk")
+    return lines
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from record import arguments, describe, machine, run_stage, save, scratch
+from record import arguments, describe, run_stage, save, scratch
 
 from latentfss.datasets.index import read_index
 from latentfss.model import load_model
@@ -97,17 +97,16 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     results = {
-        "machine": machine(),
         "threads": args.threads,
         "val_images": args.val_images,
         "make_synthetic_seconds": made["seconds"],
         "channels": channels,
         "runs": rows,
     }
-    save(results, markdown(results), args.out, "evaluate_memory")
+    save(results, markdown, args.out, "evaluate_memory")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     lines = [
         "## Evaluation's memory (`bench/evaluate_memory.py`)",
         "",
@@ -129,7 +128,7 @@ def markdown(r: dict) -> str:
             f"{row['episodes_per_s']} | "
             f"{row['miou']} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

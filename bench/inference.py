@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 import yaml
 import zarr
-from record import arguments, describe, machine, run_stage, save, scratch
+from record import arguments, describe, run_stage, save, scratch
 from torch.utils.data import DataLoader
 
 from latentfss.datasets.evaluation import EvaluateConfig, TestEpisodes, at_label
@@ -243,7 +243,6 @@ def main() -> None:
         rate = {row["variant"]: row["episodes_per_s"] for row in rows if row["shot"] == shot}
         speedup[str(shot)] = round(rate["encode once"] / rate["episode by episode"], 2)
     results = {
-        "machine": machine(),
         "threads": args.threads,
         "device": str(device),
         "fp32": precision(device),
@@ -253,10 +252,10 @@ def main() -> None:
         "runs": rows,
         "stages": stages,
     }
-    save(results, markdown(results), args.out, "inference")
+    save(results, markdown, args.out, "inference")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     e, runs = r["evaluate"], r["runs"]
     lines = [
         "## Inference (`bench/inference.py`)",
@@ -324,7 +323,7 @@ def markdown(r: dict) -> str:
             "a GPU; no GPU was lent to the task that built this.",
             "",
         ]
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 import zarr
-from record import arguments, describe, machine, run_stage, save, scratch
+from record import arguments, describe, run_stage, save, scratch
 
 from latentfss.datasets.index import read_index
 from latentfss.features import AnnotationConfig, Features, annotation_encoder, normalised_batches
@@ -148,16 +148,7 @@ def precision(work: Path, images: int) -> dict:
 
 def main() -> None:
     parser = arguments(__doc__, threads=True)
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="rewrite keep_features.md from keep_features.json",
-    )
     args = parser.parse_args()
-    if args.report_only:
-        results = json.loads((args.out / "keep_features.json").read_text())
-        save(results, markdown(results), args.out, "keep_features")
-        return
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     with scratch() as tmp:
         default = annotation_times(config, Path(tmp) / "default", args.threads)
@@ -170,16 +161,15 @@ def main() -> None:
             input_size=473,
         )
     results = {
-        "machine": machine(),
         "threads": args.threads,
         "default": default,
         "pascal_sized": large,
         "precision": precise,
     }
-    save(results, markdown(results), args.out, "keep_features")
+    save(results, markdown, args.out, "keep_features")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     runs = r["default"]["runs"]
     seconds = {name: run["seconds"] for name, run in runs.items()}
     kept = (
@@ -222,7 +212,7 @@ def markdown(r: dict) -> str:
         f"({round(p['bf16_changed'] * p['pixels']):,}); fp32 features with a relative error of "
         f"1e-6 change {round(p['fp32_noise_1e-6_changed'] * p['pixels']):,} of them.",
     ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import scipy.io
 import scipy.ndimage
 import scipy.sparse
 from PIL import Image
-from record import describe, machine, run_stage, save, scratch
+from record import describe, run_stage, save, scratch
 
 from latentfss.datasets import pascal
 from latentfss.datasets.images import read_mask, write_mask
@@ -177,11 +177,11 @@ def main() -> None:
                 "converted_match_mat": converted_match_their_mat(out, root),
             }
             print(train_list, runs[train_list])
-    results = {"machine": machine(), "threads": args.threads, "generated": generated, "runs": runs}
-    save(results, report(results), REPO / "bench/results", "pascal_prepare")
+    results = {"threads": args.threads, "generated": generated, "runs": runs}
+    save(results, report, REPO / "bench/results", "pascal_prepare")
 
 
-def report(results: dict) -> str:
+def report(results: dict) -> list[str]:
     g = results["generated"]
     lines = [
         "## PASCAL-5i from the official archives: prepare at full size",
@@ -203,7 +203,7 @@ def report(results: dict) -> str:
             f"{r['converted_mb']} MB | {'yes' if r['converted_match_mat'] else 'NO'} | "
             f"{r['seconds']:.0f} s | {1e3 * r['seconds'] / images:.1f} ms | {r['peak_rss_mb']} MB |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from record import arguments, describe, machine, run_stage, save, scratch
+from record import arguments, describe, run_stage, save, scratch
 from synthetic_properties import factors, object_prototypes, prototype_neighbours, val_features
 
 from latentfss.datasets.index import read_index
@@ -71,15 +71,14 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row))
     results = {
-        "machine": machine(),
         "threads": args.threads,
         "pretrain": config["pretrain"],
         "rows": rows,
     }
-    save(results, markdown(results), args.out, "pretrain_budget")
+    save(results, markdown, args.out, "pretrain_budget")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     lines = [
         "## What the encoder's pre-training buys (`bench/pretrain_budget.py`)",
         "",
@@ -102,7 +101,7 @@ def markdown(r: dict) -> str:
             f"| {n['prototype_20way']:.1%} | {n['prototype_same_factor0']:.0%} "
             f"| {n['prototype_same_factor1']:.0%} | {n['prototype_5way_novel']:.1%} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

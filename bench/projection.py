@@ -35,7 +35,7 @@ import torch
 import train as train_bench
 import yaml
 from limits import count_flops
-from record import machine, save
+from record import save
 from rehearsal import PER_IMAGE
 from snakemake.utils import update_config
 
@@ -262,7 +262,7 @@ def main() -> None:
     rate = args.gpu_tflops * 1e12
     sample = json.loads((RESULTS / "rehearsal_coco.json").read_text())["sample"]
     bound = json.loads((RESULTS / "disk.json").read_text())["gb"]
-    results = {"machine": machine(), "gpu_tflops": args.gpu_tflops, "assumed": ASSUMED}
+    results = {"gpu_tflops": args.gpu_tflops, "assumed": ASSUMED}
     loaders = loader_seconds(  # both presets train on 473 crops, with the same rescale
         args.runs / f"coco-1-{sample['input_size']}", preset_config("coco"), args.samples
     )
@@ -277,7 +277,7 @@ def main() -> None:
             "jobs": rows,
             "summary": summary(rows, bound[name]["models (8)"]) | {"disk_upper_bound_gb": upper},
         }
-    save(results, report(results), RESULTS, "projection")
+    save(results, report, RESULTS, "projection")
 
 
 def short_of_ask(job: dict) -> list[str]:
@@ -294,7 +294,7 @@ def short_of_ask(job: dict) -> list[str]:
     ]
 
 
-def report(r: dict) -> str:
+def report(r: dict) -> list[str]:
     lines = [
         "## Each preset's full run on GPUs, projected (`bench/projection.py`)",
         "",
@@ -338,7 +338,7 @@ def report(r: dict) -> str:
         ]
     lines += ["", "What each factor rests on:", ""]
     lines += [f"- {factor}: {why}." for factor, why in r["assumed"].items()]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

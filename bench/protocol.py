@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 import zarr
-from record import arguments, describe, machine, run_stage, save, scratch
+from record import arguments, describe, run_stage, save, scratch
 
 from latentfss.datasets.evaluation import RESIZE_MODES
 from latentfss.datasets.index import read_index
@@ -140,17 +140,16 @@ def main() -> None:
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     results = {
-        "machine": machine(),
         "threads": args.threads,
         "evaluate": config["evaluate"],
         "train_sets": train_sets(args.results),
         "small_queries": small_queries(args.results, config["protocol"]["min_support_pixels"]),
         "modes": other_modes(args.results, config, args.threads),
     }
-    save(results, markdown(results), args.out, "protocol")
+    save(results, markdown, args.out, "protocol")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     e = r["evaluate"]
     lines = [
         "## The data protocol (`bench/protocol.py`)",
@@ -190,7 +189,7 @@ def markdown(r: dict) -> str:
     ]
     for (mode, shot), g in modes.sort_values("fold").groupby(["mode", "shot"]):
         lines.append(f"| {mode} | {shot} | {_folds(g)} | **{g['miou'].mean():.1f}** |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _folds(runs: pd.DataFrame) -> str:

@@ -66,23 +66,25 @@ def main() -> None:
         "random_init": before,
         "calibrated": after,
     }
-    text = "\n".join(
-        [
-            "## Random weights and BatchNorm calibration (`bench/random_features.py`)",
-            "",
-            f"{result['arch']} layer3 features of {len(paths)} synthetic train images at input "
-            f"{cfg.input_size}, same seeded random weights before and after calibrating BatchNorm "
-            "on those images.",
-            "",
-            "| encoder | variance explained by position | mean cosine to the mean feature |",
-            "|---|---:|---:|",
-            f"| random init | {before['positional_variance']} | {before['cosine_to_mean']} |",
-            f"| random init + calibrated BN | {after['positional_variance']} | "
-            f"{after['cosine_to_mean']} |",
-            "",
-        ]
-    )
-    save(result, text, args.out, "random_features")
+    save(result, markdown, args.out, "random_features")
+
+
+def markdown(result: dict) -> list[str]:
+    before, after = result["random_init"], result["calibrated"]
+    return [
+        "## Random weights and BatchNorm calibration (`bench/random_features.py`)",
+        "",
+        f"{result['arch']} layer3 features of {result['images']} synthetic train images at "
+        f"input {result['input_size']}, same seeded random weights before and after "
+        "calibrating BatchNorm on those images.",
+        "",
+        "| encoder | variance explained by position | mean cosine to the mean feature |",
+        "|---|---:|---:|",
+        f"| random init | {before['positional_variance']} | {before['cosine_to_mean']} |",
+        f"| random init + calibrated BN | {after['positional_variance']} | "
+        f"{after['cosine_to_mean']} |",
+        "",
+    ]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,8 +63,14 @@ def scratch() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(dir=REPO, prefix=".bench-")
 
 
-def save(results: dict, text: str, out: Path, name: str) -> None:
-    """bench/results/{name}.json (raw) and {name}.md (assembled into docs/benchmarks.md)."""
+def save(results: dict, render: Callable[[dict], list[str]], out: Path, name: str) -> None:
+    """bench/results/{name}.json: the results, with the machine they ran on (added when they
+    do not say) and the function that renders them, and {name}.md: its lines (assembled into
+    docs/benchmarks.md; `python bench/report.py --render` renders every file again)."""
+    results = results if "machine" in results else {"machine": machine(), **results}
+    script = Path(sys.modules[render.__module__].__file__).stem
+    results["rendered_by"] = f"{script}.{render.__name__}"
+    text = "\n".join(render(results)) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{name}.md").write_text(text)

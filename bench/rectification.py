@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from record import arguments, describe, machine, save
+from record import arguments, describe, save
 
 from latentfss import store
 from latentfss.datasets.evaluation import EvaluateConfig
@@ -223,7 +223,6 @@ def main() -> None:
     supports, scores = pd.concat(supports), pd.concat(scores)
     table = 100 * paired_differences(scores, "no rectification")
     results = {
-        "machine": machine(),
         "results": str(args.results),
         "episodes_per_seed": args.episodes,
         "seeds": args.seeds,
@@ -246,10 +245,10 @@ def main() -> None:
         ),
         "sweep": table.reset_index().to_dict(orient="records"),
     }
-    save(results, report(results), args.out, "rectification")
+    save(results, report, args.out, "rectification")
 
 
-def report(r: dict) -> str:
+def report(r: dict) -> list[str]:
     retrieval = r["retrieval"]
     lines = [
         "## Foreground rectification, diagnosed (`bench/rectification.py`)",
@@ -285,7 +284,7 @@ def report(r: dict) -> str:
     for row in r["sweep"]:
         cell = f"{row['diff']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]"
         lines.append(f"| {row['run']} | {row['value']:.1f} | {cell} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import coco_archives
 import numpy as np
 import pandas as pd
 import yaml
-from record import arguments, describe, machine, run_stage, save, tree_memory
+from record import arguments, describe, run_stage, save, tree_memory
 
 from latentfss import store
 from latentfss.datasets import pascal
@@ -257,7 +257,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=Path, default=REPO / ".bench-rehearsal")
     args = parser.parse_args()
-    results = {"machine": machine(), "dataset": args.dataset, "settings": SETTINGS[args.dataset]}
+    results = {"dataset": args.dataset, "settings": SETTINGS[args.dataset]}
     if args.dataset == "pascal":
         runs = [
             rehearse_pascal(args.data, f, args.keep_features, args.runs) for f in args.fractions
@@ -287,7 +287,7 @@ def main() -> None:
             "prepare_memory": prepare_memory(args.data, args.runs),
         }
     results |= {"runs": runs, "growth": exponents(runs) if len(runs) > 1 else None}
-    save(results, report(results), args.out, f"rehearsal_{args.dataset}")
+    save(results, report, args.out, f"rehearsal_{args.dataset}")
 
 
 def coco_sample(count: int, runs: Path) -> dict:
@@ -300,7 +300,7 @@ def coco_sample(count: int, runs: Path) -> dict:
     return rehearse_coco(root, 1, COCO_PRESET["annotation"]["input_size"], 1.0, runs)
 
 
-def report(r: dict) -> str:
+def report(r: dict) -> list[str]:
     coco = r["dataset"] == "coco"
     lines = [
         f"## The {r['dataset'].upper()} preset rehearsed at data scale "
@@ -392,7 +392,7 @@ def report(r: dict) -> str:
             f"{m['tree_pss_mb']:,} MB (each page once: what a memory cgroup charges); "
             f"{m['seconds']} s.",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

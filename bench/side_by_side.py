@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from record import arguments, describe, machine, save
+from record import arguments, describe, save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,30 +79,27 @@ def main() -> None:
         in_turn = wall([[job(0, cores)], [job(1, cores)]])
         side_by_side = wall([[job(0, cores // 2), job(1, cores // 2)]])
     results = {
-        "machine": machine(),
         "seeds": args.seeds,
         "in_turn_seconds": round(in_turn, 2),
         "side_by_side_seconds": round(side_by_side, 2),
         "saving": round(1 - side_by_side / in_turn, 3),
     }
-    save(results, markdown(results), args.out, "side_by_side")
+    save(results, markdown, args.out, "side_by_side")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     cores = r["machine"]["cores"]
-    return "\n".join(
-        [
-            "## Two jobs on a CPU-only machine (`bench/side_by_side.py`)",
-            "",
-            f"Machine: {describe(r['machine'])}. Two `latentfss evaluate` jobs (folds 0 and 1, "
-            f"5-shot, {r['seeds']} x 100 episodes, process start included): one after the other "
-            f"with {cores} threads each took {r['in_turn_seconds']} s, side by side with "
-            f"{cores // 2} each {r['side_by_side_seconds']} s ({100 * r['saving']:.0f}% less). "
-            "Hence the default profile holds GPU-type jobs to one at a time only where a GPU "
-            "exists, and those jobs take one torch thread.",
-            "",
-        ]
-    )
+    return [
+        "## Two jobs on a CPU-only machine (`bench/side_by_side.py`)",
+        "",
+        f"Machine: {describe(r['machine'])}. Two `latentfss evaluate` jobs (folds 0 and 1, "
+        f"5-shot, {r['seeds']} x 100 episodes, process start included): one after the other "
+        f"with {cores} threads each took {r['in_turn_seconds']} s, side by side with "
+        f"{cores // 2} each {r['side_by_side_seconds']} s ({100 * r['saving']:.0f}% less). "
+        "Hence the default profile holds GPU-type jobs to one at a time only where a GPU "
+        "exists, and those jobs take one torch thread.",
+        "",
+    ]
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from record import arguments, describe, machine, save, scratch
+from record import arguments, describe, save, scratch
 
 from latentfss.ema import ModelEMA
 from latentfss.encoder import Encoder
@@ -62,19 +62,23 @@ def main() -> None:
             for preset, k in PRESETS.items()
             for arch in args.archs
         ]
-    results = {"machine": machine(), "rows": rows}
+    save({"repeats": args.repeats, "rows": rows}, markdown, args.out, "state_write")
+
+
+def markdown(results: dict) -> list[str]:
     lines = [
         "## Writing train's state (`bench/state_write.py`)",
         "",
         f"Machine: {describe(results['machine'])}. The state a stop or a checkpoint writes "
         "(weights, EMA, SGD momenta, loss log), serialised, written and fsync-ed to the "
-        f"checkout's disk; the slowest of {args.repeats}.",
+        f"checkout's disk; the slowest of {results.get('repeats', 3)}.",
         "",
         "| preset | encoder | MB | seconds (slowest) |",
         "|---|---|---:|---:|",
     ]
+    rows = results["rows"]
     lines += [f"| {r['preset']} | {r['arch']} | {r['mb']} | {r['seconds_max']} |" for r in rows]
-    save(results, "\n".join(lines) + "\n", args.out, "state_write")
+    return lines
 
 
 if __name__ == "__main__":

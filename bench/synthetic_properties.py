@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import yaml
 import zarr
-from record import arguments, describe, machine, run_stage, save, scratch
+from record import arguments, describe, run_stage, save, scratch
 from scipy import ndimage
 from scipy.stats import entropy
 
@@ -433,11 +433,11 @@ def main() -> None:
             patch = patch or patch_probe(read_index(work / "dataset"), config["seed"])
             variants[weights] = measure(config, work, patch, args.episodes, args.threads)
             print(weights, json.dumps(variants[weights]))
-    results = {"machine": machine(), "config": config, "variants": variants}
-    save(results, markdown(results), args.out, "synthetic_properties")
+    results = {"config": config, "variants": variants}
+    save(results, markdown, args.out, "synthetic_properties")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     variants = r["variants"]
     lines = [
         "## The synthetic benchmark's properties (`bench/synthetic_properties.py`)",
@@ -488,7 +488,7 @@ def markdown(r: dict) -> str:
             f"| {b['plain_mean']} / {b['oracle_mean']} / {b['self_mean']} "
             f"| {m['nmi']:.2f} | {m['novel_not_background']:.0%} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from record import arguments, describe, machine, save
+from record import arguments, describe, save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,11 +64,11 @@ def main() -> None:
         for shot, s in summary.items():
             s["difference"] = round(s["mean"] - first[shot]["mean"], 2)
             s["interval95"] = round(1.96 * math.hypot(s["se"], first[shot]["se"]), 2)
-    results = {"machine": machine(), "runs": runs}
-    save(results, markdown(results), args.out, "table1")
+    results = {"runs": runs}
+    save(results, markdown, args.out, "table1")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     lines = [
         "## Table 1 of the default runs (`bench/table1.py`)",
         "",
@@ -87,7 +87,7 @@ def markdown(r: dict) -> str:
                 f"| {label} | {shot} | {folds} | {s['mean']:.1f} +- {s['se']:.2f} "
                 f"| {s['difference']:+.1f} +- {s['interval95']:.1f} | {s['fbiou']:.1f} |"
             )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import limits
 import torch
 import yaml
 import zarr
-from record import arguments, describe, machine, run_stage, save, scratch
+from record import arguments, describe, run_stage, save, scratch
 
 from latentfss.encoder import load_encoder
 from latentfss.model import MatchingNet, ModelConfig
@@ -107,16 +107,15 @@ def main() -> None:
         rates = limits.measure(pick_device(), tmp, before=rates)
         limits.add_floors(runs, rates)
     results = {
-        "machine": machine(),
         "threads": args.threads,
         "limits": rates,
         "train": config["train"],
         "runs": runs,
     }
-    save(results, markdown(results), args.out, "train")
+    save(results, markdown, args.out, "train")
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict) -> list[str]:
     t, m = r["train"], r["machine"]
     lines = [
         "## Training (`bench/train.py`)",
@@ -148,7 +147,7 @@ def markdown(r: dict) -> str:
             "on a GPU; no GPU was lent to the task that built this.",
             "",
         ]
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from record import arguments, describe, machine, save
+from record import arguments, describe, save
 
 from latentfss.encoder import Encoder, Normalise
 from latentfss.model import MatchingNet, ModelConfig
@@ -146,19 +146,12 @@ def main() -> None:
         help="only the time of micro_batches 2 against 1 on a small step (1 "
         "episode, 4 pseudo-labelled images), added to the results file",
     )
-    parser.add_argument(
-        "--report-only", action="store_true", help="rewrite train_memory.md from train_memory.json"
-    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device()
     if args.one:
         print(json.dumps(one_step(**json.loads(args.one), device=device)))
-        return
-    if args.report_only:
-        results = json.loads((args.out / "train_memory.json").read_text())
-        save(results, report(results), args.out, "train_memory")
         return
     if args.cost_only:
         path = args.out / "train_memory.json"
@@ -168,7 +161,7 @@ def main() -> None:
             for arch in args.archs
             for micro in (1, 2)
         ]
-        save(results, report(results), args.out, "train_memory")
+        save(results, report, args.out, "train_memory")
         return
     limit = args.full_step_limit_mb or (
         float("inf")
@@ -208,11 +201,11 @@ def main() -> None:
                 )
                 rows.append({**row, "kind": "measured"})
                 print(rows[-1], flush=True)
-    results = {"machine": machine(), "rows": rows}
-    save(results, report(results), args.out, "train_memory")
+    results = {"rows": rows}
+    save(results, report, args.out, "train_memory")
 
 
-def report(results: dict) -> str:
+def report(results: dict) -> list[str]:
     device = results["rows"][0]["device"] if results["rows"] else "cpu"
     precision = "bf16 autocast" if device.startswith("cuda") else "fp32"
     lines = [
@@ -236,7 +229,7 @@ def report(results: dict) -> str:
             f"{micro['micro_batches']} ({micro['seconds'] / full['seconds']:.2f}x): the "
             "second encoder forward did not show in the time on this machine.",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

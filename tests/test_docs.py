@@ -13,6 +13,9 @@ import pytest
 
 from conftest import REPO, tool_env
 
+sys.path.insert(0, str(REPO / "bench"))
+import report  # noqa: E402
+
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
 SVG = "{http://www.w3.org/2000/svg}"
@@ -87,3 +90,18 @@ def test_every_bench_script_names_the_claim_it_backs(script):
     if named[2]:
         headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.MULTILINE)
         assert named[2] in headings, f"{script.name}: {page.name} has no section {named[2]!r}"
+
+
+RESULTS = sorted((REPO / "bench/results").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.stem)
+def test_every_fragment_is_its_scripts_rendering_of_its_results(path):
+    """bench/results/X.md is what the function named in X.json renders of it: a script's
+    wording and its fragment cannot drift apart (`python bench/report.py --render`)."""
+    assert path.with_suffix(".md").read_text() == report.rendered(path)
+
+
+def test_the_benchmarks_page_is_the_assembled_fragments():
+    page = (REPO / "docs/benchmarks.md").read_text()
+    assert page == report.assembled(), "docs/benchmarks.md is stale: python bench/report.py"
