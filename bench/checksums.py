@@ -86,7 +86,7 @@ def markdown(results: dict) -> list[str]:
         "",
         f"Machine: {describe(results['machine'])}. Each store's largest array from a default "
         f"run, written and read whole with and without a CRC-32C after Blosc, in turn; the "
-        f"median of {results.get('repeats', 5)}.",
+        f"median of {results['repeats']}.",
         "",
         "| store | chunks | codecs | MB | write s | read s |",
         "|---|---:|---|---:|---:|---:|",

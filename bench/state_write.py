@@ -71,7 +71,7 @@ def markdown(results: dict) -> list[str]:
         "",
         f"Machine: {describe(results['machine'])}. The state a stop or a checkpoint writes "
         "(weights, EMA, SGD momenta, loss log), serialised, written and fsync-ed to the "
-        f"checkout's disk; the slowest of {results.get('repeats', 3)}.",
+        f"checkout's disk; the slowest of {results['repeats']}.",
         "",
         "| preset | encoder | MB | seconds (slowest) |",
         "|---|---|---:|---:|",

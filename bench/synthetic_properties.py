@@ -4,13 +4,12 @@ The synthetic benchmark's properties, measured with the method switched off: whe
 shows in a small patch of its objects and in their Eq. 2 prototypes, how often a query holds a
 distractor that shares a factor with its class, how many training images hold an unlabelled
 novel object, the headroom between the plain matching and an oracle prototype, and the quality of
-each encoder's pseudo masks (README, "The synthetic benchmark").
+each encoder's pseudo masks.
 
     python bench/synthetic_properties.py [--encoders none pretrain]
 
 Each encoder runs the annotation stages in a scratch folder at config.yaml's settings, on one
-generated dataset. Writes bench/results/synthetic_properties.json
-and .md.
+generated dataset. Writes bench/results/synthetic_properties.json and .md.
 """
 
 from __future__ import annotations
