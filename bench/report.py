@@ -17,6 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench/results"
+sys.path.insert(0, str(REPO / "bench"))  # the scripts import record, as when run
 HEADER = """# Benchmarks
 
 Every figure below was measured by a script in `bench/` on the machine it names, and is
@@ -30,7 +31,6 @@ def rendered(path: Path) -> str:
     """The Markdown fragment of one results file, as its script renders it."""
     results = json.loads(path.read_text())
     script, function = results["rendered_by"].split(".")
-    sys.path.insert(0, str(REPO / "bench"))
     return "\n".join(getattr(importlib.import_module(script), function)(results)) + "\n"
 
 

@@ -21,10 +21,13 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
 SVG = "{http://www.w3.org/2000/svg}"
 
 
+def headings(page) -> list[str]:
+    return re.findall(r"^#+ (.+)$", page.read_text(), flags=re.MULTILINE)
+
+
 def anchors(page) -> set[str]:
     """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
-    headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.MULTILINE)
-    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings(page)}
 
 
 def test_the_readme_is_at_most_12_kb():
@@ -88,8 +91,7 @@ def test_every_bench_script_names_the_claim_it_backs(script):
     page = REPO / "docs" / named[1]
     assert f"bench/{script.name}" in page.read_text(), f"{page.name} does not cite {script.name}"
     if named[2]:
-        headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.MULTILINE)
-        assert named[2] in headings, f"{script.name}: {page.name} has no section {named[2]!r}"
+        assert named[2] in headings(page), f"{script.name}: {page.name} has no section {named[2]!r}"
 
 
 RESULTS = sorted((REPO / "bench/results").glob("*.json"))

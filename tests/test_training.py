@@ -210,7 +210,7 @@ def test_strong_photometric_is_per_image_seeded_and_in_range():
 
 
 def test_the_blur_kernel_is_a_tenth_of_the_image_as_simclrs():
-    """9 taps at the synthetic crop of 96, as before SimCLR's rule was followed, and 47 at the
+    """9 taps at the synthetic crop of 96 (the fixed kernel before SimCLR's rule), 47 at the
     presets' 473, where 9 taps would cut a sigma of 2 off at two sigmas; the blur keeps each
     image's mean and reaches exactly its radius."""
     from latentfss.augment import _gaussian_blur, blur_radius
