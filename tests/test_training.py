@@ -220,7 +220,7 @@ def test_the_blur_kernel_is_a_tenth_of_the_image_as_simclrs():
     impulse[..., 50, 50] = 1
     row = _gaussian_blur(impulse, torch.tensor([2.0]), radius=23)[0, 0, 50]
     assert row[50 - 23] > 0 and row[50 + 23] > 0 and row[: 50 - 23].eq(0).all()
-    taps = torch.exp(-torch.arange(-23.0, 24.0) ** 2 / (2 * 2.0**2))
+    taps = torch.exp(-(torch.arange(-23.0, 24.0) ** 2) / (2 * 2.0**2))
     taps /= taps.sum()  # by hand: the normalised Gaussian; a separable impulse response
     assert torch.allclose(row[50 - 23 : 50 + 24], taps * taps[23], atol=1e-7)
     images = torch.rand(2, 3, 96, 96)
