@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+import latentfss.machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,25 +36,23 @@ def arguments(doc: str, *, results: bool = False, threads: bool = False) -> argp
 
 
 def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
-        platform.processor(),
-    )
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    """The pipeline's record of the machine (CPU, vector extensions, torch, oneDNN) with the
+    cores and Python."""
     return {
-        "cpu": cpu,
+        **latentfss.machine.machine(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": gpu is not None,
-        "gpu": gpu,
     }
 
 
 def describe(m: dict) -> str:
-    device = m["gpu"] or "no GPU"
-    return f"{m['cpu']}, {m['cores']} cores, {device}; Python {m['python']}, torch {m['torch']}"
+    """One line; results files from before the vector extensions were recorded lack them."""
+    extensions = f" ({', '.join(m['vector_extensions'])})" if m.get("vector_extensions") else ""
+    onednn = f", oneDNN {m['onednn']}" if m.get("onednn") else ""
+    return (
+        f"{m['cpu']}{extensions}, {m['cores']} cores, {m['gpu'] or 'no GPU'}; "
+        f"Python {m['python']}, torch {m['torch']}{onednn}"
+    )
 
 
 def scratch() -> tempfile.TemporaryDirectory:

@@ -48,6 +48,7 @@ from latentfss.episodes import (
 )
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file, identity
+from latentfss.machine import machine
 from latentfss.metrics import IoUMeter
 from latentfss.model import MatchingNet, Shots, load_model
 from latentfss.progress import progress
@@ -286,6 +287,7 @@ def run(args: argparse.Namespace) -> None:
         "work": work,
         "model_episodes_per_s": model_speed(model, first, index, cfg, bank, device),
         "device": str(device),
+        "machine": {"train": checkpoint.get("machine"), "evaluate": machine()},
         "parameters": sum(p.numel() for p in model.parameters()),
         "evaluate": dataclasses.asdict(cfg),
         "model": str(args.model),

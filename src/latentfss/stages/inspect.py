@@ -17,6 +17,7 @@ from latentfss.datasets.images import read_image, read_mask, voc_palette
 from latentfss.datasets.index import read_index
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file
+from latentfss.machine import machine
 
 # pseudo-label colours: 0 = background (black), 1..K distinct hues, 255 = padding (grey)
 PSEUDO_COLOURS = [
@@ -216,20 +217,39 @@ def training_curves(args: argparse.Namespace) -> None:
 
 
 def benchmark_table(args: argparse.Namespace) -> None:
-    """One row per job from Snakemake's benchmark files: wall seconds and peak memory. (Their
-    cpu_time column is left out: it missed most of the CPU time /usr/bin/time counted.)"""
+    """One row per job from Snakemake's benchmark files: wall seconds, peak memory and the
+    cores the job was given (`threads`, with the profiles' benchmark-extended), and the machine
+    (CPU, vector extensions, torch, oneDNN) this table was gathered on: every job's in a local
+    run; on a cluster, summary.md has each model's and evaluation's own. (The cpu_time column
+    is left out: it missed most of the CPU time /usr/bin/time counted.)"""
     rows = []
     for path in args.files:
         bench = pd.read_csv(path, sep="\t").iloc[-1]  # the last repeat if there were several
-        rows.append({"job": path.stem, "seconds": bench["s"], "max_rss_mb": bench["max_rss"]})
+        threads = bench.get("threads", float("nan"))
+        rows.append(
+            {
+                "job": path.stem,
+                "seconds": bench["s"],
+                "max_rss_mb": bench["max_rss"],
+                "threads": threads,
+            }
+        )
     table = pd.DataFrame(rows)
     total = {
         "job": "total (sequential)",
         "seconds": table["seconds"].sum(),
         "max_rss_mb": table["max_rss_mb"].max(),
     }
+    table = pd.concat([table, pd.DataFrame([total])]).astype({"threads": "Int64"})
+    host = machine()
+    table = table.assign(
+        cpu=host["cpu"],
+        vector_extensions=", ".join(host["vector_extensions"]),
+        torch=host["torch"],
+        onednn=host["onednn"],
+    )
     with atomic_file(args.out) as tmp:
-        pd.concat([table, pd.DataFrame([total])]).to_csv(tmp, index=False, float_format="%.1f")
+        table.to_csv(tmp, index=False, float_format="%.1f")
 
 
 def summary(results: Path) -> str:

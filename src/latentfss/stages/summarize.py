@@ -18,6 +18,7 @@ from latentfss import layout
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file
 from latentfss.intervals import paired_differences
+from latentfss.machine import describe_machine
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ def read_metrics(paths: list[Path]) -> pd.DataFrame:
                 or float("nan"),  # older: none
                 "parameters": m["parameters"],
                 "device": m["device"],
+                **{
+                    f"{stage}_machine": describe_machine(record) if record else "not recorded"
+                    for stage, record in m.get("machine", {"train": None, "evaluate": None}).items()
+                },
                 "scores": path.with_name(layout.SCORES),
             }
         )
@@ -235,6 +240,17 @@ def table7(main: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def machines(runs: pd.DataFrame) -> str:
+    """Where the models were trained and evaluated: each machine (CPU, vector extensions, torch,
+    oneDNN, torch threads) with its number of jobs. Float sums run in an order of the machine's
+    and the threads', so two runs that differ there may differ in their results."""
+    lines = []
+    for stage, name in (("train", "training"), ("evaluate", "evaluation")):
+        for text, jobs in runs[f"{stage}_machine"].value_counts().items():
+            lines.append(f"- {name}: {text} ({jobs} {'job' if jobs == 1 else 'jobs'})")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> None:
     runs = read_metrics([*args.metrics, *args.variants])
     keys = runs["key"]
@@ -265,7 +281,8 @@ def run(args: argparse.Namespace) -> None:
             + table5(runs)
             + "\n\n"
         )
-    text += "## Speed (paper Table 7 layout)\n\n" + table7(main) + "\n"
+    text += "## Speed (paper Table 7 layout)\n\n" + table7(main) + "\n\n"
+    text += "## Machine\n\n" + machines(runs) + "\n"
     with atomic_file(args.md) as tmp:
         tmp.write_text(text)
     log.info(

@@ -32,6 +32,7 @@ from latentfss.encoder import Normalise, load_encoder
 from latentfss.episodes import EpisodeSampler, ProtocolConfig, base_classes
 from latentfss.errors import InputError, Stopped
 from latentfss.fs import atomic_file, identity, read_torch, save_torch
+from latentfss.machine import machine
 from latentfss.model import MatchingNet, ModelConfig, segmentation_loss
 from latentfss.progress import progress
 from latentfss.runtime import add_device_argument, pick_device, seed_everything, set_threads
@@ -390,7 +391,8 @@ def save_model(
     rows: list[dict],
 ) -> None:
     """model.pt: the EMA weights without the mining head (dropped at test time), the global
-    background buffer, the resolved config, the step and the code version; and train.csv."""
+    background buffer, the resolved config, the step, the code version and the machine; and
+    train.csv."""
     weights = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
     checkpoint = {
         "state_dict": weights,
@@ -400,6 +402,7 @@ def save_model(
         "step": cfg.iterations,
         "code_version": code_version(),
         "seed": args.seed,
+        "machine": machine(),
         "config": {
             "train": dataclasses.asdict(cfg),
             "model": dataclasses.asdict(model_cfg),
