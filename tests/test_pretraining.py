@@ -11,8 +11,16 @@ import torch
 
 from conftest import cli, params
 from latentfss.datasets import synthetic
-from latentfss.encoder import EncoderConfig, build_encoder
-from latentfss.pretraining import PretrainConfig, crops, factor_labels, learning_rate, render
+from latentfss.encoder import Classifier, EncoderConfig, build_encoder
+from latentfss.pretraining import (
+    PretrainConfig,
+    crops,
+    factor_labels,
+    layer3_agreement,
+    learning_rate,
+    render,
+    storable,
+)
 
 TINY = params(images=6, heldout=4, steps=3, batch_size=4, crop=32, log_every=2)
 WORLD = params(min_size=48, max_size=64)
@@ -58,6 +66,20 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert learning_rate(cfg, 99) < 1e-3
 
 
+def test_stored_weights_drop_the_classifier_and_halve_the_conv_kernels_only():
+    exact = Classifier("resnet18", 9).state_dict()
+    stored = storable(exact)
+    assert stored.keys() == {k for k in exact if not k.startswith("fc.")}
+    for key, value in stored.items():
+        assert value.dtype == (torch.float16 if exact[key].dim() == 4 else exact[key].dtype), key
+        assert torch.equal(value, exact[key].to(value.dtype)), key
+    images = [np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)]
+    same = layer3_agreement("resnet18", exact, exact, images)
+    assert same == {"relative_error": 0.0, "min_cosine": pytest.approx(1.0, abs=1e-6)}
+    rounded = layer3_agreement("resnet18", exact, stored, images)
+    assert 0 < rounded["relative_error"] < 1e-2 and rounded["min_cosine"] > 0.999
+
+
 def test_the_corpus_is_not_the_benchmark():
     world = synthetic.SyntheticConfig(min_size=48, max_size=64)
     corpus = render(world, "pretrain", 3, workers=0)
@@ -80,12 +102,13 @@ def test_pretrain_encoder_is_deterministic_and_its_weights_load_as_any_weights(
     a, b = (torch.load(out, weights_only=True) for out in outs)
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    assert "layer4.0.conv1.weight" in a["state_dict"] and a["state_dict"]["fc.weight"].shape == (
-        9,
-        512,
-    )
+    state = a["state_dict"]
+    assert "layer4.1.conv2.weight" in state and not any(k.startswith("fc.") for k in state)
+    assert state["layer4.1.conv2.weight"].dtype == torch.float16  # conv kernels: fp16
+    assert state["layer4.1.bn2.running_var"].dtype == torch.float32
     assert set(a["heldout_accuracy"]) == {"colour", "pattern"} and len(a["losses"]) == 2
+    assert 0 < a["storage"]["relative_error"] < 1e-2 and a["storage"]["min_cosine"] > 0.99
     with caplog.at_level(logging.WARNING):
         encoder = build_encoder(EncoderConfig(weights=str(outs[0])))
-    assert not caplog.records  # no missing or unexpected key: layer4 and fc are dropped
-    torch.testing.assert_close(encoder.conv1.weight, a["state_dict"]["conv1.weight"])
+    assert not caplog.records  # no missing or unexpected key: layer4 is dropped
+    assert torch.equal(encoder.conv1.weight, state["conv1.weight"].float())

@@ -2,8 +2,10 @@
 
 Fold-independent and deterministic in its seed: the corpus comes from the synthetic
 generator's own streams (`pretrain`, `pretrain-heldout`), never the benchmark's train or val
-images. Writes the whole ResNet in torchvision's layout with its held-out accuracy; extract-
-features loads it as `encoder.weights` (conv1..layer3, as every weight source).
+images. Writes the whole ResNet but its classifier, in torchvision's layout with its conv
+kernels in fp16 (`pretraining.storable`), its held-out accuracy and what fp16 does to its
+layer3 features; extract-features loads it as `encoder.weights` (conv1..layer3, as every weight
+source). The shipped `synthetic` weights are such a file (docs/data.md).
 """
 
 from __future__ import annotations
@@ -20,18 +22,22 @@ from latentfss.config import from_params
 from latentfss.datasets import synthetic
 from latentfss.encoder import Classifier, EncoderConfig, Normalise
 from latentfss.fs import save_torch
+from latentfss.machine import machine
 from latentfss.pretraining import (
     PretrainConfig,
     crops,
     heldout_accuracy,
+    layer3_agreement,
     learning_rate,
     render,
+    storable,
     train_step,
 )
 from latentfss.progress import progress
 from latentfss.runtime import add_device_argument, pick_device, seed_everything, set_threads
 
 log = logging.getLogger(__name__)
+STORAGE_CHECK = 32  # held-out images whose layer3 features check the fp16 storage
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,30 +77,41 @@ def run(args: argparse.Namespace) -> None:
             rows.append({"step": step + 1, "loss": round(sum(window) / len(window), 5)})
             bar.set_postfix(loss=rows[-1]["loss"], refresh=False)
             window = []
+    exact = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    stored = storable(exact)
+    model.load_state_dict({**exact, **stored})  # scored as it is saved (the classifier kept)
     accuracy = heldout_accuracy(model, heldout, cfg, normalise, args.seed)
+    agreement = layer3_agreement(
+        arch, exact, stored, [image for image, _ in heldout[:STORAGE_CHECK]]
+    )
     save_torch(
         {
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "state_dict": stored,
             "arch": arch,
             "factors": {name: list(values) for name, values in synthetic.FACTORS.items()},
             "heldout_accuracy": accuracy,
+            "storage": {"conv": "float16", "images": STORAGE_CHECK, **agreement},
             "losses": rows,
             "config": {
                 "pretrain": dataclasses.asdict(cfg),
                 "synthetic": dataclasses.asdict(world),
             },
             "seed": args.seed,
+            "machine": machine(),
             "code_version": code_version(),
         },
         args.out,
     )
     log.info(
         "pre-trained %s for %d steps on %d images -> %s; held-out accuracy (a crop of each of "
-        "%d images, every value of the factor right): %s",
+        "%d images, every value of the factor right): %s; fp16 storage: layer3 relative error "
+        "%.1e, least cosine %.5f",
         arch,
         cfg.steps,
         cfg.images,
         args.out,
         len(heldout),
         ", ".join(f"{name} {value:.1%}" for name, value in accuracy.items()),
+        agreement["relative_error"],
+        agreement["min_cosine"],
     )
