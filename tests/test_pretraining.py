@@ -4,6 +4,7 @@ weights that load as any other weight source."""
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -90,6 +91,15 @@ def test_the_corpus_is_not_the_benchmark():
             assert image.shape != images[i][0].shape or not np.array_equal(image, images[i][0])
     again = render(world, "pretrain", 3, workers=2)  # the same images for any number of workers
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(corpus, again, strict=True))
+
+
+def test_rendered_images_hold_no_open_file():
+    """Arrays from the workers' shared memory each keep a file descriptor open while they
+    live: a corpus of thousands ran out of them."""
+    world = synthetic.SyntheticConfig(min_size=48, max_size=64)
+    before = len(os.listdir("/proc/self/fd"))
+    images = render(world, "pretrain", 40, workers=2)
+    assert len(os.listdir("/proc/self/fd")) < before + 40 and len(images) == 40
 
 
 def test_pretrain_encoder_is_deterministic_and_its_weights_load_as_any_weights(

@@ -65,11 +65,13 @@ def render(
     cfg: synthetic.SyntheticConfig, stream: str, count: int, workers: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Images 0..count-1 of a stream as (H, W, 3) uint8 images and (H, W) label maps, in order,
-    rendered by `workers` processes (the same images for any number)."""
+    rendered by `workers` processes (the same images for any number). Each is copied out of
+    the worker's shared memory, which would otherwise hold a file descriptor per array: 10,000
+    images passed a limit of 20,000 open files."""
     loader = DataLoader(
         _Renders(cfg, stream, count), batch_size=None, num_workers=workers, collate_fn=None
     )
-    return [(np.asarray(image), np.asarray(mask)) for image, mask in loader]
+    return [(image.numpy().copy(), mask.numpy().copy()) for image, mask in loader]
 
 
 def factor_labels(masks: Sequence[np.ndarray], min_pixels: Sequence[int]) -> torch.Tensor:
