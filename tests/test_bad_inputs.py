@@ -173,3 +173,23 @@ def test_the_console_script_prints_one_line_and_exits_2(root):
     )
     assert done.returncode == 2
     assert_one_error_line(done.stderr, str(path), reason)
+
+
+def test_an_altered_shipped_encoder_is_one_line_and_nothing_is_written(
+    root, tmp_path, capsys, monkeypatch
+):
+    from latentfss import encoder
+
+    assert prepare(capsys, tmp_path / "dataset", root=str(root))[0] == 0
+    altered = tmp_path / "synthetic-resnet18.pt"
+    altered.write_bytes(encoder.SYNTHETIC.read_bytes()[:-1000])  # a truncated copy
+    monkeypatch.setattr(encoder, "SYNTHETIC", altered)
+    out = tmp_path / "encoder_init.pt"
+    code, err = cli(
+        "extract-features",
+        *("--index", tmp_path / "dataset", "--encoder-out", out),
+        *("--encoder", params(weights="synthetic"), "--params", params(input_size=64)),
+        capsys=capsys,
+    )
+    assert code == 2 and not out.exists()
+    assert_one_error_line(err, str(altered), "sha256", "altered or damaged")

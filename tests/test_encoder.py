@@ -1,14 +1,20 @@
-"""The encoder: output stride 8, no final ReLU, frozen BatchNorm, weights loading, calibration."""
+"""The encoder: output stride 8, no final ReLU, frozen BatchNorm, weights loading (the shipped
+synthetic encoder among them), calibration."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import shutil
 
 import pytest
 import torch
 import torchvision
 
+from latentfss import encoder as encoder_module
 from latentfss.encoder import (
+    SYNTHETIC,
+    SYNTHETIC_SHA256,
     Encoder,
     EncoderConfig,
     build_encoder,
@@ -94,6 +100,36 @@ def test_weights_that_share_no_key_are_refused(tmp_path):
         build_encoder(EncoderConfig(weights=str(tmp_path / "other.pth")))
     with pytest.raises(InputError, match="nope.pth: not found"):
         build_encoder(EncoderConfig(weights=str(tmp_path / "nope.pth")))
+
+
+def test_the_shipped_synthetic_encoder_is_the_default_and_loads_whole(caplog):
+    assert EncoderConfig().weights == "synthetic"
+    assert hashlib.sha256(SYNTHETIC.read_bytes()).hexdigest() == SYNTHETIC_SHA256
+    assert SYNTHETIC.stat().st_size <= 25 * 2**20
+    state = torch.load(SYNTHETIC, weights_only=True)["state_dict"]
+    assert "layer4.1.conv2.weight" in state and not any(k.startswith("fc.") for k in state)
+    with caplog.at_level(logging.WARNING):
+        encoder = build_encoder(EncoderConfig())
+    assert not caplog.records  # every conv1..layer3 key loads; layer4 is left for others
+    assert torch.equal(encoder.layer3[1].conv2.weight, state["layer3.1.conv2.weight"].float())
+
+
+def test_a_missing_or_altered_synthetic_encoder_is_one_line(tmp_path, monkeypatch):
+    altered = tmp_path / "synthetic-resnet18.pt"
+    shutil.copy(SYNTHETIC, altered)
+    with altered.open("r+b") as f:  # one byte of the last weights
+        f.seek(-200, 2)
+        byte = f.read(1)
+        f.seek(-200, 2)
+        f.write(bytes([byte[0] ^ 1]))
+    monkeypatch.setattr(encoder_module, "SYNTHETIC", altered)
+    with pytest.raises(InputError, match=r"synthetic-resnet18.pt: sha256 \w+\.\.\., expected"):
+        build_encoder(EncoderConfig())
+    monkeypatch.setattr(encoder_module, "SYNTHETIC", tmp_path / "gone.pt")
+    with pytest.raises(InputError, match="gone.pt: not found; reinstall latentfss"):
+        build_encoder(EncoderConfig())
+    with pytest.raises(InputError, match="synthetic is a resnet18, not a resnet50"):
+        build_encoder(EncoderConfig(arch="resnet50"))
 
 
 def test_imagenet_weights_come_from_the_torch_cache(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import REPO, tool_env
+from latentfss.machine import machine
 from test_pascal import make_official
 from test_readers import make_coco
 
@@ -130,6 +131,13 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
         "write_pseudo_masks_fold0_remain",
         "total (sequential)",
     } <= jobs_timed
+    # the machine and each job's cores are recorded, so that two runs that differ can be told
+    # apart (the profile's benchmark-extended gives the threads)
+    host = machine()
+    assert (benchmarks["cpu"] == host["cpu"]).all() and (benchmarks["torch"] == host["torch"]).all()
+    assert benchmarks.set_index("job").loc["train_fold1_shot5", "threads"] >= 1
+    training = re.search(r"^- training: (.*)$", summary.split("## Machine")[1], re.M)[1]
+    assert training.startswith(host["cpu"]) and "; 1 torch thread (" in training  # train: 1 core
     assert "results table results/synthetic/summary.md" in out  # the closing message
     report = tmp_path / "report.html"
     code, out = snakemake(tmp_path, "--report", str(report), config=TINY_CONFIG)
@@ -183,7 +191,8 @@ def test_rule_all_reaches_every_rule(tmp_path):
     assert len(defined) == 20, defined
     code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
     assert code == 0, out
-    assert jobs(out) | {"all"} == defined, defined - jobs(out)
+    # pretrain_encoder runs with encoder.weights: pretrain only (the test above)
+    assert jobs(out) | {"all", "pretrain_encoder"} == defined, defined - jobs(out)
 
 
 def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tmp_path, on_cpu):
@@ -338,14 +347,18 @@ def test_default_profile_gives_each_gpu_job_a_gpu_and_requires_cuda(tmp_path, vi
         assert code == 0 and "--device cuda" not in out and "--device cpu" in out
 
 
-@pytest.mark.parametrize("weights", ["pretrain", "none"])
+@pytest.mark.parametrize("weights", [None, "pretrain", "none"])
 def test_the_encoder_is_pretrained_by_its_rule_only_for_weights_pretrain(tmp_path, weights):
-    config = {"encoder": {"weights": weights}}
+    config = {"encoder": {"weights": weights}} if weights else {}  # None: the default
     code, out = snakemake(tmp_path, "-n", "-p", config=config, presets=["config.yaml"])
     assert code == 0, out
     assert ("pretrain_encoder" in jobs(out)) == (weights == "pretrain")
     job = re.search(r"^rule extract_features:.*?^Shell command: [^\n]*", out, re.M | re.S)[0]
-    passed = "pretrain_encoder/weights.pt" if weights == "pretrain" else '"weights": "none"'
+    passed = {
+        None: '"weights": "synthetic"',  # the shipped encoder: an input, never re-made
+        "pretrain": "pretrain_encoder/weights.pt",
+        "none": '"weights": "none"',
+    }[weights]
     assert passed in job, job
 
 

@@ -13,6 +13,7 @@ torch._dynamo), more than some stages compute (bench/limits.py measures start-up
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
@@ -45,7 +46,7 @@ class EncoderConfig:
     """Backbone and initial weights (config section `encoder`)."""
 
     arch: str = "resnet18"
-    weights: str = "pretrain"  # none | pretrain | imagenet | a torchvision-format state dict
+    weights: str = "synthetic"  # synthetic | pretrain | none | imagenet | a state dict's path
     calibration_images: int = 512  # weights none: train images that set BatchNorm statistics
 
     def __post_init__(self) -> None:
@@ -286,6 +287,28 @@ def calibrate_batchnorm(encoder: Encoder, batches: Iterable[torch.Tensor]) -> in
     return seen
 
 
+# encoder.weights: synthetic, the synthetic benchmark's ImageNet weights: made once by `latentfss
+# pretrain-encoder` at config.yaml's `pretrain` recipe and shipped in the package, so that every
+# machine starts from the same bits (docs/data.md, "The encoder's pre-training")
+SYNTHETIC = Path(__file__).parent / "weights" / "synthetic-resnet18.pt"
+SYNTHETIC_SHA256 = "9093abefd558386f4b039d81e0dbea2bc9bd04bf8c8f96544a5bfd6f6183f306"
+
+
+def _synthetic_state(arch: str) -> dict:
+    if arch != "resnet18":
+        raise InputError(f"encoder.weights: synthetic is a resnet18, not a {arch}")
+    try:
+        digest = hashlib.sha256(SYNTHETIC.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise InputError(f"{SYNTHETIC}: not found; reinstall latentfss, which ships it") from None
+    if digest != SYNTHETIC_SHA256:
+        raise InputError(
+            f"{SYNTHETIC}: sha256 {digest[:16]}..., expected {SYNTHETIC_SHA256[:16]}...: "
+            "altered or damaged; restore it (git checkout, or reinstall latentfss)"
+        )
+    return read_torch(SYNTHETIC, "reinstall latentfss")["state_dict"]
+
+
 def _imagenet_state(arch: str) -> dict:
     url = _IMAGENET[arch]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
@@ -325,11 +348,11 @@ def build_encoder(cfg: EncoderConfig) -> Encoder:
         )
     encoder = Encoder(cfg.arch)
     if cfg.weights != "none":
-        state = (
-            _imagenet_state(cfg.arch)
-            if cfg.weights == "imagenet"
-            else _local_state(Path(cfg.weights))
-        )
+        sources = {"synthetic": _synthetic_state, "imagenet": _imagenet_state}
+        if cfg.weights in sources:
+            state = sources[cfg.weights](cfg.arch)
+        else:
+            state = _local_state(Path(cfg.weights))
         dropped = ("layer4.", "fc.")  # the stages the paper removes
         state = {k: v for k, v in state.items() if not k.startswith(dropped)}
         if not state.keys() & encoder.state_dict().keys():

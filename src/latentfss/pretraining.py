@@ -30,7 +30,7 @@ class PretrainConfig:
 
     images: int = 2000  # corpus images, rendered once
     heldout: int = 2000  # held-out images of another stream, scored at the end
-    steps: int = 300
+    steps: int = 6000
     batch_size: int = 64
     crop: int = 48  # square crops of the corpus images, rescaled to this side
     scale: tuple[float, float] = (0.75, 2.0)  # random rescale of each crop
