@@ -6,10 +6,12 @@ distractor that shares a factor with its class, how many training images hold an
 novel object, the headroom between the plain matching and an oracle prototype, and the quality of
 each encoder's pseudo masks.
 
-    python bench/synthetic_properties.py [--encoders none pretrain]
+    python bench/synthetic_properties.py [--encoders synthetic pretrain@300 none]
 
-Each encoder runs the annotation stages in a scratch folder at config.yaml's settings, on one
-generated dataset. Writes bench/results/synthetic_properties.json and .md.
+Each encoder (an `encoder.weights` value; pretrain@STEPS: the `pretrain` recipe with that many
+steps, pretrain@300 the recipe before the shipped encoder) runs the annotation stages in a
+scratch folder at config.yaml's settings, on one generated dataset. Writes
+bench/results/synthetic_properties.json and .md.
 """
 
 from __future__ import annotations
@@ -60,13 +62,14 @@ def annotate(config: dict, root: Path, weights: str, work: Path, threads: int) -
     dataset = json.dumps({"name": "synthetic", "root": str(root), "train_list": "voc"})
     run_stage("prepare", out=index, params=dataset, threads=threads)
     encoder = {**config["encoder"], "weights": weights}
-    if weights == "pretrain":
+    if weights.startswith("pretrain"):  # pretrain@STEPS: the recipe with that many steps
+        steps = weights.partition("@")[2]
         encoder["weights"] = str(work / "pretrained.pt")
         run_stage(
             "pretrain-encoder",
             out=encoder["weights"],
             encoder=json.dumps({"arch": config["encoder"]["arch"]}),
-            params=json.dumps(config["pretrain"]),
+            params=json.dumps({**config["pretrain"], **({"steps": int(steps)} if steps else {})}),
             synthetic=json.dumps(config["synthetic"]),
             threads=threads,
         )
@@ -417,7 +420,12 @@ def measure(config: dict, work: Path, patch: dict, episodes: int, threads: int) 
 
 def main() -> None:
     parser = arguments(__doc__, threads=True)
-    parser.add_argument("--encoders", nargs="+", default=["none", "pretrain"])
+    parser.add_argument(
+        "--encoders",
+        nargs="+",
+        default=["synthetic", "pretrain@300", "none"],
+        help="encoder.weights values; pretrain@STEPS: the pretrain recipe with STEPS steps",
+    )
     parser.add_argument("--episodes", type=int, default=1000, help="1-shot episodes per fold")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -1,12 +1,15 @@
 """Backs docs/results.md, "Table 1: the default run": runs side by side with intervals.
 
-Table 1 of several default runs side by side, with the test seeds' intervals: per fold and
-shot the mIoU (mean over seeds) from each run's summary.csv, the 4-fold mean, its standard
-error from the seeds' spread (miou_std / sqrt(seeds), combined over the folds), and each run's
-difference from the first with a 95% interval (1.96 standard errors; test seeds alone, not
-training runs).
+Table 1 of several default runs side by side: per fold and shot the mIoU (mean over test seeds)
+from each run's summary.csv, the 4-fold mean and its standard error from the test seeds' spread
+(miou_std / sqrt(seeds), combined over the folds), and each run's difference from the first
+with a 95% interval (1.96 standard errors; test seeds alone). The runs named by --spread (the
+default pipeline with other pipeline seeds) give the between-run spread of the 4-fold mean and
+the range a further run falls in with 95% probability (the t prediction interval of one more
+draw, mean +- t(n-1) sd sqrt(1 + 1/n)); every other run is checked against it.
 
     python bench/table1.py LABEL=results/synthetic [LABEL=OTHER/results/synthetic ...]
+        [--spread LABEL LABEL LABEL]
 
 Writes bench/results/table1.json and .md.
 """
@@ -17,8 +20,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from record import arguments, describe, save
+from scipy import stats
+
+from latentfss.machine import describe_machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,15 +35,14 @@ def main_rows(results: Path) -> pd.DataFrame:
     table = pd.read_csv(results / "summary.csv")
     if "remain" in table:
         table = table[table.fg & table.bg & table.mine & ~table.remain]
-    seeds = [
-        len(
-            json.loads((results / f"fold{r.fold}/shot{r.shot}/eval/metrics.json").read_text())[
-                "runs"
-            ]
-        )
+    metrics = [
+        json.loads((results / f"fold{r.fold}/shot{r.shot}/eval/metrics.json").read_text())
         for r in table.itertuples()
     ]
-    return table.assign(seeds=seeds)
+    return table.assign(
+        seeds=[len(m["runs"]) for m in metrics],
+        machine=[describe_machine(m["machine"]["train"]) for m in metrics],
+    )
 
 
 def shot_summary(rows: pd.DataFrame) -> dict:
@@ -50,21 +56,52 @@ def shot_summary(rows: pd.DataFrame) -> dict:
     }
 
 
+def between_runs(means: list[float]) -> dict:
+    """The spread of n runs' means and the 95% prediction interval of one more run's."""
+    n, mean, sd = len(means), float(np.mean(means)), float(np.std(means, ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd * math.sqrt(1 + 1 / n)
+    return {
+        "runs": n,
+        "mean": round(mean, 2),
+        "sd": round(sd, 2),
+        "range95": [round(mean - half, 1), round(mean + half, 1)],
+    }
+
+
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("runs", nargs="+", help="LABEL=results folder; the first is the reference")
+    parser.add_argument("--spread", nargs="*", default=[], help="runs that give the range")
     args = parser.parse_args()
-    runs = {}
+    runs, machines = {}, {}
     for item in args.runs:
         label, folder = item.split("=", 1)
         rows = main_rows(Path(folder))
-        runs[label] = {shot: shot_summary(g) for shot, g in rows.groupby("shot")}
+        runs[label] = {str(shot): shot_summary(g) for shot, g in rows.groupby("shot")}
+        machines[label] = sorted(set(rows.machine))
     first = next(iter(runs.values()))
     for summary in runs.values():
         for shot, s in summary.items():
             s["difference"] = round(s["mean"] - first[shot]["mean"], 2)
             s["interval95"] = round(1.96 * math.hypot(s["se"], first[shot]["se"]), 2)
-    results = {"runs": runs}
+    results = {"runs": runs, "machines": machines}
+    if args.spread:
+        spread = {
+            shot: between_runs([runs[label][shot]["mean"] for label in args.spread])
+            for shot in first
+        }
+        for shot, s in spread.items():
+            s["labels"] = args.spread
+            s["folds"] = np.mean([runs[label][shot]["folds"] for label in args.spread], 0)
+            s["folds"] = s["folds"].round(1).tolist()
+            s["test_se"] = round(float(np.mean([runs[lb][shot]["se"] for lb in args.spread])), 2)
+            low, high = s["range95"]
+            s["inside"] = {
+                label: low <= summary[shot]["mean"] <= high
+                for label, summary in runs.items()
+                if label not in args.spread
+            }
+        results["spread"] = spread
     save(results, markdown, args.out, "table1")
 
 
@@ -73,8 +110,8 @@ def markdown(r: dict) -> list[str]:
         "## Table 1 of the default runs (`bench/table1.py`)",
         "",
         f"Machine: {describe(r['machine'])}. Each run's summary.csv: mIoU per fold (mean over "
-        "test seeds), the 4-fold mean +- its standard error from the seeds' spread, and the "
-        "difference from the first row with its 95% interval (test seeds alone; each row is "
+        "test seeds), the 4-fold mean +- its standard error from the test seeds' spread, and "
+        "the difference from the first row with its 95% interval (test seeds alone; each row is "
         "one training run per fold).",
         "",
         "| run | shot | folds | mean +- se | difference | FB-IoU |",
@@ -86,6 +123,28 @@ def markdown(r: dict) -> list[str]:
             lines.append(
                 f"| {label} | {shot} | {folds} | {s['mean']:.1f} +- {s['se']:.2f} "
                 f"| {s['difference']:+.1f} +- {s['interval95']:.1f} | {s['fbiou']:.1f} |"
+            )
+    if "machines" in r:
+        lines += ["", "Where each run trained its models:", ""]
+        lines += [f"- {label}: {'; '.join(m)}" for label, m in r["machines"].items()]
+    if "spread" in r:
+        lines += [
+            "",
+            "Between runs: the mean of the runs "
+            f"{', '.join(next(iter(r['spread'].values()))['labels'])}, their standard deviation "
+            "(sd), and the range a further run's mean falls in with 95% probability (t "
+            "prediction interval); the test seeds' standard error beside it, and whether each "
+            "other run fell in the range.",
+            "",
+            "| shot | folds | mean | sd between runs | test-seed se | range95 | inside |",
+            "|---:|---|---:|---:|---:|---|---|",
+        ]
+        for shot, s in r["spread"].items():
+            inside = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in s["inside"].items())
+            lines.append(
+                f"| {shot} | {' / '.join(f'{m:.1f}' for m in s['folds'])} | {s['mean']:.1f} "
+                f"| {s['sd']:.2f} | {s['test_se']:.2f} "
+                f"| [{s['range95'][0]:.1f}, {s['range95'][1]:.1f}] | {inside or '-'} |"
             )
     return lines
 
