@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def fresh_run(folder: Path, commit: str, extra: list[str]) -> dict:
     own latentfss (its src/ first on the path): the command, commit and wall seconds."""
     subprocess.run(["git", "clone", "-q", str(REPO), str(folder)], check=True)
     subprocess.run(["git", "-C", str(folder), "checkout", "-q", commit], check=True)
-    env = {**os.environ, "PYTHONPATH": str(folder / "src")}
-    command = ["snakemake", "--cores", "2", *extra]
+    path = os.pathsep.join(filter(None, [str(folder / "src"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", *extra]
     start = time.perf_counter()
     with open(folder / "run.log", "w") as log:
         subprocess.run(command, cwd=folder, env=env, stdout=log, stderr=log, check=True)
@@ -59,7 +61,8 @@ def fresh_run(folder: Path, commit: str, extra: list[str]) -> dict:
         capture_output=True,
         check=True,
     ).stdout.strip()
-    return {"command": " ".join(command), "commit": head, "wall_seconds": round(wall, 1)}
+    shown = " ".join(["snakemake", *command[3:]])
+    return {"command": shown, "commit": head, "wall_seconds": round(wall, 1)}
 
 
 def main() -> None:
@@ -69,6 +72,8 @@ def main() -> None:
     parser.add_argument("--commit", default="HEAD", help="with --run: the commit to clone")
     parser.add_argument("snakemake", nargs="*", help="with --run: more snakemake arguments")
     args = parser.parse_args()
+    if args.snakemake and not args.run:
+        parser.error("snakemake arguments go with --run")
     run = {"wall_seconds": args.wall}
     if args.run:
         run = fresh_run(args.run, args.commit, args.snakemake)

@@ -10,7 +10,8 @@ stop rising.
     python bench/pretrain_curve.py [--steps 300 1000 3000 6000] [--images 2000]
 
 Writes bench/results/pretrain_curve.json and .md after every row; rows already there (the same
-recipe and threads) are kept and not run again, so that a later call extends the curve.
+CPU, recipe and threads, else it stops) are kept and not run again: a later call extends the
+curve.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from record import arguments, describe, run_stage, save, scratch
+from record import arguments, describe, machine, run_stage, save, scratch
 from synthetic_properties import factors, object_prototypes, prototype_neighbours, val_features
 
 from latentfss.datasets.index import read_index
@@ -61,10 +62,14 @@ def main() -> None:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     results = {"threads": args.threads, "pretrain": recipe(config["pretrain"]), "rows": []}
     earlier = args.out / "pretrain_curve.json"
-    if earlier.is_file():  # the curve so far, when measured with the same recipe and threads
+    if earlier.is_file():  # the curve so far: extended when measured alike, else kept as it is
         kept = json.loads(earlier.read_text())
-        if (kept["threads"], recipe(kept["pretrain"])) == (args.threads, results["pretrain"]):
-            results["rows"] = kept["rows"]
+        alike = (kept["machine"]["cpu"], kept["threads"], recipe(kept["pretrain"]))
+        if alike != (machine()["cpu"], args.threads, results["pretrain"]):
+            parser.error(
+                f"{earlier} was measured on another CPU, threads or recipe; --out elsewhere"
+            )
+        results["rows"] = kept["rows"]
     done = {(row["images"], row["steps"]) for row in results["rows"]}
     with scratch() as tmp:
         tmp = Path(tmp)

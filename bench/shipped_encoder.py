@@ -113,7 +113,8 @@ def markdown(r: dict) -> list[str]:
         f"{s['machine']['torch']}, {s['machine']['torch_threads']} torch threads. Re-made: "
         "config.yaml's `pretrain` recipe and seed (`encoder.weights: pretrain`) with each number "
         "of torch threads; same bits: every weight equal to the shipped one's; layer3 cosine: "
-        "of the two encoders' features, mean over the val images' pixels. Held-out accuracy "
+        "of the two encoders' features at a pixel, averaged over each val image, then over the "
+        "images. Held-out accuracy "
         "and the prototypes' 1-NN accuracy as in `bench/pretrain_curve.py`; within: every "
         f"property within {r['tolerance']:.0f} points of the shipped encoder's.",
         "",

@@ -62,7 +62,7 @@ def annotate(config: dict, root: Path, weights: str, work: Path, threads: int) -
     dataset = json.dumps({"name": "synthetic", "root": str(root), "train_list": "voc"})
     run_stage("prepare", out=index, params=dataset, threads=threads)
     encoder = {**config["encoder"], "weights": weights}
-    if weights.startswith("pretrain"):  # pretrain@STEPS: the recipe with that many steps
+    if weights == "pretrain" or weights.startswith("pretrain@"):  # @STEPS: with that many steps
         steps = weights.partition("@")[2]
         encoder["weights"] = str(work / "pretrained.pt")
         run_stage(
@@ -70,6 +70,7 @@ def annotate(config: dict, root: Path, weights: str, work: Path, threads: int) -
             out=encoder["weights"],
             encoder=json.dumps({"arch": config["encoder"]["arch"]}),
             params=json.dumps({**config["pretrain"], **({"steps": int(steps)} if steps else {})}),
+            seed=config["seed"],
             synthetic=json.dumps(config["synthetic"]),
             threads=threads,
         )

@@ -41,8 +41,13 @@ def main_rows(results: Path) -> pd.DataFrame:
     ]
     return table.assign(
         seeds=[len(m["runs"]) for m in metrics],
-        machine=[describe_machine(m["machine"]["train"]) for m in metrics],
+        machine=[trained_on(m) for m in metrics],
     )
+
+
+def trained_on(metrics: dict) -> str:
+    record = metrics.get("machine", {}).get("train")  # runs from before it: none
+    return describe_machine(record) if record else "not recorded"
 
 
 def shot_summary(rows: pd.DataFrame) -> dict:
@@ -64,7 +69,7 @@ def between_runs(means: list[float]) -> dict:
         "runs": n,
         "mean": round(mean, 2),
         "sd": round(sd, 2),
-        "range95": [round(mean - half, 1), round(mean + half, 1)],
+        "bounds": (mean - half, mean + half),
     }
 
 
@@ -73,6 +78,9 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="LABEL=results folder; the first is the reference")
     parser.add_argument("--spread", nargs="*", default=[], help="runs that give the range")
     args = parser.parse_args()
+    labels = [item.split("=", 1)[0] for item in args.runs]
+    if args.spread and (len(args.spread) < 2 or not set(args.spread) <= set(labels)):
+        parser.error("--spread: two or more of the runs' labels")
     runs, machines = {}, {}
     for item in args.runs:
         label, folder = item.split("=", 1)
@@ -95,7 +103,8 @@ def main() -> None:
             s["folds"] = np.mean([runs[label][shot]["folds"] for label in args.spread], 0)
             s["folds"] = s["folds"].round(1).tolist()
             s["test_se"] = round(float(np.mean([runs[lb][shot]["se"] for lb in args.spread])), 2)
-            low, high = s["range95"]
+            low, high = s.pop("bounds")
+            s["range95"] = [round(low, 1), round(high, 1)]
             s["inside"] = {
                 label: low <= summary[shot]["mean"] <= high
                 for label, summary in runs.items()

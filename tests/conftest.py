@@ -214,10 +214,11 @@ def write_metrics(
     mine: bool,
     remain: bool = False,
     train_seed: int = 0,
+    machine: dict | None = None,
 ) -> Path:
     """A metrics.json with the keys summarize reads, as evaluate writes them, of two test seeds
-    at miou -+ 0.01; beside it their scores.csv: the same 10 episodes per seed for every run,
-    each at that IoU."""
+    at miou -+ 0.01 (its model's and its own machine: `machine`, else not recorded); beside it
+    their scores.csv: the same 10 episodes per seed for every run, each at that IoU."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lists = {"seed0": miou - 0.01, "seed1": miou + 0.01}
     metrics = {
@@ -230,6 +231,8 @@ def write_metrics(
         "model_episodes_per_s": 2.0,
         "parameters": 1000,
         "device": "cpu",
+        "machine": {"train": machine, "evaluate": machine},
+        "model": str(path.with_name("model.pt")),
         "evaluate": {"fg_rectify": fg},
         "model_config": {"bg_rectify": bg, "mine": mine},
         "mining": {"remain": remain},

@@ -126,3 +126,21 @@ def test_faiss_missing_or_installed_twice_is_one_line(monkeypatch, capsys):
         "ERROR: faiss-cpu 1.15.1 and faiss-gpu 1.15.1 are installed together; they share the "
         "faiss module: pip uninstall -y faiss-cpu faiss-gpu, then pip install -e '.[cpu]'"
     )
+
+
+def test_the_benchmark_table_gives_each_jobs_threads_and_the_machine(tmp_path):
+    import pandas as pd
+
+    from latentfss.machine import machine
+
+    row = {"s": 12.5, "h:m:s": "0:00:12", "max_rss": 300.0}
+    pd.DataFrame([{**row, "threads": 2}]).to_csv(tmp_path / "train_fold0.tsv", sep="\t")
+    pd.DataFrame([row]).to_csv(tmp_path / "prepare.tsv", sep="\t")  # without benchmark-extended
+    files = [tmp_path / "train_fold0.tsv", tmp_path / "prepare.tsv"]
+    assert cli("inspect", "benchmarks", *files, "--out", tmp_path / "b.csv")[0] == 0
+    table = pd.read_csv(tmp_path / "b.csv").set_index("job")
+    assert table.loc["train_fold0", "threads"] == 2 and pd.isna(table.loc["prepare", "threads"])
+    assert table.loc["total (sequential)", "seconds"] == 25.0
+    here = machine()
+    assert (table["cpu"] == here["cpu"]).all() and (table["onednn"] == here["onednn"]).all()
+    assert (table["vector_extensions"] == ", ".join(here["vector_extensions"])).all()

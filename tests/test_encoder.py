@@ -117,7 +117,7 @@ def test_the_shipped_synthetic_encoder_is_the_default_and_loads_whole(caplog):
 def test_a_missing_or_altered_synthetic_encoder_is_one_line(tmp_path, monkeypatch):
     altered = tmp_path / "synthetic-resnet18.pt"
     shutil.copy(SYNTHETIC, altered)
-    with altered.open("r+b") as f:  # one byte of the last weights
+    with altered.open("r+b") as f:  # one byte near the end (the zip's index)
         f.seek(-200, 2)
         byte = f.read(1)
         f.seek(-200, 2)

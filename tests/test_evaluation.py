@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -12,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import cli, params, summarize, summarize_runs, write_metrics
+from latentfss import machine as machine_module
 from latentfss.episodes import IGNORE
+from latentfss.machine import describe_machine, machine
 from latentfss.metrics import IoUMeter
 from latentfss.region_bank import RegionBank, inner_product_index
 
@@ -171,6 +174,27 @@ def test_summary_tables(evaluated):
     assert "1-shot fold0" in text and "1-shot mean" in text and "episodes/s" in text
     table = pd.read_csv(evaluated / "summary.csv")
     assert table[["shot", "fold"]].values.tolist() == [[1, 0]]
+
+
+def test_the_summary_says_where_models_were_trained_and_evaluated(tmp_path, capsys):
+    here = machine()
+    metrics = [
+        write_metrics(tmp_path / "a/metrics.json", 0, 0.5, True, True, True, machine=here),
+        write_metrics(tmp_path / "b/metrics.json", 1, 0.5, True, True, True),  # from before
+    ]
+    text = summarize(tmp_path, metrics, capsys).split("## Machine")[1]
+    assert f"- training: {describe_machine(here)} (1 model)" in text
+    assert "- training: not recorded (1 model)" in text
+    assert f"- evaluation: {describe_machine(here)} (1 evaluation)" in text
+    assert here["cpu"] and here["torch"] == torch.__version__
+    assert here["torch_threads"] == torch.get_num_threads()
+
+
+def test_the_machine_record_without_cpuinfo_says_its_extensions_are_unknown(monkeypatch):
+    monkeypatch.setattr(machine_module, "CPUINFO", Path("/nonexistent/cpuinfo"))
+    record = machine()
+    assert record["vector_extensions"] is None and record["cpu"]
+    assert "(vector extensions unknown)" in describe_machine(record)
 
 
 def test_ablation_table_has_a_row_per_set_of_switches_in_the_papers_order(tmp_path, capsys):

@@ -191,7 +191,7 @@ def test_rule_all_reaches_every_rule(tmp_path):
     assert len(defined) == 20, defined
     code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
     assert code == 0, out
-    # pretrain_encoder runs with encoder.weights: pretrain only (the test above)
+    # pretrain_encoder runs with encoder.weights: pretrain only (test_the_pretrain_rule_...)
     assert jobs(out) | {"all", "pretrain_encoder"} == defined, defined - jobs(out)
 
 
@@ -360,6 +360,18 @@ def test_the_encoder_is_pretrained_by_its_rule_only_for_weights_pretrain(tmp_pat
         "none": '"weights": "none"',
     }[weights]
     assert passed in job, job
+
+
+def test_the_pretrain_rule_makes_the_weights_extract_features_starts_from(tmp_path):
+    import torch
+
+    config = {**TINY_CONFIG, "encoder": {**TINY_CONFIG["encoder"], "weights": "pretrain"}}
+    code, out = snakemake(tmp_path, "results/synthetic/encoder_init.pt", config=config)
+    assert code == 0, out
+    results = tmp_path / "results/synthetic"
+    made = torch.load(results / "pretrain_encoder/weights.pt", weights_only=True)["state_dict"]
+    init = torch.load(results / "encoder_init.pt", weights_only=True)["state_dict"]
+    assert torch.equal(init["layer3.1.conv2.weight"], made["layer3.1.conv2.weight"].float())
 
 
 def test_without_kept_features_no_features_zarr_and_its_readers_encode(tmp_path):

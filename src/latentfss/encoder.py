@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from latentfss import layout
 from latentfss.errors import InputError
 from latentfss.fs import read_torch
 from latentfss.runtime import autocast
@@ -31,6 +32,7 @@ from latentfss.runtime import autocast
 log = logging.getLogger(__name__)
 
 ARCHS = ("resnet18", "resnet50", "resnet101")
+DROPPED = ("layer4.", "fc.")  # what the paper removes of a ResNet (weights keep them)
 STRIDE = 8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -287,11 +289,9 @@ def calibrate_batchnorm(encoder: Encoder, batches: Iterable[torch.Tensor]) -> in
     return seen
 
 
-# encoder.weights: synthetic, the synthetic benchmark's ImageNet weights: made once by `latentfss
-# pretrain-encoder` at config.yaml's `pretrain` recipe and shipped in the package, so that every
-# machine starts from the same bits (docs/data.md, "The encoder's pre-training")
-SYNTHETIC = Path(__file__).parent / "weights" / "synthetic-resnet18.pt"
-SYNTHETIC_SHA256 = "9093abefd558386f4b039d81e0dbea2bc9bd04bf8c8f96544a5bfd6f6183f306"
+# encoder.weights: synthetic: made once by `latentfss pretrain-encoder` at config.yaml's `pretrain`
+# recipe and shipped in the package, so that every machine starts from the same bits
+SYNTHETIC, SYNTHETIC_SHA256 = layout.SYNTHETIC_WEIGHTS, layout.SYNTHETIC_SHA256
 
 
 def _synthetic_state(arch: str) -> dict:
@@ -353,8 +353,7 @@ def build_encoder(cfg: EncoderConfig) -> Encoder:
             state = sources[cfg.weights](cfg.arch)
         else:
             state = _local_state(Path(cfg.weights))
-        dropped = ("layer4.", "fc.")  # the stages the paper removes
-        state = {k: v for k, v in state.items() if not k.startswith(dropped)}
+        state = {k: v for k, v in state.items() if not k.startswith(DROPPED)}
         if not state.keys() & encoder.state_dict().keys():
             raise InputError(f"encoder.weights: {cfg.weights} shares no key with {cfg.arch}")
         result = encoder.load_state_dict(state, strict=False)

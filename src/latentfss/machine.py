@@ -16,22 +16,28 @@ VECTOR_EXTENSIONS = {
 }
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
 def machine() -> dict:
     """What a float sum's order depends on, for the record of a run: the CPU model and its
-    vector extensions, torch, oneDNN and the kernels ATen picked, the torch threads, the GPU."""
+    vector extensions (None where the system does not say: not Linux), torch, oneDNN and the
+    kernels ATen picked, the torch threads, the GPU."""
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:  # not Linux
+        lines = CPUINFO.read_text().splitlines()
+    except OSError:
         lines = []
     info = dict(line.split(":", 1) for line in lines if ":" in line)
     info = {k.strip(): v.strip() for k, v in info.items()}
     flags = set(info.get("flags", "").split())
-    import torch  # not at import time: summarize and inspect do without torch
+    import torch  # not at import time: summarize reads records without it
 
     onednn = re.search(r"(?:MKL-DNN|oneDNN) v([\d.]+)", torch.__config__.show())
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
-        "vector_extensions": [name for flag, name in VECTOR_EXTENSIONS.items() if flag in flags],
+        "vector_extensions": [name for flag, name in VECTOR_EXTENSIONS.items() if flag in flags]
+        if flags
+        else None,
         "torch": str(torch.__version__),
         "onednn": onednn.group(1) if onednn else None,
         "aten_cpu": torch.backends.cpu.get_cpu_capability(),
@@ -42,11 +48,12 @@ def machine() -> dict:
 
 def describe_machine(m: dict) -> str:
     """One line: `Intel(R) Xeon(R) Processor (AVX2, AVX-512, AVX-512 BF16, AMX); torch 2.14.1,
-    oneDNN 3.12.0; 2 torch threads`."""
-    extensions = ", ".join(m["vector_extensions"]) or "no AVX2"
+    oneDNN 3.12.0, ATen AVX512; 2 torch threads`."""
+    known = m["vector_extensions"]
+    extensions = "vector extensions unknown" if known is None else ", ".join(known) or "no AVX2"
     gpu = f"; {m['gpu']}" if m.get("gpu") else ""
     threads = "thread" if m["torch_threads"] == 1 else "threads"
     return (
-        f"{m['cpu']} ({extensions}){gpu}; torch {m['torch']}, oneDNN {m['onednn']}; "
-        f"{m['torch_threads']} torch {threads}"
+        f"{m['cpu']} ({extensions}){gpu}; torch {m['torch']}, oneDNN {m['onednn']}, ATen "
+        f"{m['aten_cpu']}; {m['torch_threads']} torch {threads}"
     )

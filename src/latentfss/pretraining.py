@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from latentfss.datasets import synthetic
-from latentfss.encoder import Classifier, Encoder, Normalise, encode_each
+from latentfss.encoder import DROPPED, Classifier, Encoder, Normalise, encode_each
 from latentfss.episodes import IGNORE
 
 
@@ -199,9 +199,7 @@ def layer3_agreement(
     feats = []
     for state in (exact, stored):
         encoder = Encoder(arch).eval()
-        encoder.load_state_dict(
-            {k: v.float() for k, v in state.items() if not k.startswith(("layer4.", "fc."))}
-        )
+        encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith(DROPPED)})
         tensors = [torch.from_numpy(image.transpose(2, 0, 1).copy()) for image in images]
         feats.append(encode_each(encoder, tensors, normalise))
     error = sum(float((a - b).square().sum()) for a, b in zip(*feats, strict=True))

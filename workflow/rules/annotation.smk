@@ -50,6 +50,7 @@ rule extract_features:
         runtime=240 * LONGER,
     params:
         encoder=encoder_params,
+        shipped=SHIPPED,
         annotation=section("annotation", drop=["keep_features"]),
         seed=config["seed"],
         out=lambda wildcards, output: (

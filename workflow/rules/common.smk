@@ -52,6 +52,9 @@ KEEP_FEATURES = config["annotation"]["keep_features"]
 # GPU node (upper bounds). SLURM kills a job at its runtime, and only train resumes.
 LONGER = 4 if DATASET == "coco" else 1
 PRETRAIN = config["encoder"]["weights"] == "pretrain"
+# the shipped encoder's hash, a parameter of the jobs that read it: other shipped weights (a
+# later version of latentfss) re-run what they feed
+SHIPPED = layout.SYNTHETIC_SHA256 if config["encoder"]["weights"] == "synthetic" else ""
 PRETRAINED = f"{RESULTS}/pretrain_encoder/weights.pt"
 # GPU-type jobs (train, build_bank, evaluate) declare the cores they use: one torch thread, and
 # on a GPU machine their data-loader processes, which then do the CPU's work. Without a GPU the

@@ -244,7 +244,7 @@ def benchmark_table(args: argparse.Namespace) -> None:
     host = machine()
     table = table.assign(
         cpu=host["cpu"],
-        vector_extensions=", ".join(host["vector_extensions"]),
+        vector_extensions=", ".join(host["vector_extensions"] or ["unknown"]),
         torch=host["torch"],
         onednn=host["onednn"],
     )

@@ -81,16 +81,15 @@ def run(args: argparse.Namespace) -> None:
     stored = storable(exact)
     model.load_state_dict({**exact, **stored})  # scored as it is saved (the classifier kept)
     accuracy = heldout_accuracy(model, heldout, cfg, normalise, args.seed)
-    agreement = layer3_agreement(
-        arch, exact, stored, [image for image, _ in heldout[:STORAGE_CHECK]]
-    )
+    checked = [image for image, _ in heldout[:STORAGE_CHECK]]
+    agreement = layer3_agreement(arch, exact, stored, checked)
     save_torch(
         {
             "state_dict": stored,
             "arch": arch,
             "factors": {name: list(values) for name, values in synthetic.FACTORS.items()},
             "heldout_accuracy": accuracy,
-            "storage": {"conv": "float16", "images": STORAGE_CHECK, **agreement},
+            "storage": {"conv": "float16", "images": len(checked), **agreement},
             "losses": rows,
             "config": {
                 "pretrain": dataclasses.asdict(cfg),

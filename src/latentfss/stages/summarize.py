@@ -71,6 +71,7 @@ def read_metrics(paths: list[Path]) -> pd.DataFrame:
                 or float("nan"),  # older: none
                 "parameters": m["parameters"],
                 "device": m["device"],
+                "model": m["model"],
                 **{
                     f"{stage}_machine": describe_machine(record) if record else "not recorded"
                     for stage, record in m.get("machine", {"train": None, "evaluate": None}).items()
@@ -242,12 +243,16 @@ def table7(main: pd.DataFrame) -> str:
 
 def machines(runs: pd.DataFrame) -> str:
     """Where the models were trained and evaluated: each machine (CPU, vector extensions, torch,
-    oneDNN, torch threads) with its number of jobs. Float sums run in an order of the machine's
-    and the threads', so two runs that differ there may differ in their results."""
+    oneDNN, torch threads) with its number of models and of evaluations. Float sums run in an
+    order of the machine's and the threads', so two runs that differ there may differ in their
+    results."""
     lines = []
-    for stage, name in (("train", "training"), ("evaluate", "evaluation")):
-        for text, jobs in runs[f"{stage}_machine"].value_counts().items():
-            lines.append(f"- {name}: {text} ({jobs} {'job' if jobs == 1 else 'jobs'})")
+    for stage, name, jobs, kind in (
+        ("train", "training", runs.drop_duplicates("model"), "model"),  # fg on, off: one model
+        ("evaluate", "evaluation", runs, "evaluation"),
+    ):
+        for text, count in jobs[f"{stage}_machine"].value_counts().items():
+            lines.append(f"- {name}: {text} ({count} {kind}{'s' if count > 1 else ''})")
     return "\n".join(lines)
 
 
