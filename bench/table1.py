@@ -55,7 +55,7 @@ def shot_summary(rows: pd.DataFrame) -> dict:
     variance = ((rows.miou_std**2) / rows.seeds).sum() / len(rows) ** 2
     return {
         "folds": rows.sort_values("fold").miou.round(1).tolist(),
-        "mean": round(float(rows.miou.mean()), 2),
+        "mean": round(float(rows.miou.mean()), 3),
         "se": round(math.sqrt(variance), 2),
         "fbiou": round(float(rows.fbiou.mean()), 1),
     }
@@ -67,7 +67,7 @@ def between_runs(means: list[float]) -> dict:
     half = float(stats.t.ppf(0.975, n - 1)) * sd * math.sqrt(1 + 1 / n)
     return {
         "runs": n,
-        "mean": round(mean, 2),
+        "mean": round(mean, 3),
         "sd": round(sd, 2),
         "bounds": (mean - half, mean + half),
     }
