@@ -107,6 +107,33 @@ def test_bad_config_names_the_key(edit, message):
     assert "\n" not in str(e.value)
 
 
+def test_strings_from_the_command_line_take_the_schemas_types():
+    """Snakemake's --config gives every nested value as a string (YAML's BaseLoader)."""
+    config = {
+        "seed": "3",
+        "train_seeds": ["1", "2"],
+        "train": {"iterations": "5", "lr": "1e-3", "scale": ["0.5", "2"]},
+        "evaluate": {"beta": "0.5", "fg_rectify": "False"},
+        "model": {"mine": "true"},
+        "encoder": {"weights": "none"},
+        "dataset": {"root": "123"},
+    }
+    validate(config, SCHEMA)
+    assert config["seed"] == 3 and config["train_seeds"] == [1, 2]
+    assert config["train"]["iterations"] == 5 and config["train"]["lr"] == 0.001
+    assert config["train"]["scale"] == [0.5, 2] and config["train"]["batch_episodes"] == 4
+    assert config["evaluate"]["beta"] == 0.5 and config["evaluate"]["fg_rectify"] is False
+    assert config["model"]["mine"] is True
+    assert config["encoder"]["weights"] == "none" and config["dataset"]["root"] == "123"
+    for section, value, message in [
+        ("train", {"iterations": "five"}, "train.iterations: 'five' is not of type integer"),
+        ("train", {"iterations": "5.5"}, "train.iterations: '5.5' is not of type integer"),
+        ("model", {"mine": "yes please"}, "model.mine: 'yes please' is not of type boolean"),
+    ]:
+        with pytest.raises(InputError, match=message.replace(".", r"\.")):
+            validate({section: value}, SCHEMA)
+
+
 def test_stage_params_reject_unknown_keys_and_wrong_types():
     assert from_params(SyntheticConfig, '{"num_train": 5}', "synthetic").num_train == 5
     assert from_params(SyntheticConfig, "", "synthetic") == SyntheticConfig()

@@ -251,6 +251,22 @@ def test_config_errors_stop_snakemake_with_one_line(tmp_path, config, message):
     assert "Traceback" not in out
 
 
+def test_nested_numbers_and_booleans_from_the_command_line(tmp_path):
+    code, out = snakemake(
+        tmp_path,
+        "-n",
+        "-p",
+        "--config",
+        "train={iterations: 5}",
+        "evaluate={beta: 0.5, fg_rectify: false}",
+        "train_seeds=[1]",
+        presets=["config.yaml"],
+    )
+    assert code == 0, out
+    assert '"iterations": 5,' in out and '"beta": 0.5,' in out and '"fg_rectify": false' in out
+    assert '"batch_episodes": 4,' in out  # the rest of the section stays config.yaml's
+
+
 def test_pascal_preset_dry_run_on_a_voc_root(tiny_root, tmp_path):
     root = shutil.copytree(tiny_root, tmp_path / "VOC2012")
     lists = root / "ImageSets/Segmentation"

@@ -40,6 +40,31 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             _fill_defaults(instance[key], sub)
 
 
+def _scalar(text: str, kind: str | None) -> Any:
+    """`text` as the schema's scalar type `kind` when it reads as one, else `text` itself."""
+    if kind == "boolean":
+        return {"true": True, "false": False}.get(text.lower(), text)
+    for convert in {"integer": (int,), "number": (int, float)}.get(kind, ()):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _typed(value: Any, schema: dict) -> Any:
+    """`value` with every string where the schema wants a number or a boolean converted:
+    Snakemake's `--config 'train={iterations: 5}'` parses nested values as strings."""
+    if isinstance(value, str):
+        return _scalar(value, schema.get("type"))
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_typed(item, schema["items"]) for item in value]
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return {key: _typed(v, properties.get(key, {})) for key, v in value.items()}
+    return value
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     if error.validator == "additionalProperties":
@@ -55,7 +80,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 
 def validate(config: dict, schema_path: str | Path, source: str = "config") -> dict:
-    """Check `config` against the JSON schema and fill in its defaults, in place.
+    """Check `config` against the JSON schema and fill in its defaults, in place; a string
+    where the schema wants a number or a boolean is converted first (`--config` gives strings).
 
     Raises InputError with one line naming the offending key, e.g.
     "config: unknown key 'dataset.nme' (known here: name, root, train_list)".
@@ -63,6 +89,7 @@ def validate(config: dict, schema_path: str | Path, source: str = "config") -> d
     schema = read_yaml(schema_path)
     if not isinstance(config, dict):
         raise InputError(f"{source}: expected a mapping of sections, got {type(config).__name__}")
+    config.update(_typed(config, schema))
     _fill_defaults(config, schema)
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if errors:
