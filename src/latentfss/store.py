@@ -1,4 +1,4 @@
-"""The Zarr artifacts (DESIGN section 4): compression, chunk-aligned writes, provenance attrs."""
+"""The Zarr artifacts: compression, chunk-aligned writes, checksums, provenance attrs."""
 
 from __future__ import annotations
 
