@@ -3,6 +3,7 @@ run, caching, and config errors as one line."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -180,6 +181,17 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     assert code == 0 and jobs(out) == {"build_bank", "evaluate", *tables}, jobs(out)
     assert out.count("rule build_bank:") == 1 and "fold1/shot5/bank" in out
 
+    # a project folder moved elsewhere (as `cp -a`, the original removed) evaluates again to
+    # the same scores: nothing under results/ holds an absolute path that is read back
+    scores = {m: json.loads(m.read_text())["miou"] for m in results.glob("**/eval/metrics.json")}
+    moved = shutil.copytree(tmp_path, tmp_path.with_name(tmp_path.name + "-moved"), symlinks=True)
+    shutil.rmtree(tmp_path)
+    code, out = snakemake(moved, "--forcerun", "evaluate", "evaluate_variant", config=TINY_CONFIG)
+    assert code == 0, out
+    for metrics, miou in scores.items():
+        again = moved / metrics.relative_to(tmp_path)
+        assert json.loads(again.read_text())["miou"] == miou, again
+
 
 def test_rule_all_reaches_every_rule(tmp_path):
     """`jobs()` (common.smk) lists rule all's targets by hand; a rule missing from it would never
@@ -199,8 +211,6 @@ def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tm
     """Two runs from scratch in two folders, the second with annotation.keep_features false:
     identical pseudo masks, training logs and episode lists, equal metrics (CPU); the second
     never wrote features.zarr."""
-    import json
-
     import zarr
 
     config = {**TINY_CONFIG, "folds": [0], "shots": [1], "ablations": []}

@@ -26,7 +26,7 @@ from latentfss import code_version
 from latentfss.config import from_params
 from latentfss.datasets import DatasetConfig, coco, pascal, synthetic, voc
 from latentfss.datasets.images import image_size, read_mask, write_mask
-from latentfss.datasets.index import IMAGE_COLUMNS, write_index
+from latentfss.datasets.index import IMAGE_COLUMNS, portable, write_index
 from latentfss.errors import InputError
 from latentfss.fs import atomic_dir
 from latentfss.progress import progress
@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> None:
         converted = sum(t.convert is not None for t in tasks)
         log.info("%s (%s): %d images, %d masks to convert", root, layout, len(tasks), converted)
         images, pixels = _scan(tasks, args.threads)
+        movable = not Path(cfg.root).is_absolute()  # a root inside the project moves with it
+        for column in ("image", "mask"):
+            images[column] = portable(images[column], final, movable)
         meta = {
             "name": cfg.name,
             "config": dataclasses.asdict(cfg),
