@@ -244,6 +244,7 @@ def test_a_truncated_model_or_bank_is_one_line(
     assert last.endswith("delete it and re-run (snakemake re-makes it)")
 
 
+@pytest.mark.slow
 def test_a_signal_mid_run_saves_the_state_and_the_rerun_ends_as_an_unstopped_run(
     annotated, tmp_path
 ):

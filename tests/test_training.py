@@ -296,6 +296,7 @@ def same_weights(a: Path, b: Path) -> bool:
     return all(torch.equal(first[key], second[key]) for key in first)
 
 
+@pytest.mark.slow
 def test_a_state_from_another_run_is_not_resumed(annotated, tmp_path, caplog):
     """A killed run's state is used only by a run of the same config, inputs and code; any
     other run starts over, saying why in one line, and ends where it would have anyway."""

@@ -89,6 +89,7 @@ def test_default_dry_run(tmp_path):
     assert "make_synthetic" in out and "prepare" in out
 
 
+@pytest.mark.slow
 def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     code, out = snakemake(tmp_path, config=TINY_CONFIG)
     assert code == 0, out
@@ -207,6 +208,7 @@ def test_rule_all_reaches_every_rule(tmp_path):
     assert jobs(out) | {"all", "pretrain_encoder"} == defined, defined - jobs(out)
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tmp_path, on_cpu):
     """Two runs from scratch in two folders, the second with annotation.keep_features false:
     identical pseudo masks, training logs and episode lists, equal metrics (CPU); the second
@@ -388,6 +390,7 @@ def test_the_encoder_is_pretrained_by_its_rule_only_for_weights_pretrain(tmp_pat
     assert passed in job, job
 
 
+@pytest.mark.slow
 def test_the_pretrain_rule_makes_the_weights_extract_features_starts_from(tmp_path):
     import torch
 
