@@ -20,5 +20,6 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        artifacts(),
+        FIGURES,
+        rules.summarize.output,
         rules.inspect_benchmarks.output.table,

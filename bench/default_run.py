@@ -26,14 +26,17 @@ from pathlib import Path
 import pandas as pd
 from record import arguments, describe, save
 
+from latentfss import layout
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def by_rule(jobs: pd.DataFrame) -> pd.DataFrame:
+def by_rule(jobs: pd.DataFrame, rows=("main",)) -> pd.DataFrame:
     """Rows per rule, in the order the rules first ran: a job's benchmark file is named after
-    its rule, then its wildcards (fold, shot, ablation switches)."""
+    its rule, then its wildcards (the row first, of `rows`)."""
     jobs = jobs[~jobs["job"].str.startswith("total")].copy()
-    jobs["rule"] = jobs["job"].map(lambda job: re.sub(r"_(fold|fg|bg)\d.*$", "", job))
+    row = re.compile(rf"_({'|'.join(rows)})(_.*)?$")
+    jobs["rule"] = jobs["job"].map(lambda job: row.sub("", job))
     table = jobs.groupby("rule", sort=False).agg(
         jobs=("job", "size"),
         seconds=("seconds", "sum"),
@@ -78,7 +81,7 @@ def main() -> None:
     if args.run:
         run = fresh_run(args.run, args.commit, args.snakemake)
         args.results = args.run / "results/synthetic"
-    table = by_rule(pd.read_csv(args.results / "benchmarks.csv"))
+    table = by_rule(pd.read_csv(args.results / layout.BENCHMARK_TABLE))
     results = {**run, "rules": table.round(1).to_dict(orient="records")}
     save(results, markdown, args.out, "default_run")
 

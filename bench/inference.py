@@ -33,9 +33,10 @@ import pandas as pd
 import torch
 import yaml
 import zarr
-from record import arguments, describe, run_stage, save, scratch
+from record import arguments, artifact, describe, run_stage, save, scratch
 from torch.utils.data import DataLoader
 
+from latentfss import layout
 from latentfss.datasets.evaluation import EvaluateConfig, TestEpisodes, at_label
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise
@@ -43,6 +44,7 @@ from latentfss.episodes import EpisodeSampler, novel_classes, sample_test_episod
 from latentfss.metrics import IoUMeter
 from latentfss.model import Shots, load_model
 from latentfss.region_bank import load_bank
+from latentfss.runs import BANK_KEYS
 from latentfss.runtime import pick_device, precision
 from latentfss.stages.evaluate import episode_by_episode, evaluate_lists
 
@@ -110,13 +112,12 @@ class Floors:
 
 
 def measure_variants(results: Path, shot: int, episodes: int, config: dict, device) -> list[dict]:
-    run = results / f"fold0/shot{shot}"
-    model, _ = load_model(run / "model.pt")
+    model, _ = load_model(artifact(results, layout.MODEL, fold=0, shot=shot))
     model = model.to(device).to(memory_format=torch.channels_last)
     e = config["evaluate"]
     cfg = EvaluateConfig(**{**e, "seeds": tuple(e["seeds"])})
-    bank = load_bank(run / "bank", cfg.top_n, cfg.beta, device)
-    index = read_index(results / "dataset")
+    bank = load_bank(artifact(results, layout.BANK, fold=0, shot=shot), cfg.top_n, cfg.beta, device)
+    index = read_index(results / layout.INDEX)
     novel = novel_classes(0, index.num_classes, config["protocol"]["class_split"])
     val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
     sampler = EpisodeSampler.from_pixels(val, novel, config["protocol"]["min_support_pixels"], shot)
@@ -146,11 +147,11 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict, devi
         meters, _, work = evaluate_lists(model, chosen, index, cfg, bank, device, novel)
         flops = floors.encode_once(pd.concat(chosen.values()))
         record(variant, meters, work["seconds"], flops, images=work)
-    for variant, loop, layout in (
+    for variant, loop, memory_format in (
         ("episode by episode", episode_by_episode, torch.channels_last),
         ("authors' loop shape", authors_loop, torch.contiguous_format),
     ):
-        model = model.to(memory_format=layout)
+        model = model.to(memory_format=memory_format)
         meter, start = IoUMeter(novel), time.perf_counter()
         for pred, label, class_id in loop(model, lists["seed0"], index, cfg, bank, device):
             meter.update(pred, label, class_id)
@@ -166,28 +167,29 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict, devi
 def measure_stages(results: Path, shot: int, config: dict, threads: int, tmp: Path) -> list[dict]:
     """build-bank and evaluate (every seed) of fold 0 as the workflow runs them, each in its
     own process, against their floors (evaluate's: encoding its lists' distinct images once)."""
-    run, e = results / f"fold0/shot{shot}", config["evaluate"]
-    model, _ = load_model(run / "model.pt")
-    index = read_index(results / "dataset")
+    e = config["evaluate"]
+    model_path = artifact(results, layout.MODEL, fold=0, shot=shot)
+    masks = artifact(results, layout.PSEUDO_MASKS, fold=0)
+    model, _ = load_model(model_path)
+    index = read_index(results / layout.INDEX)
     floors = Floors(
         model, index, EvaluateConfig(**{**e, "seeds": tuple(e["seeds"])}), torch.device("cpu")
     )
-    train_set = zarr.open_group(str(results / "fold0/pseudo_masks.zarr"), mode="r")["image_id"]
-    keys = ("resize", "input_size", "batch_size", "workers")
+    train_set = zarr.open_group(str(masks), mode="r")["image_id"]
     bank = run_stage(
         "build-bank",
-        index=results / "dataset",
-        model=run / "model.pt",
-        pseudo_masks=results / "fold0/pseudo_masks.zarr",
+        index=results / layout.INDEX,
+        model=model_path,
+        pseudo_masks=masks,
         out=tmp / "bank",
-        params=json.dumps({k: e[k] for k in keys}),
+        params=json.dumps({k: e[k] for k in BANK_KEYS}),
         threads=threads,
     )
     evaluate = run_stage(
         "evaluate",
-        index=results / "dataset",
-        model=run / "model.pt",
-        bank=run / "bank",
+        index=results / layout.INDEX,
+        model=model_path,
+        bank=artifact(results, layout.BANK, fold=0, shot=shot),
         fold=0,
         shot=shot,
         out=tmp / "eval",
@@ -221,7 +223,7 @@ def main() -> None:
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     for shot in (1, 5):
-        if not (args.results / f"fold0/shot{shot}/bank").is_dir():
+        if not artifact(args.results, layout.BANK, fold=0, shot=shot).is_dir():
             raise SystemExit(
                 f"{args.results}: run `snakemake --cores 2` first (needs fold 0's "
                 "models and region banks)"

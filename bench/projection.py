@@ -35,10 +35,11 @@ import torch
 import train as train_bench
 import yaml
 from limits import count_flops
-from record import save
+from record import artifact, save
 from rehearsal import PER_IMAGE
 from snakemake.utils import update_config
 
+from latentfss import layout
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
 from latentfss.encoder import EncoderConfig, build_encoder
@@ -124,12 +125,14 @@ def loader_seconds(sample: Path, config: dict, samples: int) -> dict[str, float]
     """Seconds per training sample on one core (read, label, rescale, crop, flip): an episode
     of each shot (1 + shot images) and a pseudo-labelled image, on the COCO sample's images."""
     results = sample / "results/coco"
-    index = read_index(results / "dataset")
+    index = read_index(results / layout.INDEX)
     pixels = index.pixels[index.pixels["image_id"].isin(index.split("train").index)]
     t, min_pixels = config["train"], config["protocol"]["min_support_pixels"]
     crop, scale = t["crop"], tuple(t["scale"])
     data = {
-        "pseudo": PseudoSamples([results / "fold0/pseudo_masks.zarr"], index.images, crop, scale, 0)
+        "pseudo": PseudoSamples(
+            [artifact(results, layout.PSEUDO_MASKS, fold=0)], index.images, crop, scale, 0
+        )
     }
     for shot in SHOTS:
         sampler = EpisodeSampler.from_pixels(pixels, base_classes(0, 80), min_pixels, shot)

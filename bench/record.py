@@ -35,6 +35,13 @@ def arguments(doc: str, *, results: bool = False, threads: bool = False) -> argp
     return parser
 
 
+def artifact(results: Path, pattern: str, row: str = "main", **values) -> Path:
+    """An artifact of a finished run (`results`: its results/{dataset} folder) from its
+    latentfss.layout pattern: of row main and training seed 0, the train set's pseudo masks,
+    unless `values` say otherwise."""
+    return results / pattern.format(**{"row": row, "tseed": 0, "images": "train_set", **values})
+
+
 def machine() -> dict:
     """The pipeline's record of the machine (CPU, vector extensions, torch, oneDNN) with the
     cores and Python."""

@@ -40,7 +40,7 @@ import pandas as pd
 import yaml
 from record import arguments, describe, run_stage, save, tree_memory
 
-from latentfss import store
+from latentfss import layout, store
 from latentfss.datasets import pascal
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,27 +55,31 @@ SETTINGS = {  # on top of config.yaml and workflow/presets/{dataset}.yaml
     },
     "coco": {"folds": [0], "shots": [1], "encoder": ENCODER},
 }
+FOLD0 = {"row": "main", "tseed": 0, "fold": 0, "shot": 1, "images": "train_set"}
 OUTPUTS = {  # rule -> its outputs under results/{dataset} (the disk each stage writes)
-    "prepare": ["dataset"],
-    "extract_features": ["features.zarr", "encoder_init.pt"],
-    "pool_prototypes": ["prototypes.zarr"],
-    "cluster": ["fold0/clusters.zarr"],
-    "write_pseudo_masks": ["fold0/pseudo_masks.zarr"],
-    "train": ["fold0/shot1/model.pt"],
-    "build_bank": ["fold0/shot1/bank"],
-    "evaluate": ["fold0/shot1/eval"],
+    rule: [pattern.format(**FOLD0) for pattern in patterns]
+    for rule, patterns in {
+        "prepare": [layout.INDEX],
+        "extract_features": [layout.FEATURES, layout.ENCODER_INIT],
+        "pool_prototypes": [layout.PROTOTYPES],
+        "cluster": [layout.CLUSTERS],
+        "write_pseudo_masks": [layout.PSEUDO_MASKS],
+        "train": [layout.MODEL],
+        "build_bank": [layout.BANK],
+        "evaluate": [layout.EVAL],
+    }.items()
 }
 BENCH_FILES = {  # rule -> its Snakemake benchmark file under results/{dataset}/benchmarks
     "prepare": "prepare",
-    "extract_features": "extract_features",
-    "pool_prototypes": "pool_prototypes",
-    "cluster": "cluster_fold0",
-    "write_pseudo_masks": "write_pseudo_masks_fold0",
-    "train": "train_fold0_shot1",
-    "build_bank": "build_bank_fold0_shot1",
-    "evaluate": "evaluate_fold0_shot1",
+    "extract_features": "extract_features_main",
+    "pool_prototypes": "pool_prototypes_main",
+    "cluster": "cluster_main_fold0",
+    "write_pseudo_masks": "write_pseudo_masks_main_fold0_train_set",
+    "train": "train_main_train0_fold0_shot1",
+    "build_bank": "build_bank_main_train0_fold0_shot1",
+    "evaluate": "evaluate_main_train0_fold0_shot1",
 }
-TARGETS = {"pascal": [], "coco": ["fold0/pseudo_masks.zarr"]}  # [] = the whole DAG
+TARGETS = {"pascal": [], "coco": OUTPUTS["write_pseudo_masks"]}  # [] = the whole DAG
 ANNOTATION = ["prepare", "extract_features", "pool_prototypes", "cluster", "write_pseudo_masks"]
 RULES = {"pascal": list(OUTPUTS), "coco": ANNOTATION}  # the rules each rehearsal runs
 SCALE = 0.25  # coco: the generated images' sides, of COCO's
@@ -98,16 +102,17 @@ def disk_mb(path: Path) -> float:
 
 def work_done(results: Path, dataset: str) -> dict[str, int]:
     """What the stages did: images indexed and encoded, prototypes clustered, regions banked."""
-    protos = store.open_group(results / "prototypes.zarr", "pool-prototypes")
-    clusters = store.open_group(results / "fold0/clusters.zarr", "cluster")
+    protos = store.open_group(results / OUTPUTS["pool_prototypes"][0], "pool-prototypes")
+    clusters = store.open_group(results / OUTPUTS["cluster"][0], "cluster")
     work = {
         "train_images": int(protos["image_id"].shape[0]),
         "prototypes": int(protos["fg"].shape[0]),
         "fold_train_set": int(clusters["train_set"].shape[0]),
-        "pixels_csv_mb": round(disk_mb(results / "dataset/pixels.csv"), 1),
+        "pixels_csv_mb": round(disk_mb(results / layout.INDEX / "pixels.csv"), 1),
     }
     if dataset == "pascal":
-        regions = store.open_group(results / "fold0/shot1/bank/regions.zarr", "build-bank")
+        bank = results / OUTPUTS["build_bank"][0]
+        regions = store.open_group(bank / "regions.zarr", "build-bank")
         work["bank_regions"] = int(regions["image"].shape[0])
     return work
 
@@ -134,7 +139,7 @@ def rehearse(dataset: str, run: Path, settings: dict) -> dict:
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
     stages = {}
     for rule in RULES[dataset]:
-        bench = pd.read_csv(results / "benchmarks" / f"{BENCH_FILES[rule]}.tsv", sep="\t")
+        bench = pd.read_csv(results / layout.BENCHMARKS / f"{BENCH_FILES[rule]}.tsv", sep="\t")
         outputs = [results / o for o in OUTPUTS[rule] if (results / o).exists()]
         stages[rule] = {
             "seconds": round(float(bench["s"].iloc[0]), 1),
@@ -142,7 +147,7 @@ def rehearse(dataset: str, run: Path, settings: dict) -> dict:
             "disk_mb": round(sum(map(disk_mb, outputs)), 1),
         }
     work = work_done(results, dataset)
-    shutil.rmtree(results / "features.zarr", ignore_errors=True)
+    shutil.rmtree(results / OUTPUTS["extract_features"][0], ignore_errors=True)
     return {"stages": stages, "work": work}
 
 

@@ -22,21 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from record import arguments, describe, save
+from record import arguments, artifact, describe, save
 from scipy import stats
 
+from latentfss import layout
 from latentfss.machine import describe_machine
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main_rows(results: Path) -> pd.DataFrame:
-    """The main run's rows of summary.csv (the ablation rows left out), with each fold's seeds."""
-    table = pd.read_csv(results / "summary.csv")
-    if "remain" in table:
-        table = table[table.fg & table.bg & table.mine & ~table.remain]
+    """Row main's lines of summary.csv, with each fold's seeds."""
+    table = pd.read_csv(results / layout.SUMMARY_CSV)
+    table = table[table.row == "main"]
     metrics = [
-        json.loads((results / f"fold{r.fold}/shot{r.shot}/eval/metrics.json").read_text())
+        json.loads(
+            (artifact(results, layout.EVAL, fold=r.fold, shot=r.shot) / layout.METRICS).read_text()
+        )
         for r in table.itertuples()
     ]
     return table.assign(
@@ -46,8 +48,7 @@ def main_rows(results: Path) -> pd.DataFrame:
 
 
 def trained_on(metrics: dict) -> str:
-    record = metrics.get("machine", {}).get("train")  # runs from before it: none
-    return describe_machine(record) if record else "not recorded"
+    return describe_machine(metrics["machine"]["train"])
 
 
 def shot_summary(rows: pd.DataFrame) -> dict:

@@ -19,8 +19,9 @@ import limits
 import torch
 import yaml
 import zarr
-from record import arguments, describe, run_stage, save, scratch
+from record import arguments, artifact, describe, run_stage, save, scratch
 
+from latentfss import layout
 from latentfss.encoder import load_encoder
 from latentfss.model import MatchingNet, ModelConfig
 from latentfss.runtime import pick_device
@@ -32,9 +33,9 @@ def timed_train(results: Path, out: Path, shot: int, params: dict, threads: int)
     """One training run in its own process: wall seconds, steps/s, peak RSS."""
     run = run_stage(
         "train",
-        index=results / "dataset",
-        encoder_init=results / "encoder_init.pt",
-        pseudo_masks=results / "fold0/pseudo_masks.zarr",
+        index=results / layout.INDEX,
+        encoder_init=artifact(results, layout.ENCODER_INIT),
+        pseudo_masks=artifact(results, layout.PSEUDO_MASKS, fold=0),
         fold=0,
         shot=shot,
         out=out / "model.pt",
@@ -55,10 +56,10 @@ def iteration_flops(results: Path, config: dict, shot: int) -> int:
     training loop builds (B queries, B x shot supports, M pseudo-labelled images); the cosine
     matching and the losses are left out (by hand, a few MFLOP against the 54 (1-shot)
     to 100 (5-shot) GFLOP counted here per iteration at the default)."""
-    k = zarr.open_group(str(results / "fold0/pseudo_masks.zarr"), mode="r").attrs["K"]
-    model = MatchingNet(
-        load_encoder(results / "encoder_init.pt"), ModelConfig(**config["model"]), k + 1
-    )
+    masks = artifact(results, layout.PSEUDO_MASKS, fold=0)
+    k = zarr.open_group(str(masks), mode="r").attrs["K"]
+    encoder = load_encoder(artifact(results, layout.ENCODER_INIT))
+    model = MatchingNet(encoder, ModelConfig(**config["model"]), k + 1)
     return step_flops(model, config["train"], shot)
 
 
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=40)
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    if not (args.results / "fold0/pseudo_masks.zarr").is_dir():
+    if not artifact(args.results, layout.PSEUDO_MASKS, fold=0).is_dir():
         raise SystemExit(
             f"{args.results}: run `snakemake --cores 2` first (needs fold 0's pseudo masks)"
         )

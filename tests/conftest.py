@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from latentfss import layout
 from latentfss.cli import main
 from latentfss.datasets.synthetic import SyntheticConfig
 from latentfss.stages.make_synthetic import generate
@@ -69,15 +70,29 @@ ANNOTATION = params(input_size=64, batch_size=5)
 PROTOCOL = params(min_support_pixels=30)  # the tiny images are 48-64 px a side
 
 
+def artifact(results: Path, pattern: str, **values) -> Path:
+    """An artifact under `results` laid out as a run's results/{dataset} folder (a
+    latentfss.layout pattern): of row main and training seed 0, the train set's pseudo masks,
+    unless `values` say otherwise."""
+    return results / pattern.format(**{"row": "main", "tseed": 0, "images": "train_set", **values})
+
+
 def pooling_steps(out: Path, dataset: str) -> list[tuple]:
     """The `latentfss` argv of prepare -> extract-features -> pool-prototypes into `out`."""
-    index, features = out / "dataset", out / "features.zarr"
+    index, features = out / "dataset", artifact(out, layout.FEATURES)
     return [
         ("prepare", "--out", index, "--params", dataset),
         ("extract-features", "--index", index, "--out", features)
-        + ("--encoder-out", out / "encoder_init.pt", "--encoder", ENCODER, "--params", ANNOTATION),
+        + (
+            "--encoder-out",
+            artifact(out, layout.ENCODER_INIT),
+            "--encoder",
+            ENCODER,
+            "--params",
+            ANNOTATION,
+        ),
         ("pool-prototypes", "--index", index, "--features", features)
-        + ("--out", out / "prototypes.zarr"),
+        + ("--out", artifact(out, layout.PROTOTYPES)),
     ]
 
 
@@ -93,11 +108,11 @@ def annotated(tiny_root, tmp_path_factory):
                 "--index",
                 out / "dataset",
                 "--prototypes",
-                out / "prototypes.zarr",
+                artifact(out, layout.PROTOTYPES),
                 "--fold",
                 fold,
                 "--out",
-                out / f"fold{fold}/clusters.zarr",
+                artifact(out, layout.CLUSTERS, fold=fold),
                 "--params",
                 params(k=3, nredo=2),
                 "--protocol",
@@ -110,11 +125,11 @@ def annotated(tiny_root, tmp_path_factory):
                 "--index",
                 out / "dataset",
                 "--features",
-                out / "features.zarr",
+                artifact(out, layout.FEATURES),
                 "--clusters",
-                out / f"fold{fold}/clusters.zarr",
+                artifact(out, layout.CLUSTERS, fold=fold),
                 "--out",
-                out / f"fold{fold}/pseudo_masks.zarr",
+                artifact(out, layout.PSEUDO_MASKS, fold=fold),
             ),
         ]
     with cpu_only():
@@ -127,8 +142,21 @@ def train_argv(annotated: Path, out: Path, train: str, *extra) -> tuple:
     """`latentfss train` of fold 0, 1-shot, on the `annotated` fixture into `out` (model.pt,
     train.csv), with the config section `train` as JSON."""
     return (
-        ("train", "--index", annotated / "dataset", "--encoder-init", annotated / "encoder_init.pt")
-        + ("--pseudo-masks", annotated / "fold0/pseudo_masks.zarr", "--fold", "0", "--shot", "1")
+        (
+            "train",
+            "--index",
+            annotated / "dataset",
+            "--encoder-init",
+            artifact(annotated, layout.ENCODER_INIT),
+        )
+        + (
+            "--pseudo-masks",
+            artifact(annotated, layout.PSEUDO_MASKS, fold=0),
+            "--fold",
+            "0",
+            "--shot",
+            "1",
+        )
         + ("--out", out / "model.pt", "--log-csv", out / "train.csv", "--params", train, *extra)
     )
 
@@ -153,7 +181,7 @@ def evaluated(annotated, tmp_path_factory):
             "--model",
             model,
             "--pseudo-masks",
-            annotated / "fold0/pseudo_masks.zarr",
+            artifact(annotated, layout.PSEUDO_MASKS, fold=0),
             "--out",
             bank,
             "--params",
@@ -180,7 +208,7 @@ def evaluated(annotated, tmp_path_factory):
         ),
         (
             "summarize",
-            eval_dir / "metrics.json",
+            f"main={eval_dir / 'metrics.json'}",
             "--csv",
             out / "summary.csv",
             "--md",
@@ -206,21 +234,16 @@ def run_latentfss(*argv: str) -> subprocess.CompletedProcess:
 
 
 def write_metrics(
-    path: Path,
-    fold: int,
-    miou: float,
-    fg: bool,
-    bg: bool,
-    mine: bool,
-    remain: bool = False,
-    train_seed: int = 0,
-    machine: dict | None = None,
+    path: Path, fold: int, miou: float, train_seed: int = 0, machine: dict | None = None
 ) -> Path:
     """A metrics.json with the keys summarize reads, as evaluate writes them, of two test seeds
-    at miou -+ 0.01 (its model's and its own machine: `machine`, else not recorded); beside it
+    at miou -+ 0.01 (its model's and its own machine: `machine`, else this one's); beside it
     their scores.csv: the same 10 episodes per seed for every run, each at that IoU."""
+    from latentfss.machine import machine as this_machine
+
     path.parent.mkdir(parents=True, exist_ok=True)
     lists = {"seed0": miou - 0.01, "seed1": miou + 0.01}
+    record = machine or this_machine()
     metrics = {
         "fold": fold,
         "shot": 1,
@@ -231,11 +254,8 @@ def write_metrics(
         "model_episodes_per_s": 2.0,
         "parameters": 1000,
         "device": "cpu",
-        "machine": {"train": machine, "evaluate": machine},
+        "machine": {"train": record, "evaluate": record},
         "model": str(path.with_name("model.pt")),
-        "evaluate": {"fg_rectify": fg},
-        "model_config": {"bg_rectify": bg, "mine": mine},
-        "mining": {"remain": remain},
         "train_seed": train_seed,
     }
     path.write_text(json.dumps(metrics))
@@ -251,39 +271,28 @@ def write_metrics(
 
 
 def summarize_runs(
-    tmp_path: Path, runs: dict[tuple, tuple[float, ...]], main: tuple, capsys, train_seeds=(0,)
+    tmp_path: Path, runs: dict[str, tuple[float, ...]], capsys, train_seeds=(0,), reference=None
 ) -> str:
-    """`latentfss summarize` over runs given as switches (fg, bg, mine[, remain]) -> mIoU of
-    each fold (the same for every training seed), `main` the main run (its first training
-    seed) and the others variants: summary.md's text (summary.csv beside it)."""
-    paths = {
-        (switches, seed): [
-            write_metrics(
-                tmp_path / f"{''.join(map(str, switches))}_{seed}" / str(fold) / "metrics.json",
-                fold,
-                miou,
-                *map(bool, switches),
-                train_seed=seed,
-            )
-            for fold, miou in enumerate(mious)
-        ]
-        for switches, mious in runs.items()
+    """`latentfss summarize` over rows given as name -> mIoU of each fold (the same for every
+    training seed): summary.md's text (summary.csv beside it)."""
+    evaluations = [
+        f"{row}="
+        + str(write_metrics(tmp_path / f"{row}_{seed}/{fold}/metrics.json", fold, miou, seed))
+        for row, mious in runs.items()
         for seed in train_seeds
-    }
-    first = (main, train_seeds[0])
-    return summarize(
-        tmp_path, [*paths[first], *(p for r, ps in paths.items() if r != first for p in ps)], capsys
-    )
+        for fold, miou in enumerate(mious)
+    ]
+    return summarize(tmp_path, evaluations, capsys, reference)
 
 
-def summarize(tmp_path: Path, metrics: list[Path], capsys) -> str:
-    """`latentfss summarize` of metrics.json files, the first the main run's, the others
-    variants -> summary.md's text (summary.csv beside it: tmp_path / s.csv)."""
+def summarize(tmp_path: Path, evaluations: list, capsys, reference=None) -> str:
+    """`latentfss summarize` of `ROW=METRICS` evaluations -> summary.md's text (summary.csv
+    beside it: tmp_path / s.csv)."""
+    flags = ["--reference", reference] if reference else []
     code, err = cli(
         "summarize",
-        metrics[0],
-        "--variants",
-        *metrics[1:],
+        *evaluations,
+        *flags,
         "--csv",
         tmp_path / "s.csv",
         "--md",

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import zarr
 from PIL import Image
 
-from conftest import ANNOTATION, ENCODER, PROTOCOL, cli, params
-from latentfss import store
+from conftest import ANNOTATION, ENCODER, PROTOCOL, artifact, cli, params
+from latentfss import layout, store
 from latentfss.clustering import ClusterConfig, fold_background, spherical_kmeans
 from latentfss.datasets.images import read_mask
 from latentfss.datasets.index import read_index
@@ -100,7 +100,7 @@ def test_fold_background_takes_in_hidden_classes_by_mass():
 
 
 def test_features_store(annotated, tiny_root):
-    group = zarr.open_group(str(annotated / "features.zarr"), mode="r")
+    group = zarr.open_group(str(artifact(annotated, layout.FEATURES)), mode="r")
     index = read_index(annotated / "dataset")
     assert group["feats"].shape == (24, 256, 8, 8) and group["feats"].dtype == np.float16
     assert group["feats"].chunks == (1, 256, 8, 8)
@@ -112,8 +112,8 @@ def test_features_store(annotated, tiny_root):
 
 
 def test_prototypes_store_is_eq2_of_the_features(annotated):
-    features = zarr.open_group(str(annotated / "features.zarr"), mode="r")
-    group = zarr.open_group(str(annotated / "prototypes.zarr"), mode="r")
+    features = zarr.open_group(str(artifact(annotated, layout.FEATURES)), mode="r")
+    group = zarr.open_group(str(artifact(annotated, layout.PROTOTYPES)), mode="r")
     index = read_index(annotated / "dataset")
     fg, fg_image, fg_class = group["fg"][:], group["fg_image"][:], group["fg_class"][:]
     image_ids = group["image_id"][:]
@@ -137,8 +137,8 @@ def test_prototypes_store_is_eq2_of_the_features(annotated):
 
 @pytest.mark.parametrize("fold", [0, 1])
 def test_clusters_use_base_classes_only(annotated, fold):
-    group = zarr.open_group(str(annotated / f"fold{fold}/clusters.zarr"), mode="r")
-    protos = zarr.open_group(str(annotated / "prototypes.zarr"), mode="r")
+    group = zarr.open_group(str(artifact(annotated, layout.CLUSTERS, fold=fold)), mode="r")
+    protos = zarr.open_group(str(artifact(annotated, layout.PROTOTYPES)), mode="r")
     member = group["member"][:]
     clustered = set(protos["fg_class"][:][member].tolist())
     assert clustered <= set(base_classes(fold, 20))
@@ -157,13 +157,17 @@ def test_clusters_use_base_classes_only(annotated, fold):
 
 
 def test_pseudo_masks_are_eq3_recomputed_independently(annotated):
-    group = zarr.open_group(str(annotated / "fold0/pseudo_masks.zarr"), mode="r")
-    features = zarr.open_group(str(annotated / "features.zarr"), mode="r")
-    reps = zarr.open_group(str(annotated / "fold0/clusters.zarr"), mode="r")["centroids"][:]
+    group = zarr.open_group(str(artifact(annotated, layout.PSEUDO_MASKS, fold=0)), mode="r")
+    features = zarr.open_group(str(artifact(annotated, layout.FEATURES)), mode="r")
+    reps = zarr.open_group(str(artifact(annotated, layout.CLUSTERS, fold=0)), mode="r")[
+        "centroids"
+    ][:]
     index = read_index(annotated / "dataset")
     masks, heights, widths = group["masks"], group["height"][:], group["width"][:]
     assert masks.dtype == np.uint8 and masks.chunks == (1, *masks.shape[1:])
-    train_set = zarr.open_group(str(annotated / "fold0/clusters.zarr"), mode="r")["train_set"][:]
+    train_set = zarr.open_group(str(artifact(annotated, layout.CLUSTERS, fold=0)), mode="r")[
+        "train_set"
+    ][:]
     assert group["image_id"][:].tolist() == train_set.tolist()  # the fold's train set only
     for row in (0, 5, len(train_set) - 1):
         record = index.images.loc[group["image_id"][row]]
@@ -186,12 +190,12 @@ def test_pseudo_masks_are_eq3_recomputed_independently(annotated):
 
 def test_rerunning_a_stage_gives_identical_arrays(annotated, tmp_path, on_cpu):
     steps = {
-        "features.zarr": (
+        layout.FEATURES: (
             "extract-features",
             "--index",
             annotated / "dataset",
             "--out",
-            tmp_path / "features.zarr",
+            artifact(tmp_path, layout.FEATURES),
             "--encoder-out",
             tmp_path / "e.pt",
             "--encoder",
@@ -199,16 +203,16 @@ def test_rerunning_a_stage_gives_identical_arrays(annotated, tmp_path, on_cpu):
             "--params",
             ANNOTATION,
         ),
-        "fold0/clusters.zarr": (
+        layout.CLUSTERS: (
             "cluster",
             "--index",
             annotated / "dataset",
             "--prototypes",
-            annotated / "prototypes.zarr",
+            artifact(annotated, layout.PROTOTYPES),
             "--fold",
             "0",
             "--out",
-            tmp_path / "fold0/clusters.zarr",
+            artifact(tmp_path, layout.CLUSTERS, fold=0),
             "--params",
             params(k=3, nredo=2),
             "--protocol",
@@ -217,12 +221,12 @@ def test_rerunning_a_stage_gives_identical_arrays(annotated, tmp_path, on_cpu):
             "0",
         ),
     }
-    for name, step in steps.items():
+    for pattern, step in steps.items():
         assert cli(*step)[0] == 0
-        first = zarr.open_group(str(annotated / name), mode="r")
-        again = zarr.open_group(str(tmp_path / name), mode="r")
+        first = zarr.open_group(str(artifact(annotated, pattern, fold=0)), mode="r")
+        again = zarr.open_group(str(artifact(tmp_path, pattern, fold=0)), mode="r")
         for key, array in first.arrays():
-            assert np.array_equal(array[:], again[key][:]), (name, key)
+            assert np.array_equal(array[:], again[key][:]), (pattern, key)
 
 
 def test_unlabelled_images_join_the_pseudo_mask_store(annotated, tmp_path, tiny_root):
@@ -235,15 +239,15 @@ def test_unlabelled_images_join_the_pseudo_mask_store(annotated, tmp_path, tiny_
         "--index",
         annotated / "dataset",
         "--features",
-        annotated / "features.zarr",
+        artifact(annotated, layout.FEATURES),
         "--clusters",
-        annotated / "fold0/clusters.zarr",
+        artifact(annotated, layout.CLUSTERS, fold=0),
         "--out",
         tmp_path / "pm.zarr",
         "--unlabeled",
         extra,
         "--encoder-init",
-        annotated / "encoder_init.pt",
+        artifact(annotated, layout.ENCODER_INIT),
     )
     assert code == 0
     group = zarr.open_group(str(tmp_path / "pm.zarr"), mode="r")
@@ -251,7 +255,7 @@ def test_unlabelled_images_join_the_pseudo_mask_store(annotated, tmp_path, tiny_
     assert group["height"][-2:].tolist() == [50, 33] and group["width"][-2:].tolist() == [40, 61]
     assert group.attrs["unlabeled"] == [str(extra / "x0.jpg"), str(extra / "x1.jpg")]
     assert (group["masks"][-1][:33, :61] <= 3).all()
-    labelled = zarr.open_group(str(annotated / "fold0/pseudo_masks.zarr"), mode="r")
+    labelled = zarr.open_group(str(artifact(annotated, layout.PSEUDO_MASKS, fold=0)), mode="r")
     rows = labelled["image_id"].shape[0]  # the fold's train set, then the unlabelled images
     assert np.array_equal(group["masks"][:rows], labelled["masks"][:])
 
@@ -280,7 +284,7 @@ def test_inspect_renders_figures_and_summary(annotated, tmp_path, capsys):
         "--index",
         annotated / "dataset",
         "--pseudo-masks",
-        annotated / "fold1/pseudo_masks.zarr",
+        artifact(annotated, layout.PSEUDO_MASKS, fold=1),
     )  # as the workflow's rule passes them
     code, err = cli(
         "inspect", "pseudo-masks", *explicit, "--out", tmp_path / "explicit.png", capsys=capsys
@@ -304,9 +308,9 @@ def test_unlabelled_images_need_the_initial_encoder(annotated, tmp_path, capsys)
         "--index",
         annotated / "dataset",
         "--features",
-        annotated / "features.zarr",
+        artifact(annotated, layout.FEATURES),
         "--clusters",
-        annotated / "fold0/clusters.zarr",
+        artifact(annotated, layout.CLUSTERS, fold=0),
         "--out",
         tmp_path / "pm.zarr",
         "--unlabeled",
@@ -325,7 +329,7 @@ def test_without_features_zarr_the_features_are_computed_again_to_the_same_bits(
     """annotation.keep_features: false. extract-features writes only encoder_init.pt (CPU
     tensors); pool-prototypes and write-pseudo-masks compute the features again from it, in
     extract-features' batches (5 here, the last one partial), and write the same arrays."""
-    index, clusters = annotated / "dataset", annotated / "fold0/clusters.zarr"
+    index, clusters = annotated / "dataset", artifact(annotated, layout.CLUSTERS, fold=0)
     code, _ = cli(
         "extract-features",
         "--index",
@@ -340,11 +344,11 @@ def test_without_features_zarr_the_features_are_computed_again_to_the_same_bits(
     assert code == 0 and not list(tmp_path.glob("*.zarr"))
     saved, first = (
         torch.load(p, weights_only=True)["state_dict"]
-        for p in (tmp_path / "e.pt", annotated / "encoder_init.pt")
+        for p in (tmp_path / "e.pt", artifact(annotated, layout.ENCODER_INIT))
     )
     assert all(v.device.type == "cpu" and torch.equal(v, first[k]) for k, v in saved.items())
     computed = ("--encoder-init", tmp_path / "e.pt", "--annotation", ANNOTATION)
-    stored = ("--features", annotated / "features.zarr")
+    stored = ("--features", artifact(annotated, layout.FEATURES))
     steps = {"prototypes.zarr": ("pool-prototypes",)}
     for images in ("train_set", "remain"):
         steps[f"{images}.zarr"] = ("write-pseudo-masks", "--clusters", clusters, "--images", images)
@@ -357,7 +361,9 @@ def test_without_features_zarr_the_features_are_computed_again_to_the_same_bits(
             assert np.array_equal(a[key][:], b[key][:]), (name, key)
     remain = zarr.open_group(str(tmp_path / "remain.zarr"), mode="r")["image_id"].shape[0]
     assert 0 < remain < 24  # a subset: only the batches that hold its images are computed
-    masks = zarr.open_group(str(annotated / "fold0/pseudo_masks.zarr"), mode="r")["masks"][:]
+    masks = zarr.open_group(str(artifact(annotated, layout.PSEUDO_MASKS, fold=0)), mode="r")[
+        "masks"
+    ][:]
     assert np.array_equal(zarr.open_group(str(tmp_path / "train_set.zarr"))["masks"][:], masks)
 
 

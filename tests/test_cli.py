@@ -73,7 +73,7 @@ def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_survives(
         "prepare": ["prepare", "--out", out, "--params", params(root=str(tiny_root))],
         "summarize": [
             "summarize",
-            write_metrics(tmp_path / "m.json", 0, 0.5, True, True, True),
+            f"main={write_metrics(tmp_path / 'm.json', 0, 0.5)}",
             "--csv",
             out,
             "--md",

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cli, params, summarize, summarize_runs, write_metrics
+from conftest import artifact, cli, params, summarize, summarize_runs, write_metrics
+from latentfss import layout, runs
 from latentfss import machine as machine_module
 from latentfss.episodes import IGNORE
 from latentfss.machine import describe_machine, machine
@@ -85,7 +86,9 @@ def test_rectification_is_eq8_and_eq9_by_hand():
 def test_bank_holds_every_train_image_and_its_regions(evaluated, annotated):
     import zarr
 
-    train_set = zarr.open_group(str(annotated / "fold0/clusters.zarr"), mode="r")["train_set"][:]
+    train_set = zarr.open_group(str(artifact(annotated, layout.CLUSTERS, fold=0)), mode="r")[
+        "train_set"
+    ][:]
     assert 0 < len(train_set) <= 24
     index = faiss.read_index(str(evaluated / "bank/images.faiss"))
     assert index.ntotal == len(train_set)
@@ -94,7 +97,7 @@ def test_bank_holds_every_train_image_and_its_regions(evaluated, annotated):
     labels, images = regions["label"][:], regions["image"][:]
     assert regions["prototypes"].shape == (len(labels), 256)
     assert set(labels.tolist()) <= {1, 2, 3} and (np.diff(images) >= 0).all()
-    masks = zarr.open_group(str(annotated / "fold0/pseudo_masks.zarr"), mode="r")
+    masks = zarr.open_group(str(artifact(annotated, layout.PSEUDO_MASKS, fold=0)), mode="r")
     first = masks["masks"][0, : masks["height"][0], : masks["width"][0]]
     assert sorted(labels[images == 0].tolist()) == sorted(set(first[first > 0].tolist()))
 
@@ -124,7 +127,12 @@ def test_build_bank_keeps_no_array_of_an_image_it_has_banked(
     monkeypatch.setattr(build_bank, "region_prototypes", tracked(build_bank.region_prototypes))
     monkeypatch.setattr(build_bank, "image_embedding", tracked(build_bank.image_embedding))
     args = ("--index", annotated / "dataset", "--model", evaluated / "model.pt")
-    args += ("--pseudo-masks", annotated / "fold0/pseudo_masks.zarr", "--out", tmp_path / "bank")
+    args += (
+        "--pseudo-masks",
+        artifact(annotated, layout.PSEUDO_MASKS, fold=0),
+        "--out",
+        tmp_path / "bank",
+    )
     assert cli("build-bank", *args, "--params", params(input_size=64))[0] == 0
     assert len(alive) == 2 * 23 and max(alive) <= 4  # at most one image's arrays
 
@@ -171,20 +179,21 @@ def test_evaluation_outputs_and_replay(evaluated, annotated, capsys, on_cpu):
 
 def test_summary_tables(evaluated):
     text = (evaluated / "summary.md").read_text()
-    assert "1-shot fold0" in text and "1-shot mean" in text and "episodes/s" in text
+    assert "| Row | shot | fold0 | Mean | sd train | sd test | Δ |" in text
+    assert "| main | 1 |" in text and "episodes/s" in text
     table = pd.read_csv(evaluated / "summary.csv")
-    assert table[["shot", "fold"]].values.tolist() == [[1, 0]]
+    assert table[["row", "shot", "fold"]].values.tolist() == [["main", 1, 0]]
 
 
 def test_the_summary_says_where_models_were_trained_and_evaluated(tmp_path, capsys):
-    here = machine()
-    metrics = [
-        write_metrics(tmp_path / "a/metrics.json", 0, 0.5, True, True, True, machine=here),
-        write_metrics(tmp_path / "b/metrics.json", 1, 0.5, True, True, True),  # from before
+    here, there = machine(), {**machine(), "cpu": "Another CPU"}
+    evaluations = [
+        f"main={write_metrics(tmp_path / 'a/metrics.json', 0, 0.5, machine=here)}",
+        f"main={write_metrics(tmp_path / 'b/metrics.json', 1, 0.5, machine=there)}",
     ]
-    text = summarize(tmp_path, metrics, capsys).split("## Machine")[1]
+    text = summarize(tmp_path, evaluations, capsys).split("## Machine")[1]
     assert f"- training: {describe_machine(here)} (1 model)" in text
-    assert "- training: not recorded (1 model)" in text
+    assert f"- training: {describe_machine(there)} (1 model)" in text
     assert f"- evaluation: {describe_machine(here)} (1 evaluation)" in text
     assert here["cpu"] and here["torch"] == torch.__version__
     assert here["torch_threads"] == torch.get_num_threads()
@@ -197,76 +206,88 @@ def test_the_machine_record_without_cpuinfo_says_its_extensions_are_unknown(monk
     assert "(vector extensions unknown)" in describe_machine(record)
 
 
-def test_ablation_table_has_a_row_per_set_of_switches_in_the_papers_order(tmp_path, capsys):
-    runs = {
-        (1, 1, 1): (0.60, 0.70),
-        (0, 0, 0): (0.40, 0.50),
-        (0, 1, 0): (0.45, 0.55),
-        (1, 0, 0): (0.42, 0.52),
-    }
-    text = summarize_runs(tmp_path, runs, main=(1, 1, 1), capsys=capsys)
-    table = text[text.index("| FG | BG | Mine") :].split("\n\n")[0].splitlines()[2:]
+def evaluations_of(tmp_path: Path, *rows: str) -> list[str]:
+    """The `ROW=METRICS` evaluations summarize_runs wrote for `rows`."""
+    return [f"{row}={p}" for row in rows for p in sorted(tmp_path.glob(f"{row}_*/*/metrics.json"))]
+
+
+def test_one_table_of_every_row_with_its_paired_difference_to_the_reference(tmp_path, capsys):
+    runs = {"main": (0.60, 0.70), "none": (0.40, 0.50), "bg": (0.45, 0.55)}
+    text = summarize_runs(tmp_path, runs, capsys, reference="none")
+    table = text.split("\n\n")[2].splitlines()
     assert table == [  # every episode of a row at the same IoU: intervals of one point
-        "|  |  |  | 1 | 40.0 | 50.0 | **45.0** | – | 1.4 | baseline |",
-        "| ✓ |  |  | 1 | 42.0 | 52.0 | **47.0** | – | 1.4 | **+2.0 [+2.0, +2.0]** |",
-        "|  | ✓ |  | 1 | 45.0 | 55.0 | **50.0** | – | 1.4 | **+5.0 [+5.0, +5.0]** |",
-        "| ✓ | ✓ | ✓ | 1 | 60.0 | 70.0 | **65.0** | – | 1.4 | **+20.0 [+20.0, +20.0]** |",
+        "| Row | shot | fold0 | fold1 | Mean | sd train | sd test | Δ |",
+        "|:--|---:|---:|---:|---:|---:|---:|---:|",
+        "| main | 1 | 60.0 | 70.0 | **65.0** | – | 1.4 | **+20.0 [+20.0, +20.0]** |",
+        "| none | 1 | 40.0 | 50.0 | **45.0** | – | 1.4 | reference |",
+        "| bg | 1 | 45.0 | 55.0 | **50.0** | – | 1.4 | **+5.0 [+5.0, +5.0]** |",
     ]
-    assert "| 1-shot fold0 | 1-shot fold1 | 1-shot mean |" in text  # Table 1: the main run only
-    assert "**65.0**" in text.split("## Ablations")[0]
-    assert len(pd.read_csv(tmp_path / "s.csv")) == 8
+    assert "reference row: none" in text
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 6
+    text = summarize(tmp_path, evaluations_of(tmp_path, *runs), capsys)  # reference: the first
+    assert "| main | 1 | 60.0 | 70.0 | **65.0** | – | 1.4 | reference |" in text
+
+
+def test_the_rows_section_says_what_each_row_overrides_and_whose_work_it_uses(tmp_path, capsys):
+    rows = {"main": {}, "beta": {"evaluate": {"beta": 0.5}}, "k": {"cluster": {"k": 3}}}
+    config = {"runs": rows, **{name: {} for name in runs.SECTIONS}}
+    shared = {
+        "pretrain": {},
+        "features": {"main": "main", "beta": "main", "k": "main"},
+        "annotation": {"main": "main", "beta": "main", "k": "k"},
+        "model": {"main": "main", "beta": "main", "k": "k"},
+        "bank": {"main": "main", "beta": "main", "k": "k"},
+        "evaluate": {"main": "main", "beta": "beta", "k": "k"},
+    }
+    metrics = write_metrics(tmp_path / "m/metrics.json", 0, 0.5)
+    code, err = cli(
+        "summarize",
+        *(f"{row}={metrics}" for row in rows),
+        "--rows",
+        json.dumps(runs.describe(config, shared)),
+        "--csv",
+        tmp_path / "s.csv",
+        "--md",
+        tmp_path / "s.md",
+        capsys=capsys,
+    )
+    assert code == 0, err
+    text = (tmp_path / "s.md").read_text().split("## Rows\n\n")[1].split("\n\n")[0]
+    assert text.splitlines()[2:] == [
+        "| main | – | – |",
+        "| beta | evaluate.beta: 0.5 | features: main, annotation: main, model: main, bank: main |",
+        "| k | cluster.k: 3 | features: main |",
+    ]
 
 
 def test_training_seeds_are_averaged_with_their_spread_and_widen_the_interval(tmp_path, capsys):
-    paths = []
+    evaluations = []
     for seed in (0, 1, 2):
         for fold in (0, 1):
-            for switches, miou in (((1, 1, 1), 0.60 + 0.01 * seed), ((0, 0, 0), 0.40)):
-                name = f"{''.join(map(str, switches))}_{seed}/{fold}/metrics.json"
-                paths.append(
-                    write_metrics(
-                        tmp_path / name, fold, miou, *map(bool, switches), train_seed=seed
-                    )
-                )
-    text = summarize(tmp_path, paths, capsys)
-    table = pd.read_csv(tmp_path / "s.csv").set_index(["mine", "fold"])
+            for row, miou in (("main", 0.60 + 0.01 * seed), ("none", 0.40)):
+                path = tmp_path / f"{row}_{seed}/{fold}/metrics.json"
+                evaluations.append(f"{row}={write_metrics(path, fold, miou, train_seed=seed)}")
+    text = summarize(tmp_path, evaluations, capsys, reference="none")
+    table = pd.read_csv(tmp_path / "s.csv").set_index(["row", "fold"])
     assert table.loc[
-        (True, 0), ["miou", "miou_train_std", "train_seeds"]
+        ("main", 0), ["miou", "miou_train_std", "train_seeds"]
     ].tolist() == pytest.approx([61.0, 1.0, 3])
-    assert table.loc[(False, 0), "miou_train_std"] == 0
-    row = next(line for line in text.splitlines() if line.startswith("| ✓ | ✓ | ✓ |"))
+    assert table.loc[("none", 0), "miou_train_std"] == 0
+    row = next(line for line in text.splitlines() if line.startswith("| main |"))
     cells = row.strip("| ").split(" | ")
-    assert cells[4:9] == ["61.0", "61.0", "**61.0**", "1.0", "1.4"]  # folds, mean, sd train, test
-    low, high = map(float, cells[9].strip("*").split("[")[1].rstrip("]").split(", "))
+    assert cells[2:7] == ["61.0", "61.0", "**61.0**", "1.0", "1.4"]  # folds, mean, sd train, test
+    low, high = map(float, cells[7].strip("*").split("[")[1].rstrip("]").split(", "))
     assert 20.0 <= low < 21.0 < high <= 22.0  # within the seeds' own range, +20 to +22
-    assert "standard deviation 1.4 over the test seeds, 1.0 over the training seeds (3)" in text
 
 
-@pytest.mark.parametrize(
-    "damage, why",
-    [
-        (lambda scores: scores.unlink(), "a run has no scores.csv (evaluated before it)"),
-        (
-            lambda scores: pd.read_csv(scores).assign(class_id=3).to_csv(scores, index=False),
-            "fold 0, seed0: runs that scored other episodes (not paired)",
-        ),
-    ],
-)
-def test_rows_not_scored_on_the_same_episodes_get_no_interval(
-    tmp_path, capsys, caplog, damage, why
-):
-    runs = {(1, 1, 1): (0.60, 0.70), (0, 0, 0): (0.40, 0.50)}
-    summarize_runs(tmp_path, runs, main=(1, 1, 1), capsys=capsys)
-    damage(tmp_path / "000_0/0/scores.csv")
-    main = tmp_path / "111_0/0/metrics.json"
-    variants = sorted(set(tmp_path.glob("*/[01]/metrics.json")) - {main})
-    text = summarize(tmp_path, [main, *variants], capsys)
+def test_rows_not_scored_on_the_same_episodes_get_no_interval(tmp_path, capsys, caplog):
+    summarize_runs(tmp_path, {"main": (0.60, 0.70), "none": (0.40, 0.50)}, capsys)
+    scores = tmp_path / "none_0/0/scores.csv"
+    pd.read_csv(scores).assign(class_id=3).to_csv(scores, index=False)
+    text = summarize(tmp_path, evaluations_of(tmp_path, "main", "none"), capsys)
+    why = "fold 0, seed0: runs that scored other episodes (not paired)"
     assert f"no intervals: {why}" in caplog.text
-    assert "| ✓ | ✓ | ✓ | 1 | 60.0 | 70.0 | **65.0** | – | 1.4 | – |" in text
-
-
-def test_no_ablation_table_without_ablation_runs(evaluated):
-    assert "Ablations" not in (evaluated / "summary.md").read_text()
+    assert "| none | 1 | 40.0 | 50.0 | **45.0** | – | 1.4 | – |" in text
 
 
 def support_files(tiny_root, tmp_path, name="val_00001"):
@@ -459,44 +480,3 @@ def test_rectification_without_a_bank_is_one_line(evaluated, annotated, tmp_path
     assert code == 2
     assert err.strip() == "ERROR: evaluate.fg_rectify needs --bank (run `latentfss build-bank`)"
     assert not (tmp_path / "eval").exists()
-
-
-def test_a_model_from_before_mining_remain_evaluates_and_summarizes(
-    evaluated, annotated, tmp_path, capsys
-):
-    checkpoint = torch.load(evaluated / "model.pt")
-    del checkpoint["config"]["mining"]  # as train wrote model.pt before mining.remain existed
-    torch.save(checkpoint, tmp_path / "model.pt")
-    code, err = cli(
-        "evaluate",
-        "--index",
-        annotated / "dataset",
-        "--model",
-        tmp_path / "model.pt",
-        "--fold",
-        "0",
-        "--shot",
-        "1",
-        "--out",
-        tmp_path / "eval",
-        "--episodes",
-        evaluated / "eval/episodes_seed0.csv",
-        "--params",
-        params(fg_rectify=False, workers=0),
-        capsys=capsys,
-    )
-    assert code == 0, err
-    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
-    assert metrics["mining"] == {"remain": False}
-    del metrics["mining"]  # and a metrics.json written before it
-    (tmp_path / "eval/metrics.json").write_text(json.dumps(metrics))
-    code, err = cli(
-        "summarize",
-        tmp_path / "eval/metrics.json",
-        "--csv",
-        tmp_path / "s.csv",
-        "--md",
-        tmp_path / "s.md",
-        capsys=capsys,
-    )
-    assert code == 0, err

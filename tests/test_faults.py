@@ -20,8 +20,8 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from conftest import PROTOCOL, cli, params, tool_env, train_argv
-from latentfss import store
+from conftest import PROTOCOL, artifact, cli, params, tool_env, train_argv
+from latentfss import layout, store
 
 TRAIN = params(iterations=2, batch_episodes=2, batch_pseudo=2, crop=48, workers=0)
 
@@ -46,7 +46,7 @@ def limited(max_bytes: int, *argv) -> subprocess.CompletedProcess:
 
 def write_cases(annotated: Path, evaluated: Path, out: Path) -> dict[str, tuple]:
     """Each writer kind: (the output that fails first, the command, the file-size limit)."""
-    index, pseudo = annotated / "dataset", annotated / "fold0/pseudo_masks.zarr"
+    index, pseudo = annotated / "dataset", artifact(annotated, layout.PSEUDO_MASKS, fold=0)
     model = evaluated / "model.pt"
     return {
         "torch": (
@@ -55,9 +55,15 @@ def write_cases(annotated: Path, evaluated: Path, out: Path) -> dict[str, tuple]
             2**20,
         ),
         "zarr": (
-            out / "prototypes.zarr",
-            ("pool-prototypes", "--index", index, "--features", annotated / "features.zarr")
-            + ("--out", out / "prototypes.zarr"),
+            artifact(out, layout.PROTOTYPES),
+            (
+                "pool-prototypes",
+                "--index",
+                index,
+                "--features",
+                artifact(annotated, layout.FEATURES),
+            )
+            + ("--out", artifact(out, layout.PROTOTYPES)),
             4096,
         ),
         "faiss": (
@@ -146,10 +152,10 @@ def damage(array_dir: Path, how: str) -> Path:
     return chunk
 
 
-STORES = {  # a store, its largest array
-    "features": ("features.zarr", "feats"),
-    "prototypes": ("prototypes.zarr", "fg"),
-    "pseudo masks": ("fold0/pseudo_masks.zarr", "masks"),
+STORES = {  # a store (fold 0's), its largest array
+    "features": (layout.FEATURES, "feats"),
+    "prototypes": (layout.PROTOTYPES, "fg"),
+    "pseudo masks": (layout.PSEUDO_MASKS, "masks"),
 }
 
 
@@ -179,9 +185,10 @@ def reading(kind: str, annotated: Path, evaluated: Path, copy: Path, out: Path) 
 def test_a_damaged_chunk_is_one_line_naming_its_store(
     annotated, evaluated, tmp_path, capsys, on_cpu, kind, how
 ):
-    name, array = STORES[kind]
-    copy = tmp_path / Path(name).name
-    shutil.copytree(annotated / name, copy)
+    pattern, array = STORES[kind]
+    store = artifact(annotated, pattern, fold=0)
+    copy = tmp_path / store.name
+    shutil.copytree(store, copy)
     damage(copy / array, how)
     code, err = cli(*reading(kind, annotated, evaluated, copy, tmp_path / "out"), capsys=capsys)
     assert code == 2 and "Traceback" not in err

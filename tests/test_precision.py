@@ -14,8 +14,8 @@ import torch
 
 import latentfss.encoder
 import latentfss.model
-from conftest import PROTOCOL, cli, params
-from latentfss import store
+from conftest import PROTOCOL, artifact, cli, params
+from latentfss import layout, store
 from latentfss.encoder import Normalise, encode_batches
 from latentfss.metrics import IoUMeter
 from latentfss.model import segmentation_loss
@@ -165,7 +165,7 @@ def test_build_bank_in_bf16(evaluated, annotated, bf16, tmp_path):
     vectors within a cosine of 0.99 of fp32's, and the same nearest train image for each."""
     out = tmp_path / "bank"
     step = ("build-bank", "--index", annotated / "dataset", "--model", evaluated / "model.pt")
-    step += ("--pseudo-masks", annotated / "fold0/pseudo_masks.zarr", "--out", out)
+    step += ("--pseudo-masks", artifact(annotated, layout.PSEUDO_MASKS, fold=0), "--out", out)
     assert cli(*step, "--params", params(input_size=64))[0] == 0
     assert bf16.encoder_dtypes == {torch.bfloat16}
     (half, half_regions), (full, full_regions) = bank_arrays(out), bank_arrays(evaluated / "bank")

@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import zarr
 from PIL import Image
 
-from conftest import PROTOCOL, cli, params, pooling_steps, summarize_runs
+from conftest import PROTOCOL, artifact, cli, params, pooling_steps
+from latentfss import layout
 from latentfss.datasets.evaluation import (
     RESIZE_MODES,
     EvaluateConfig,
@@ -82,7 +82,7 @@ def hand_built(tmp_path_factory):
             "--index",
             out / "dataset",
             "--prototypes",
-            out / "prototypes.zarr",
+            artifact(out, layout.PROTOTYPES),
             "--fold",
             "0",
             "--out",
@@ -98,7 +98,7 @@ def hand_built(tmp_path_factory):
                 "--index",
                 out / "dataset",
                 "--features",
-                out / "features.zarr",
+                artifact(out, layout.FEATURES),
                 "--clusters",
                 out / "clusters.zarr",
                 "--out",
@@ -113,7 +113,7 @@ def hand_built(tmp_path_factory):
             "--index",
             out / "dataset",
             "--encoder-init",
-            out / "encoder_init.pt",
+            artifact(out, layout.ENCODER_INIT),
             "--pseudo-masks",
             pseudo,
             "--remain",
@@ -158,7 +158,7 @@ def test_remain_is_in_no_episode_mining_stream_or_bank(hand_built):
     index = read_index(hand_built / "dataset")
     train_set = zarr.open_group(str(hand_built / "clusters.zarr"), mode="r")["train_set"][:]
     assert names(hand_built, train_set) == set(TRAIN) - REMAIN
-    protos = zarr.open_group(str(hand_built / "prototypes.zarr"), mode="r")
+    protos = zarr.open_group(str(artifact(hand_built, layout.PROTOTYPES)), mode="r")
     member = zarr.open_group(str(hand_built / "clusters.zarr"), mode="r")["member"][:]
     clustered = protos["image_id"][:][protos["fg_image"][:][member]]
     assert names(hand_built, clustered) <= set(TRAIN) - REMAIN  # Remain's labels unused
@@ -261,17 +261,3 @@ def test_encoding_each_image_once_scores_what_encoding_every_episode_does(hand_b
             again, _, work = evaluate_lists(model, lists, index, small, bank, cpu, novel)
             assert [counts(m) for m in again.values()] == [counts(m) for m in once.values()]
             assert work["encoded_images"] > work["distinct_images"]
-
-
-def test_summary_has_a_table5_when_the_remain_row_ran(tmp_path, capsys):
-    runs = {(1, 1, 1, 0): (0.60, 0.70), (0, 1, 0, 0): (0.50, 0.55), (1, 1, 1, 1): (0.62, 0.71)}
-    text = summarize_runs(tmp_path, runs, main=(1, 1, 1, 0), capsys=capsys)
-    table = text[text.index("| Unlabeled source") :].split("\n\n")[0].splitlines()[2:]
-    assert table == [
-        "| None | 1 | 50.0 | 55.0 | **52.5** | – | 1.4 | baseline |",
-        "| Trainset | 1 | 60.0 | 70.0 | **65.0** | – | 1.4 | **+12.5 [+12.5, +12.5]** |",
-        "| Trainset + Remain | 1 | 62.0 | 71.0 | **66.5** | – | 1.4 | **+14.0 [+14.0, +14.0]** |",
-    ]
-    table3 = text[text.index("| FG | BG | Mine") :].split("\n\n")[0]
-    assert "62.0" not in table3  # the Remain run is not a Table 3 row
-    assert len(pd.read_csv(tmp_path / "s.csv")) == 6

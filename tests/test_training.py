@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cli, params, train_argv
+from conftest import artifact, cli, params, train_argv
+from latentfss import layout
 from latentfss.augment import scale_crop_flip, strong_photometric
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
@@ -240,7 +241,9 @@ def test_episodes_follow_the_protocol(annotated):
         assert set(sample["query_mask"].unique().tolist()) <= {0, 1, IGNORE}
         again = data[k]
         assert torch.equal(sample["query"], again["query"])  # sample k is always the same
-    pseudo = PseudoSamples([annotated / "fold0/pseudo_masks.zarr"], index.images, 48, (1.0, 1.0), 0)
+    pseudo = PseudoSamples(
+        [artifact(annotated, layout.PSEUDO_MASKS, fold=0)], index.images, 48, (1.0, 1.0), 0
+    )
     sample = pseudo[3]
     assert (
         sample["image"].shape == (3, 48, 48)
@@ -252,8 +255,8 @@ def test_episodes_follow_the_protocol(annotated):
 def train_args(annotated, out, shot=1) -> argparse.Namespace:
     return argparse.Namespace(
         index=annotated / "dataset",
-        encoder_init=annotated / "encoder_init.pt",
-        pseudo_masks=annotated / "fold0/pseudo_masks.zarr",
+        encoder_init=artifact(annotated, layout.ENCODER_INIT),
+        pseudo_masks=artifact(annotated, layout.PSEUDO_MASKS, fold=0),
         fold=0,
         shot=shot,
         out=out / "model.pt",
@@ -301,7 +304,7 @@ def test_a_state_from_another_run_is_not_resumed(annotated, tmp_path, caplog):
     """A killed run's state is used only by a run of the same config, inputs and code; any
     other run starts over, saying why in one line, and ends where it would have anyway."""
     init = tmp_path / "encoder_init.pt"
-    init.write_bytes((annotated / "encoder_init.pt").read_bytes())
+    init.write_bytes((artifact(annotated, layout.ENCODER_INIT)).read_bytes())
     faster = dataclasses.replace(TINY_TRAIN, lr=5e-3)
     expected = {}
     for name, cfg in (("tiny", TINY_TRAIN), ("faster", faster)):

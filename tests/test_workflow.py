@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import REPO, tool_env
+from latentfss import layout
 from latentfss.machine import machine
 from test_pascal import make_official
 from test_readers import make_coco
@@ -89,6 +90,11 @@ def test_default_dry_run(tmp_path):
     assert "make_synthetic" in out and "prepare" in out
 
 
+def at(pattern: str, row: str = "main", **values) -> str:
+    """A latentfss.layout pattern in the tiny run's row `row`, training seed 0."""
+    return pattern.format(row=row, **{"tseed": 0, "images": "train_set", **values})
+
+
 @pytest.mark.slow
 def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     code, out = snakemake(tmp_path, config=TINY_CONFIG)
@@ -96,78 +102,75 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     results = tmp_path / "results/synthetic"
     assert (results / "dataset/images.csv").read_text().count("\n") == 1 + 48 + 64
     for path in (
-        "features.zarr",
-        "encoder_init.pt",
-        "prototypes.zarr",
-        "fold0/clusters.zarr",
-        "fold1/pseudo_masks.zarr",
+        at(layout.FEATURES),
+        at(layout.ENCODER_INIT),
+        at(layout.PROTOTYPES),
+        at(layout.CLUSTERS, fold=0),
+        at(layout.PSEUDO_MASKS, fold=1),
+        at(layout.PSEUDO_MASKS, fold=1, images="remain"),  # the remain row's
+        at(layout.PSEUDO_MASKS_FIGURE, fold=1),
         "benchmarks/prepare.tsv",
-        "fold0/shot5/model.pt",
-        "fold1/shot1/train.csv",
-        "fold1/pseudo_masks.png",
-        "fold1/shot5/bank",
-        "fold0/shot1/eval/episodes_seed0.csv",
+        at(layout.MODEL, fold=0, shot=5),
+        at(layout.TRAIN_LOG, fold=1, shot=1),
+        at(layout.BANK, fold=1, shot=5),
+        at(layout.EVAL, fold=0, shot=1) + "/episodes_seed0.csv",
         "summary.csv",
         "summary.md",
-        "variants/bg0_mine0_remain0_train0/fold1/shot5/model.pt",
-        "variants/fg0_bg0_mine0_remain0_train0/fold0/shot1/eval/metrics.json",
-        "fold1/remain/pseudo_masks.zarr",
-        "variants/bg1_mine1_remain1_train0/fold0/shot1/bank",
-        "variants/fg1_bg1_mine1_remain1_train0/fold1/shot5/eval/metrics.json",
+        at(layout.MODEL, "none", fold=1, shot=5),
+        at(layout.EVAL, "none", fold=0, shot=1) + "/metrics.json",
+        at(layout.BANK, "remain", fold=0, shot=1),
+        at(layout.EVAL, "remain", fold=1, shot=5) + "/metrics.json",
     ):
         assert (results / path).exists(), path
-    assert not (results / "fold2").exists()  # only the configured folds
-    assert not (results / "variants/bg0_mine0_remain0_train0/fold0/shot1/bank").exists()  # fg off
+    assert not (results / "main/fold2").exists()  # only the configured folds
+    assert not (results / at(layout.BANK, "none", fold=0, shot=1)).exists()  # FG off
+    for row in ("none", "remain"):  # they share main's annotation
+        assert not (results / row / "features.zarr").exists()
+        assert not (results / row / "fold0").exists()
     summary = (results / "summary.md").read_text()
-    assert "5-shot mean" in summary and "## Ablations" in summary
-    assert "| baseline |" in summary and "]" in summary.split("## Ablations")[1]  # intervals
-    assert "| Trainset + Remain | 5 |" in summary  # Table 5
+    table = summary.split("\n\n")[2].splitlines()
+    assert table[0] == "| Row | shot | fold0 | fold1 | Mean | sd train | sd test | Δ |"
+    assert [line.split(" | ")[:2] for line in table[2:]] == [
+        [f"| {row}", str(shot)] for shot in (1, 5) for row in ("main", "none", "remain")
+    ]
+    assert table[2].endswith("| reference |") and "]" in table[3]  # intervals
+    assert "| none | evaluate.fg_rectify: false, model.bg_rectify: false" in summary
+    assert "| remain | mining.remain: true | features: main, annotation: main |" in summary
     assert (results / "training.png").stat().st_size > 0
     benchmarks = pd.read_csv(results / "benchmarks.csv")
     jobs_timed = set(benchmarks["job"])
     assert {
         "prepare",
-        "train_fold1_shot5",
-        "train_bg0_mine0_remain0_train0_fold0_shot1",
-        "evaluate_fg0_bg0_mine0_remain0_train0_fold1_shot5",
-        "write_pseudo_masks_fold0_remain",
+        "train_main_train0_fold1_shot5",
+        "train_none_train0_fold0_shot1",
+        "evaluate_none_train0_fold1_shot5",
+        "write_pseudo_masks_main_fold0_remain",
         "total (sequential)",
     } <= jobs_timed
     # the machine and each job's cores are recorded, so that two runs that differ can be told
     # apart (the profile's benchmark-extended gives the threads)
     host = machine()
     assert (benchmarks["cpu"] == host["cpu"]).all() and (benchmarks["torch"] == host["torch"]).all()
-    assert benchmarks.set_index("job").loc["train_fold1_shot5", "threads"] >= 1
+    assert benchmarks.set_index("job").loc["train_main_train0_fold1_shot5", "threads"] >= 1
     training = re.search(r"^- training: (.*)$", summary.split("## Machine")[1], re.M)[1]
     assert training.startswith(host["cpu"]) and "; 1 torch thread (" in training  # train: 1 core
     assert "results table results/synthetic/summary.md" in out  # the closing message
     report = tmp_path / "report.html"
     code, out = snakemake(tmp_path, "--report", str(report), config=TINY_CONFIG)
     assert code == 0 and report.stat().st_size > 0, out
-    assert (tmp_path / "logs/write_pseudo_masks/synthetic_fold1.log").is_file()
+    assert (tmp_path / "logs/write_pseudo_masks/synthetic_main_fold1_train_set.log").is_file()
 
     code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
     assert code == 0 and "Nothing to be done" in out, out
 
     # editing a section re-runs exactly the jobs that read it (and the tables that list them)
     tables = {"summarize", "inspect_benchmarks"}
-    after = {"build_bank", "build_bank_variant", "evaluate", "evaluate_variant", *tables}
-    trained = {"train", "train_variant", "inspect_training", *after}
+    trained = {"train", "inspect_training", "build_bank", "evaluate", *tables}
+    annotated = {"cluster", "write_pseudo_masks", "inspect_pseudo_masks", "inspect_prototypes"}
     for section, edit, expected in [
-        ("evaluate", {"episodes": 7}, {"evaluate", "evaluate_variant", *tables}),
+        ("evaluate", {"episodes": 7}, {"evaluate", *tables}),
         ("train", {"iterations": 3}, trained),
-        (
-            "cluster",
-            {"k": 2},
-            {
-                "cluster",
-                "write_pseudo_masks",
-                "write_pseudo_masks_remain",
-                "inspect_pseudo_masks",
-                "inspect_prototypes",
-                *trained,
-            },
-        ),
+        ("cluster", {"k": 2}, annotated | trained),
     ]:
         edited = {**TINY_CONFIG, section: {**TINY_CONFIG.get(section, {}), **edit}}
         code, out = snakemake(tmp_path, "-n", config=edited)
@@ -176,18 +179,32 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
     code, out = snakemake(tmp_path, "-n", config=edited)
     assert code == 0 and {"make_synthetic", "prepare"} <= jobs(out), out
 
-    # deleting one artifact re-runs only what depends on it
-    shutil.rmtree(results / "fold1/shot5/bank")
-    code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
-    assert code == 0 and jobs(out) == {"build_bank", "evaluate", *tables}, jobs(out)
-    assert out.count("rule build_bank:") == 1 and "fold1/shot5/bank" in out
+    # a new row shares every stage's work its inputs allow: one that differs in evaluate.beta
+    # only evaluates; one that differs in cluster.k annotates and trains, on main's features
+    for row, expected, reads in [
+        ({"evaluate": {"beta": 0.5}}, {"evaluate", *tables}, at(layout.MODEL, fold=0, shot=1)),
+        ({"cluster": {"k": 2}}, annotated | trained, at(layout.PROTOTYPES)),
+    ]:
+        runs = {**TINY_CONFIG["runs"], "new": row}
+        code, out = snakemake(tmp_path, "-n", "-p", config={**TINY_CONFIG, "runs": runs})
+        assert code == 0 and jobs(out) == expected, (row, jobs(out))
+        assert out.count("rule evaluate:") == 4 and f"results/synthetic/{reads} " in out
+
+    # a deleted artifact is made again when a job that reads it runs (as after a stage's
+    # "damaged ...; delete it and re-run"), or when asked for by its path
+    bank = f"results/synthetic/{at(layout.BANK, fold=1, shot=5)}"
+    shutil.rmtree(tmp_path / bank)
+    code, out = snakemake(tmp_path, "-n", "--forcerun", "evaluate", config=TINY_CONFIG)
+    assert code == 0 and out.count("rule build_bank:") == 1 and f"{bank}\n" in out, out
+    code, out = snakemake(tmp_path, "-n", bank, config=TINY_CONFIG)
+    assert code == 0 and jobs(out) == {"build_bank"}, jobs(out)
 
     # a project folder moved elsewhere (as `cp -a`, the original removed) evaluates again to
     # the same scores: nothing under results/ holds an absolute path that is read back
     scores = {m: json.loads(m.read_text())["miou"] for m in results.glob("**/eval/metrics.json")}
     moved = shutil.copytree(tmp_path, tmp_path.with_name(tmp_path.name + "-moved"), symlinks=True)
     shutil.rmtree(tmp_path)
-    code, out = snakemake(moved, "--forcerun", "evaluate", "evaluate_variant", config=TINY_CONFIG)
+    code, out = snakemake(moved, "--forcerun", "evaluate", config=TINY_CONFIG)
     assert code == 0, out
     for metrics, miou in scores.items():
         again = moved / metrics.relative_to(tmp_path)
@@ -195,17 +212,33 @@ def test_tiny_run_then_nothing_to_do_then_exact_reruns(tmp_path):
 
 
 def test_rule_all_reaches_every_rule(tmp_path):
-    """`jobs()` (common.smk) lists rule all's targets by hand; a rule missing from it would never
-    be built by default, nor timed. The tiny config (a Table 3 and a Table 5 row included) must
-    schedule a job of every rule the workflow defines."""
+    """rule all asks for the summary and the figures only; every rule the workflow defines must
+    be reached from them with the tiny config (a Table 3 and a Table 5 row included)."""
     code, out = snakemake(tmp_path, "--list-rules", config=TINY_CONFIG)
     assert code == 0, out
     defined = set(re.findall(r"^(\w+)$", out, re.MULTILINE))
-    assert len(defined) == 20, defined
+    assert len(defined) == 16, defined
     code, out = snakemake(tmp_path, "-n", config=TINY_CONFIG)
     assert code == 0, out
     # pretrain_encoder runs with encoder.weights: pretrain only (test_the_pretrain_rule_...)
     assert jobs(out) | {"all", "pretrain_encoder"} == defined, defined - jobs(out)
+
+
+def test_rows_share_the_work_their_inputs_allow(tmp_path):
+    """Three rows over the default config: main, one that changes evaluate.beta (evaluation
+    only), one that changes cluster.k (annotation on main's features, training, evaluation):
+    each stage's jobs are those of the rows whose inputs to it differ."""
+    runs = {"main": {}, "beta": {"evaluate": {"beta": 0.5}}, "k": {"cluster": {"k": 3}}}
+    code, out = snakemake(
+        tmp_path, "-n", "--quiet", "rules", config={"runs": runs}, presets=["config.yaml"]
+    )
+    assert code == 0, out
+    counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE)}
+    folds, models = 4, 4 * 2  # 4 folds x 2 shots x 1 training seed
+    assert counts["extract_features"] == counts["pool_prototypes"] == 1
+    assert counts["cluster"] == counts["write_pseudo_masks"] == 2 * folds  # main, k
+    assert counts["train"] == counts["build_bank"] == 2 * models  # main, k
+    assert counts["evaluate"] == 3 * models
 
 
 @pytest.mark.slow
@@ -215,7 +248,7 @@ def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tm
     never wrote features.zarr."""
     import zarr
 
-    config = {**TINY_CONFIG, "folds": [0], "shots": [1], "ablations": []}
+    config = {**TINY_CONFIG, "folds": [0], "shots": [1], "runs": {"main": {}}}
     annotation = {**config["annotation"], "keep_features": False}
     runs = {tmp_path / "a": config, tmp_path / "b": {**config, "annotation": annotation}}
     for run, run_config in runs.items():
@@ -223,18 +256,20 @@ def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tm
         code, out = snakemake(run, config=run_config)
         assert code == 0, out
     a, b = (run / "results/synthetic" for run in runs)
-    assert (a / "features.zarr").is_dir() and not (b / "features.zarr").exists()
+    assert (a / at(layout.FEATURES)).is_dir() and not (b / at(layout.FEATURES)).exists()
     masks = [
-        zarr.open_group(str(r / "fold0/pseudo_masks.zarr"), mode="r")["masks"][:] for r in (a, b)
+        zarr.open_group(str(r / at(layout.PSEUDO_MASKS, fold=0)), mode="r")["masks"][:]
+        for r in (a, b)
     ]
     assert np.array_equal(*masks)
     for name in (
-        "fold0/shot1/train.csv",
-        "fold0/shot1/eval/episodes_seed0.csv",
+        at(layout.TRAIN_LOG, fold=0, shot=1),
+        at(layout.EVAL, fold=0, shot=1) + "/episodes_seed0.csv",
         "dataset/pixels.csv",
     ):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    metrics = [json.loads((r / "fold0/shot1/eval/metrics.json").read_text()) for r in (a, b)]
+    eval_dir = at(layout.EVAL, fold=0, shot=1)
+    metrics = [json.loads((r / eval_dir / "metrics.json").read_text()) for r in (a, b)]
     assert [m["miou"] for m in metrics] == [metrics[0]["miou"]] * 2
     assert metrics[0]["per_class"] == metrics[1]["per_class"]
 
@@ -249,6 +284,16 @@ def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tm
             {"dataset": {"name": "pascal", "root": "/no/VOC2012"}},
             "ERROR: dataset.root: /no/VOC2012 is not a directory",
         ),
+        (
+            {"runs": {"a": {"train": {"iterations": "many"}}}},
+            "ERROR: config: runs.a.train.iterations: 'many' is not of type integer",
+        ),
+        (
+            {"runs": {"a": {"evaluate": {"seeds": [1]}}}},
+            "ERROR: runs.a.evaluate.seeds: one setting for every row; set it outside runs",
+        ),
+        ({"runs": {"voc": {}}}, "ERROR: runs.voc: a folder of results/synthetic by that name"),
+        ({"reference": "b"}, "ERROR: reference: 'b' is not a row of runs"),
         (
             {"dataset": {"name": "pascal", "root": "/", "train_list": "/no/list.txt"}},
             "ERROR: dataset.train_list: /no/list.txt is neither a built list (voc, voc_sbd, "
@@ -272,10 +317,12 @@ def test_nested_numbers_and_booleans_from_the_command_line(tmp_path):
         "train={iterations: 5}",
         "evaluate={beta: 0.5, fg_rectify: false}",
         "train_seeds=[1]",
+        "runs={main: {}, fast: {train: {iterations: 2}, model: {mine: false}}}",
         presets=["config.yaml"],
     )
     assert code == 0, out
     assert '"iterations": 5,' in out and '"beta": 0.5,' in out and '"fg_rectify": false' in out
+    assert '"iterations": 2,' in out and '"mine": false' in out  # a row's, nested deeper
     assert '"batch_episodes": 4,' in out  # the rest of the section stays config.yaml's
 
 
@@ -310,43 +357,50 @@ def test_pascal_preset_dry_run_on_the_official_archives_with_a_list_file(tmp_pat
     assert f"input: {pfenet}" in prepare and "make_synthetic" not in out
 
 
-def test_train_seeds_train_each_model_once_per_seed_the_first_at_the_plain_paths(tmp_path):
+def test_every_row_is_trained_once_per_training_seed(tmp_path):
     config = {"folds": [0], "shots": [1], "train_seeds": [0, 3]}
     code, out = snakemake(tmp_path, "-n", "-p", presets=["config.yaml"], config=config)
     assert code == 0, out
     commands = re.findall(r"^Shell command: latentfss train .*$", out, re.MULTILINE)
     assert len(commands) == 2
-    plain, variant = sorted(commands, key=lambda c: "variants" in c)
-    assert "--out results/synthetic/fold0/shot1/model.pt" in plain and "--seed 0 " in plain
-    assert "variants/bg1_mine1_remain0_train3/fold0/shot1/model.pt" in variant
-    assert "--seed 3 " in variant
-    assert "variants/fg1_bg1_mine1_remain0_train3/fold0/shot1/eval/scores.csv" in out
+    for seed, command in zip((0, 3), sorted(commands, key=lambda c: "train3" in c), strict=True):
+        model = layout.MODEL.format(row="main", tseed=seed, fold=0, shot=1)
+        assert f"--out results/synthetic/{model}" in command and f"--seed {seed} " in command
+    assert f"{layout.EVAL.format(row='main', tseed=3, fold=0, shot=1)}/scores.csv" in out
+
+
+def rule_counts(tmp_path: Path, *presets: str) -> dict[str, int]:
+    """How many jobs of each rule a dry run of config.yaml and `presets` lists."""
+    files = ["config.yaml", *(f"workflow/presets/{p}.yaml" for p in presets)]
+    code, out = snakemake(tmp_path, "-n", "--quiet", "rules", presets=files)
+    assert code == 0, out
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE)}
 
 
 def test_table3_preset_runs_eight_rows_three_training_seeds_and_trains_only_new_models(tmp_path):
-    code, out = snakemake(
-        tmp_path, "-n", "--quiet", "rules", presets=["config.yaml", "workflow/presets/table3.yaml"]
-    )
-    assert code == 0, out
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
-    assert counts["train"] == "4" and counts["evaluate"] == "4"  # 4 folds, 1-shot, seed 0
-    # 4 models ((bg, mine) = 00, 10, 01, 11) per fold and training seed (0, 1, 2), less the main
-    assert counts["train_variant"] == str(4 * 4 * 3 - 4)
-    assert counts["build_bank_variant"] == str(4 * 4 * 3 - 4)  # each model has an FG row
-    assert counts["evaluate_variant"] == str(8 * 4 * 3 - 4)  # 8 rows
+    counts = rule_counts(tmp_path, "table3")
+    # 4 models ((bg, mine) = 00, 10, 01, 11) per fold (4) and training seed (3), 1-shot
+    assert counts["train"] == 4 * 4 * 3
+    assert counts["build_bank"] == 4 * 4 * 3  # each model has a row with FG
+    assert counts["evaluate"] == 8 * 4 * 3  # 8 rows
+    assert counts["extract_features"] == 1 and counts["cluster"] == 4  # one annotation
 
 
 def test_table5_preset_trains_the_none_and_remain_rows(tmp_path):
-    code, out = snakemake(
-        tmp_path, "-n", "--quiet", "rules", presets=["config.yaml", "workflow/presets/table5.yaml"]
-    )
-    assert code == 0, out
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
-    assert counts["write_pseudo_masks_remain"] == "4"  # Remain is pseudo-labelled per fold
-    # (bg, mine, remain) = 100, 111 and the main 110 per fold and training seed, less the main
-    assert counts["train_variant"] == str(3 * 4 * 3 - 4)
-    assert counts["build_bank_variant"] == str(2 * 4 * 3 - 4)  # FG on: 111 and the main 110
-    assert counts["evaluate_variant"] == str(3 * 4 * 3 - 4)
+    counts = rule_counts(tmp_path, "table5")
+    assert counts["write_pseudo_masks"] == 2 * 4  # the train set's and Remain's, per fold
+    assert counts["train"] == counts["evaluate"] == 3 * 4 * 3  # bg, main, remain
+    assert counts["build_bank"] == 2 * 4 * 3  # FG on: main and remain
+
+
+def test_the_table_presets_together_are_one_run(tmp_path):
+    """Table 1's encoder rows (each re-makes everything from the features), Table 3's and
+    Table 5's: 11 rows, 3 annotations, the rows of Table 3 and 5 that are the same shared."""
+    counts = rule_counts(tmp_path, "table1", "table3", "table5")
+    assert counts["pretrain_encoder"] == 1 and counts["extract_features"] == 3
+    assert counts["cluster"] == 3 * 4
+    assert counts["train"] == (4 + 1 + 2) * 4 * 3  # Table 3's 4 models, remain, 2 encoders
+    assert counts["evaluate"] == 11 * 4 * 3
 
 
 @pytest.mark.parametrize("visible", ["0,1", ""])
@@ -395,11 +449,11 @@ def test_the_pretrain_rule_makes_the_weights_extract_features_starts_from(tmp_pa
     import torch
 
     config = {**TINY_CONFIG, "encoder": {**TINY_CONFIG["encoder"], "weights": "pretrain"}}
-    code, out = snakemake(tmp_path, "results/synthetic/encoder_init.pt", config=config)
-    assert code == 0, out
     results = tmp_path / "results/synthetic"
-    made = torch.load(results / "pretrain_encoder/weights.pt", weights_only=True)["state_dict"]
-    init = torch.load(results / "encoder_init.pt", weights_only=True)["state_dict"]
+    code, out = snakemake(tmp_path, f"results/synthetic/{at(layout.ENCODER_INIT)}", config=config)
+    assert code == 0, out
+    made = torch.load(results / at(layout.PRETRAINED), weights_only=True)["state_dict"]
+    init = torch.load(results / at(layout.ENCODER_INIT), weights_only=True)["state_dict"]
     assert torch.equal(init["layer3.1.conv2.weight"], made["layer3.1.conv2.weight"].float())
 
 
@@ -432,11 +486,9 @@ def test_slurm_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(tmp_path):
 
 def test_every_rule_declares_what_a_scheduler_needs():
     rules = "".join(p.read_text() for p in sorted((REPO / "workflow/rules").glob("*.smk")))
-    blocks = re.split(r"\n(?= *rule | *use rule )", rules)[1:]
-    assert len(blocks) == 19
+    blocks = re.split(r"\n(?= *rule )", rules)[1:]
+    assert len(blocks) == 15
     for block in blocks:
-        if block.lstrip().startswith("use rule"):
-            continue  # inherits the directives it does not override
         for directive in ("log:", "benchmark:", "conda:", "threads:", "mem_mb=", "runtime="):
             assert directive in block, (block.split(":")[0], directive)
 

@@ -60,8 +60,9 @@ def _typed(value: Any, schema: dict) -> Any:
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [_typed(item, schema["items"]) for item in value]
     if isinstance(value, dict):
-        properties = schema.get("properties", {})
-        return {key: _typed(v, properties.get(key, {})) for key, v in value.items()}
+        properties, others = schema.get("properties", {}), schema.get("additionalProperties")
+        rest = others if isinstance(others, dict) else {}  # e.g. each row of `runs`
+        return {key: _typed(v, properties.get(key, rest)) for key, v in value.items()}
     return value
 
 

@@ -1,16 +1,19 @@
 # Offline annotation (section 3.3.1): [the encoder's own pre-training] -> features ->
-# prototypes -> per fold the train set and its K+1 representatives -> pseudo masks.
+# prototypes -> per fold the train set and its K+1 representatives -> pseudo masks. Each job
+# runs in the folder of the first row with its inputs (common.smk, SHARED).
 
 
 # encoder.weights: pretrain, the pipeline's ImageNet analogue: a ResNet trained on a generated
 # corpus labelled by its factors only (fold-independent; never a train or val image)
 rule pretrain_encoder:
     output:
-        weights=PRETRAINED,
+        weights=path(layout.PRETRAINED),
     log:
-        f"logs/pretrain_encoder/{DATASET}.log",
+        f"logs/pretrain_encoder/{DATASET}_{{row}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/pretrain_encoder.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/pretrain_encoder_{{row}}.tsv"
+    wildcard_constraints:
+        row=owners("pretrain"),
     conda:
         GPU_ENV
     threads: 4
@@ -32,15 +35,17 @@ rule pretrain_encoder:
 
 rule extract_features:
     input:
-        index=rules.prepare.output.index,
-        weights=PRETRAINED if PRETRAIN else [],
+        index=path(layout.INDEX),
+        weights=pretrained,
     output:
         **features_output(),
-        encoder_init=f"{RESULTS}/encoder_init.pt",
+        encoder_init=path(layout.ENCODER_INIT),
     log:
-        f"logs/extract_features/{DATASET}.log",
+        f"logs/extract_features/{DATASET}_{{row}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/extract_features.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/extract_features_{{row}}.tsv"
+    wildcard_constraints:
+        row=owners("features"),
     conda:
         GPU_ENV
     threads: 4
@@ -50,7 +55,7 @@ rule extract_features:
         runtime=240 * LONGER,
     params:
         encoder=encoder_params,
-        shipped=SHIPPED,
+        shipped=shipped,
         annotation=section("annotation", drop=["keep_features"]),
         seed=config["seed"],
         out=lambda wildcards, output: (
@@ -68,16 +73,18 @@ rule pool_prototypes:
     input:
         unpack(feature_inputs),
     output:
-        prototypes=directory(f"{RESULTS}/prototypes.zarr"),
+        prototypes=directory(path(layout.PROTOTYPES)),
     log:
-        f"logs/pool_prototypes/{DATASET}.log",
+        f"logs/pool_prototypes/{DATASET}_{{row}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/pool_prototypes.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/pool_prototypes_{{row}}.tsv"
+    wildcard_constraints:
+        row=owners("features"),
     conda:
         CPU_ENV
     threads: 2
     resources:
-        gpu=int(ENCODES["pool"]),
+        gpu=int(not KEEP_FEATURES),
         mem_mb=4000,
         runtime=120 * LONGER,
     params:
@@ -93,14 +100,16 @@ rule pool_prototypes:
 
 rule cluster:
     input:
-        index=rules.prepare.output.index,
-        prototypes=rules.pool_prototypes.output.prototypes,
+        index=path(layout.INDEX),
+        prototypes=at("features", layout.PROTOTYPES),
     output:
-        clusters=directory(f"{RESULTS}/fold{{fold}}/clusters.zarr"),
+        clusters=directory(path(layout.CLUSTERS)),
     log:
-        f"logs/cluster/{DATASET}_fold{{fold}}.log",
+        f"logs/cluster/{DATASET}_{{row}}_fold{{fold}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/cluster_fold{{fold}}.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/cluster_{{row}}_fold{{fold}}.tsv"
+    wildcard_constraints:
+        row=owners("annotation"),
     conda:
         CPU_ENV
     threads: 2
@@ -117,72 +126,59 @@ rule cluster:
         " --protocol {params.protocol:q} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
+# images: the fold's train set (and the mining.unlabeled images), or its Remain (the train
+# images without a large base class) for rows with mining.remain
 rule write_pseudo_masks:
     input:
         unpack(feature_inputs),
-        clusters=rules.cluster.output.clusters,
+        clusters=path(layout.CLUSTERS),
     output:
-        masks=directory(f"{RESULTS}/fold{{fold}}/pseudo_masks.zarr"),
+        masks=directory(path(layout.PSEUDO_MASKS)),
     log:
-        f"logs/write_pseudo_masks/{DATASET}_fold{{fold}}.log",
+        f"logs/write_pseudo_masks/{DATASET}_{{row}}_fold{{fold}}_{{images}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/write_pseudo_masks_fold{{fold}}.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/write_pseudo_masks_{{row}}_fold{{fold}}_{{images}}.tsv"
+    wildcard_constraints:
+        row=owners("annotation"),
     conda:
         CPU_ENV
     threads: 2
     resources:
-        gpu=int(ENCODES["masks"]),
+        gpu=encodes,
         mem_mb=4000,
         runtime=120 * LONGER,
     params:
         features=optional_flag("features"),
         annotation=section("annotation", drop=["keep_features"]),
         device=device,
-        images="train_set",
-        unlabeled=config["mining"]["unlabeled"],
+        unlabeled=lambda w: (
+            ROWS[w.row]["mining"]["unlabeled"] if w.images == "train_set" else []
+        ),
     shell:
         "latentfss write-pseudo-masks --index {input.index:q} {params.features}"
         " --encoder-init {input.encoder_init:q} --annotation {params.annotation:q}"
         " --device {params.device} --clusters {input.clusters:q} --out {output.masks:q}"
-        " --images {params.images} --unlabeled {params.unlabeled:q} --threads {threads}"
+        " --images {wildcards.images} --unlabeled {params.unlabeled:q} --threads {threads}"
         " > {log:q} 2>&1"
-
-
-# The fold's Remain (train images without a large base class), for runs with mining.remain.
-use rule write_pseudo_masks as write_pseudo_masks_remain with:
-    output:
-        masks=directory(f"{RESULTS}/fold{{fold}}/remain/pseudo_masks.zarr"),
-    log:
-        f"logs/write_pseudo_masks/{DATASET}_fold{{fold}}_remain.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/write_pseudo_masks_fold{{fold}}_remain.tsv"
-    resources:
-        gpu=int(not KEEP_FEATURES),
-        mem_mb=4000,
-        runtime=120 * LONGER,
-    params:
-        features=optional_flag("features"),
-        annotation=section("annotation", drop=["keep_features"]),
-        device=device,
-        images="remain",
-        unlabeled=[],
 
 
 rule inspect_pseudo_masks:
     input:
-        masks=rules.write_pseudo_masks.output.masks,
-        index=rules.prepare.output.index,
+        masks=path(layout.PSEUDO_MASKS, images="train_set"),
+        index=path(layout.INDEX),
     output:
         figure=report(
-            f"{RESULTS}/fold{{fold}}/pseudo_masks.png",
+            path(layout.PSEUDO_MASKS_FIGURE),
             caption="../report/pseudo_masks.rst",
             category="Offline annotation",
             subcategory="Pseudo masks",
         ),
     log:
-        f"logs/inspect_pseudo_masks/{DATASET}_fold{{fold}}.log",
+        f"logs/inspect_pseudo_masks/{DATASET}_{{row}}_fold{{fold}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/inspect_pseudo_masks_fold{{fold}}.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/inspect_pseudo_masks_{{row}}_fold{{fold}}.tsv"
+    wildcard_constraints:
+        row=owners("annotation"),
     conda:
         CPU_ENV
     threads: 1
@@ -196,19 +192,21 @@ rule inspect_pseudo_masks:
 
 rule inspect_prototypes:
     input:
-        prototypes=rules.pool_prototypes.output.prototypes,
-        clusters=rules.cluster.output.clusters,
+        prototypes=at("features", layout.PROTOTYPES),
+        clusters=path(layout.CLUSTERS),
     output:
         figure=report(
-            f"{RESULTS}/fold{{fold}}/prototypes.png",
+            path(layout.PROTOTYPES_FIGURE),
             caption="../report/prototypes.rst",
             category="Offline annotation",
             subcategory="Prototypes",
         ),
     log:
-        f"logs/inspect_prototypes/{DATASET}_fold{{fold}}.log",
+        f"logs/inspect_prototypes/{DATASET}_{{row}}_fold{{fold}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/inspect_prototypes_fold{{fold}}.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/inspect_prototypes_{{row}}_fold{{fold}}.tsv"
+    wildcard_constraints:
+        row=owners("annotation"),
     conda:
         CPU_ENV
     threads: 1

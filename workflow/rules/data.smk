@@ -9,7 +9,7 @@ if DATASET == "synthetic":
         log:
             "logs/make_synthetic/synthetic.log",
         benchmark:
-            f"{RESULTS}/benchmarks/make_synthetic.tsv"
+            f"{RESULTS}/{layout.BENCHMARKS}/make_synthetic.tsv"
         conda:
             CPU_ENV
         threads: 1
@@ -28,11 +28,11 @@ rule prepare:
         root=rules.make_synthetic.output.root if DATASET == "synthetic" else [],
         train_list=TRAIN_LIST_FILE,
     output:
-        index=directory(f"{RESULTS}/dataset"),  # images.csv, pixels.csv, meta.json (COCO: masks/)
+        index=directory(path(layout.INDEX)),  # images.csv, pixels.csv, meta.json (COCO: masks/)
     log:
         f"logs/prepare/{DATASET}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/prepare.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/prepare.tsv"
     conda:
         CPU_ENV
     threads: 4

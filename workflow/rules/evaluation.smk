@@ -1,28 +1,29 @@
-# Region bank, test episodes with rectified prototypes, and the results tables (3.4, 4.1).
+# Region bank, test episodes with rectified prototypes, and the results table (3.4, 4.1); rows
+# with the same inputs share a bank or an evaluation (common.smk, SHARED).
 
 
 rule build_bank:
     input:
-        index=rules.prepare.output.index,
-        model=rules.train.output.model,
-        pseudo_masks=rules.write_pseudo_masks.output.masks,
+        index=path(layout.INDEX),
+        model=at("model", layout.MODEL),
+        pseudo_masks=at("annotation", layout.PSEUDO_MASKS, images="train_set"),
     output:
-        bank=directory(f"{RESULTS}/fold{{fold}}/shot{{shot}}/bank"),
+        bank=directory(path(layout.BANK)),
     log:
-        f"logs/build_bank/{DATASET}_fold{{fold}}_shot{{shot}}.log",
+        f"logs/build_bank/{DATASET}_{{row}}_train{{tseed}}_fold{{fold}}_shot{{shot}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/build_bank_fold{{fold}}_shot{{shot}}.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/build_bank_{{row}}_train{{tseed}}_fold{{fold}}_shot{{shot}}.tsv"
+    wildcard_constraints:
+        row=owners("bank"),
     conda:
         GPU_ENV
-    threads: gpu_job_threads(loaders=config["evaluate"]["workers"])
+    threads: lambda w: gpu_job_threads(loaders=ROWS[w.row]["evaluate"]["workers"])
     resources:
         gpu=1,
         mem_mb=4000,
         runtime=120 * LONGER,
     params:
-        evaluate=section(
-            "evaluate", keep=["resize", "input_size", "batch_size", "workers"]
-        ),
+        evaluate=section("evaluate", keep=runs.BANK_KEYS),
         device=device,
     shell:
         "latentfss build-bank --index {input.index:q} --model {input.model:q}"
@@ -31,38 +32,27 @@ rule build_bank:
         " > {log:q} 2>&1"
 
 
-use rule build_bank as build_bank_variant with:
-    input:
-        index=rules.prepare.output.index,
-        model=rules.train_variant.output.model,
-        pseudo_masks=rules.write_pseudo_masks.output.masks,
-    output:
-        bank=directory(f"{VARIANT_MODEL}/bank"),
-    log:
-        f"logs/build_bank/{DATASET}_{VARIANT_RUN}_fold{{fold}}_shot{{shot}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/build_bank_{VARIANT_RUN}_fold{{fold}}_shot{{shot}}.tsv"
-
-
 rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        **eval_outputs(f"{RESULTS}/fold{{fold}}/shot{{shot}}/eval"),
+        **eval_outputs(path(layout.EVAL)),
     log:
-        f"logs/evaluate/{DATASET}_fold{{fold}}_shot{{shot}}.log",
+        f"logs/evaluate/{DATASET}_{{row}}_train{{tseed}}_fold{{fold}}_shot{{shot}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_fold{{fold}}_shot{{shot}}.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/evaluate_{{row}}_train{{tseed}}_fold{{fold}}_shot{{shot}}.tsv"
+    wildcard_constraints:
+        row=owners("evaluate"),
     conda:
         GPU_ENV
-    threads: gpu_job_threads(loaders=config["evaluate"]["workers"])
+    threads: lambda w: gpu_job_threads(loaders=ROWS[w.row]["evaluate"]["workers"])
     resources:
         gpu=1,
         mem_mb=4000,
         runtime=240 * LONGER,
     params:
         out=lambda wildcards, output: Path(output.metrics).parent,
-        evaluate=evaluate_params,
+        evaluate=section("evaluate"),
         protocol=section("protocol"),
         bank=optional_flag("bank"),
         device=device,
@@ -73,35 +63,21 @@ rule evaluate:
         " --device {params.device} > {log:q} 2>&1"
 
 
-# A variant (a Table 3 or 5 row, another training seed): evaluation with its switches, of its
-# model from train or train_variant.
-use rule evaluate as evaluate_variant with:
-    output:
-        **eval_outputs(VARIANT_EVAL),
-    log:
-        f"logs/evaluate/{DATASET}_fg{{fg}}_{VARIANT_RUN}_fold{{fold}}_shot{{shot}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/evaluate_fg{{fg}}_{VARIANT_RUN}_fold{{fold}}_shot{{shot}}.tsv"
-
-
+# One table of every row, each with its paired difference to the reference row
 rule summarize:
     input:
-        metrics=lambda wildcards: outputs("metrics", rules.evaluate),
-        variants=lambda wildcards: outputs("metrics", rules.evaluate_variant),
-        scores=lambda wildcards: outputs(
-            "scores", rules.evaluate, rules.evaluate_variant
-        ),
+        metrics=[e.split("=", 1)[1] for e in evaluations()],
     output:
         csv=report(
-            f"{RESULTS}/summary.csv",
+            path(layout.SUMMARY_CSV),
             caption="../report/summary.rst",
             category="Results",
         ),
-        md=f"{RESULTS}/summary.md",
+        md=path(layout.SUMMARY_MD),
     log:
         f"logs/summarize/{DATASET}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/summarize.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/summarize.tsv"
     conda:
         CPU_ENV
     threads: 1
@@ -109,8 +85,11 @@ rule summarize:
         mem_mb=1000,
         runtime=10,
     params:
-        title=f"latentfss ({DATASET}, {config['encoder']['arch']})",
+        evaluations=evaluations(),
+        rows=json.dumps(runs.describe(config, SHARED)),
+        reference=REFERENCE,
+        title=f"latentfss ({DATASET})",
     shell:
-        "latentfss summarize {input.metrics:q} --variants {input.variants:q}"
-        " --csv {output.csv:q} --md {output.md:q}"
+        "latentfss summarize {params.evaluations:q} --rows {params.rows:q}"
+        " --reference {params.reference:q} --csv {output.csv:q} --md {output.md:q}"
         " --title {params.title:q} > {log:q} 2>&1"

@@ -1,20 +1,20 @@
-# What `snakemake --report report.html` shows beyond the results tables and annotation figures:
+# What `snakemake --report report.html` shows beyond the results table and annotation figures:
 # the training curves and every job's time and memory.
 
 
 rule inspect_training:
     input:
-        logs=lambda wildcards: outputs("log_csv", rules.train, rules.train_variant),
+        logs=every(layout.TRAIN_LOG, "model"),
     output:
         figure=report(
-            f"{RESULTS}/training.png",
+            path(layout.TRAINING_FIGURE),
             caption="../report/training.rst",
             category="Training",
         ),
     log:
         f"logs/inspect_training/{DATASET}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/inspect_training.tsv"
+        f"{RESULTS}/{layout.BENCHMARKS}/inspect_training.tsv"
     conda:
         CPU_ENV
     threads: 1
@@ -25,32 +25,40 @@ rule inspect_training:
         "latentfss inspect training {input.logs:q} --out {output.figure:q} > {log:q} 2>&1"
 
 
+# Every other job has run when this one does (its inputs are the run's last outputs): it
+# gathers the folder's benchmark files, each job's last run (of rows no longer in the config
+# too, until deleted)
 rule inspect_benchmarks:
     input:
-        benchmark_files,
+        figures=FIGURES,
+        summary=rules.summarize.output.csv,
     output:
         table=report(
-            f"{RESULTS}/benchmarks.csv",
+            path(layout.BENCHMARK_TABLE),
             caption="../report/benchmarks.rst",
             category="Benchmarks",
         ),
     log:
         f"logs/inspect_benchmarks/{DATASET}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/inspect_benchmarks.tsv"
+        f"logs/inspect_benchmarks/{DATASET}.tsv"  # not in its own table
     conda:
         CPU_ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        folder=lambda w, output: os.path.join(
+            os.path.dirname(output.table), layout.BENCHMARKS
+        ),
     shell:
-        "latentfss inspect benchmarks {input:q} --out {output.table:q} > {log:q} 2>&1"
+        "latentfss inspect benchmarks {params.folder:q} --out {output.table:q} > {log:q} 2>&1"
 
 
 onsuccess:
     print(
-        f"\nlatentfss: results table {RESULTS}/summary.md (and summary.csv), figures and "
-        f"benchmarks under {RESULTS}/.\nThe report: snakemake --report report.html "
+        f"\nlatentfss: results table {RESULTS}/{layout.SUMMARY_MD} (and summary.csv), figures "
+        f"and benchmarks under {RESULTS}/.\nThe report: snakemake --report report.html "
         "(the same --configfile/--config as this run)."
     )

@@ -287,13 +287,13 @@ def run(args: argparse.Namespace) -> None:
         "work": work,
         "model_episodes_per_s": model_speed(model, first, index, cfg, bank, device),
         "device": str(device),
-        "machine": {"train": checkpoint.get("machine"), "evaluate": machine()},
+        "machine": {"train": checkpoint["machine"], "evaluate": machine()},
         "parameters": sum(p.numel() for p in model.parameters()),
         "evaluate": dataclasses.asdict(cfg),
         "model": str(args.model),
         "model_config": checkpoint["config"]["model"],
         "train_seed": checkpoint["seed"],
-        "mining": checkpoint["config"].get("mining", {"remain": False}),  # models before it
+        "mining": checkpoint["config"]["mining"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from latentfss import store
+from latentfss import layout, store
 from latentfss.datasets.images import read_image, read_mask, voc_palette
 from latentfss.datasets.index import read_index
 from latentfss.errors import InputError
@@ -46,22 +47,23 @@ PSEUDO_COLOURS = [
 
 # where each artifact a view reads lies under results/{dataset}, when its own flag is not given
 UNDER_RESULTS = {
-    "index": "dataset",
-    "pseudo_masks": "fold{fold}/pseudo_masks.zarr",
-    "prototypes": "prototypes.zarr",
-    "clusters": "fold{fold}/clusters.zarr",
+    "index": layout.INDEX,
+    "pseudo_masks": layout.PSEUDO_MASKS,
+    "prototypes": layout.PROTOTYPES,
+    "clusters": layout.CLUSTERS,
 }
 
 
 def located(args: argparse.Namespace, name: str) -> Path:
     """An artifact given by its own flag (the workflow's rules), else found under --results
-    for --fold (by hand)."""
+    for --row and --fold (by hand; the train set's pseudo masks)."""
     path = getattr(args, name)
     if path is not None:
         return path
     if args.fold is None and "{fold}" in UNDER_RESULTS[name]:
         raise InputError(f"inspect {args.view}: give --{name.replace('_', '-')}, or --fold")
-    return args.results / UNDER_RESULTS[name].format(fold=args.fold)
+    where = {"row": args.row, "fold": args.fold, "images": "train_set"}
+    return args.results / UNDER_RESULTS[name].format(**where)
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +82,7 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
         )
     for view, names in ((masks, ("index", "pseudo_masks")), (protos, ("prototypes", "clusters"))):
         view.add_argument("--fold", type=int, choices=range(4), help="the fold, under --results")
+        view.add_argument("--row", default="main", help="the row, under --results (%(default)s)")
         for name in names:
             view.add_argument(
                 f"--{name.replace('_', '-')}",
@@ -90,7 +93,9 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
     masks.add_argument("--count", type=int, default=12, help="images in the grid")
     training.add_argument("logs", nargs="+", type=Path, help="train.csv files")
     training.add_argument("--out", type=Path, required=True, help="PNG to write")
-    benchmarks.add_argument("files", nargs="+", type=Path, help="Snakemake benchmark .tsv files")
+    benchmarks.add_argument(
+        "files", nargs="+", type=Path, help="Snakemake benchmark .tsv files, or folders of them"
+    )
     benchmarks.add_argument("--out", type=Path, required=True, help="CSV to write")
 
 
@@ -223,7 +228,8 @@ def benchmark_table(args: argparse.Namespace) -> None:
     run; on a cluster, summary.md has each model's and evaluation's own. (The cpu_time column
     is left out: it missed most of the CPU time /usr/bin/time counted.)"""
     rows = []
-    for path in args.files:
+    files = (sorted(p.glob("*.tsv")) if p.is_dir() else [p] for p in args.files)
+    for path in itertools.chain.from_iterable(files):
         bench = pd.read_csv(path, sep="\t").iloc[-1]  # the last repeat if there were several
         threads = bench.get("threads", float("nan"))
         rows.append(
