@@ -20,10 +20,10 @@ from pathlib import Path
 import limits
 import numpy as np
 import torch
-import yaml
 import zarr
 from record import arguments, describe, run_stage, save, scratch
 
+from latentfss.config import defaults
 from latentfss.encoder import Encoder
 from latentfss.runtime import pick_device
 
@@ -160,7 +160,7 @@ def main() -> None:
         help="train images; peak memory must not grow with them",
     )
     args = parser.parse_args()
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = defaults()  # the default run's config
     torch.set_num_threads(args.threads)
     encoder = Encoder(config["encoder"]["arch"]).eval()
     size = config["annotation"]["input_size"]

@@ -44,13 +44,12 @@ from PIL import Image
 from record import describe, machine, run_stage, scratch
 
 from latentfss import store
+from latentfss.config import EvaluateConfig, ModelConfig, SyntheticConfig
 from latentfss.datasets import images, voc
-from latentfss.datasets.evaluation import EvaluateConfig
 from latentfss.datasets.index import read_index
-from latentfss.datasets.synthetic import SyntheticConfig
 from latentfss.encoder import Encoder
 from latentfss.episodes import IGNORE, EpisodeSampler, novel_classes, sample_test_episodes
-from latentfss.model import MatchingNet, ModelConfig
+from latentfss.model import MatchingNet
 from latentfss.region_bank import RegionBank, inner_product_index, on_device
 from latentfss.runtime import CPU_BF16, pick_device
 from latentfss.stages.make_synthetic import generate

@@ -31,13 +31,13 @@ import limits
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 import zarr
 from record import arguments, artifact, describe, run_stage, save, scratch
 from torch.utils.data import DataLoader
 
 from latentfss import layout
-from latentfss.datasets.evaluation import EvaluateConfig, TestEpisodes, at_label
+from latentfss.config import EvaluateConfig, defaults
+from latentfss.datasets.evaluation import TestEpisodes, at_label
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise
 from latentfss.episodes import EpisodeSampler, novel_classes, sample_test_episodes
@@ -221,7 +221,7 @@ def main() -> None:
     parser = arguments(__doc__, results=True, threads=True)
     parser.add_argument("--episodes", type=int, default=1000, help="per seed (seeds 0-4)")
     args = parser.parse_args()
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = defaults()  # the default run's config
     for shot in (1, 5):
         if not artifact(args.results, layout.BANK, fold=0, shot=shot).is_dir():
             raise SystemExit(

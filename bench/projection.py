@@ -40,11 +40,12 @@ from rehearsal import PER_IMAGE
 from snakemake.utils import update_config
 
 from latentfss import layout
+from latentfss.config import EncoderConfig, ModelConfig, defaults
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
-from latentfss.encoder import EncoderConfig, build_encoder
+from latentfss.encoder import build_encoder
 from latentfss.episodes import EpisodeSampler, base_classes
-from latentfss.model import MatchingNet, ModelConfig
+from latentfss.model import MatchingNet
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench/results"
@@ -76,7 +77,7 @@ ASSUMED = {
 
 
 def preset_config(preset: str) -> dict:
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = defaults()
     update_config(config, yaml.safe_load((REPO / f"workflow/presets/{preset}.yaml").read_text()))
     return config
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import limits
 import torch
-import yaml
 import zarr
 from record import arguments, artifact, describe, run_stage, save, scratch
 
 from latentfss import layout
+from latentfss.config import ModelConfig, defaults
 from latentfss.encoder import load_encoder
-from latentfss.model import MatchingNet, ModelConfig
+from latentfss.model import MatchingNet
 from latentfss.runtime import pick_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def main() -> None:
     parser = arguments(__doc__, results=True, threads=True)
     parser.add_argument("--iterations", type=int, default=40)
     args = parser.parse_args()
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = defaults()  # the default run's config
     if not artifact(args.results, layout.PSEUDO_MASKS, fold=0).is_dir():
         raise SystemExit(
             f"{args.results}: run `snakemake --cores 2` first (needs fold 0's pseudo masks)"

@@ -14,7 +14,7 @@ import pytest
 
 from latentfss import layout
 from latentfss.cli import main
-from latentfss.datasets.synthetic import SyntheticConfig
+from latentfss.config import SyntheticConfig
 from latentfss.stages.make_synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]

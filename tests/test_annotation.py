@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import ANNOTATION, ENCODER, PROTOCOL, artifact, cli, params
 from latentfss import layout, store
-from latentfss.clustering import ClusterConfig, fold_background, spherical_kmeans
+from latentfss.clustering import fold_background, spherical_kmeans
+from latentfss.config import ClusterConfig
 from latentfss.datasets.images import read_mask
 from latentfss.datasets.index import read_index
 from latentfss.episodes import IGNORE, base_classes, novel_classes

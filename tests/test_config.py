@@ -1,66 +1,36 @@
-"""config.yaml, its schema, the presets and the stage dataclasses agree; bad keys are refused."""
+"""The config: defaults written once (latentfss.config), the schema, the presets; bad keys are
+refused in one line."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
 
 from conftest import REPO
-from latentfss.clustering import ClusterConfig
-from latentfss.config import from_params, read_yaml, validate
-from latentfss.datasets import DatasetConfig
-from latentfss.datasets.evaluation import EvaluateConfig
-from latentfss.datasets.synthetic import SyntheticConfig
-from latentfss.encoder import EncoderConfig
-from latentfss.episodes import ProtocolConfig
+from latentfss.config import SECTIONS, SyntheticConfig, defaults, from_params, read_yaml, validate
 from latentfss.errors import InputError
-from latentfss.features import AnnotationConfig
-from latentfss.model import ModelConfig
-from latentfss.pretraining import PretrainConfig
-from latentfss.stages.train import TrainConfig
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
-SECTIONS = {
-    "dataset": DatasetConfig,
-    "protocol": ProtocolConfig,
-    "synthetic": SyntheticConfig,
-    "encoder": EncoderConfig,
-    "pretrain": PretrainConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "annotation": AnnotationConfig,
-    "cluster": ClusterConfig,
-    "evaluate": EvaluateConfig,  # build-bank reads its resize, input_size, batch_size, workers
-}
-WORKFLOW_ONLY = {"annotation": {"keep_features"}}  # read by the Snakefile, not a stage
 
 
 def merged(*files):
     config = read_yaml(REPO / "config.yaml")
     for name in files:
         for key, value in read_yaml(REPO / name).items():
-            config[key] = {**config[key], **value} if isinstance(value, dict) else value
+            config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return validate(config, SCHEMA)
 
 
-def test_config_yaml_equals_the_schema_defaults():
-    assert validate({}, SCHEMA) == validate(read_yaml(REPO / "config.yaml"), SCHEMA)
-    assert read_yaml(REPO / "config.yaml") == validate({}, SCHEMA)  # every key is written out
-
-
-@pytest.mark.parametrize("section", SECTIONS)
-def test_stage_dataclass_defaults_equal_the_config(section):
+def test_every_default_is_written_once_in_the_dataclasses_and_fits_the_schema():
+    """validate fills what a config leaves out from latentfss.config's dataclasses; the
+    defaults pass the schema's types and ranges; config.yaml changes none of them."""
     config = validate({}, SCHEMA)
-    defaults = {
-        k: list(v) if isinstance(v, tuple) else v  # YAML lists are frozen as tuples
-        for k, v in dataclasses.asdict(SECTIONS[section]()).items()
-    }
-    stage_keys = {
-        k: v for k, v in config[section].items() if k not in WORKFLOW_ONLY.get(section, set())
-    }
-    assert defaults == stage_keys
+    assert config == defaults() == validate(read_yaml(REPO / "config.yaml"), SCHEMA)
+    for name, cls in SECTIONS.items():
+        assert from_params(cls, config[name], name) == cls()
+    partly = validate({"train": {"iterations": 7}}, SCHEMA)["train"]
+    assert partly == {**config["train"], "iterations": 7}  # the rest of the section kept
 
 
 def test_presets_carry_the_papers_settings():
@@ -100,7 +70,7 @@ def test_presets_carry_the_papers_settings():
     ],
 )
 def test_bad_config_names_the_key(edit, message):
-    config = copy.deepcopy(read_yaml(REPO / "config.yaml"))
+    config = defaults()
     edit(config)
     with pytest.raises(InputError, match=message.replace(".", r"\.").replace("(", r"\(")) as e:
         validate(config, SCHEMA)

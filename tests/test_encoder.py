@@ -12,11 +12,11 @@ import torch
 import torchvision
 
 from latentfss import encoder as encoder_module
+from latentfss.config import EncoderConfig
 from latentfss.encoder import (
     SYNTHETIC,
     SYNTHETIC_SHA256,
     Encoder,
-    EncoderConfig,
     build_encoder,
     calibrate_batchnorm,
     feature_size,

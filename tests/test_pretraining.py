@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import cli, params
+from latentfss.config import EncoderConfig, PretrainConfig, SyntheticConfig
 from latentfss.datasets import synthetic
-from latentfss.encoder import Classifier, EncoderConfig, build_encoder
+from latentfss.encoder import Classifier, build_encoder
 from latentfss.pretraining import (
-    PretrainConfig,
     crops,
     factor_labels,
     layer3_agreement,
@@ -82,7 +82,7 @@ def test_stored_weights_drop_the_classifier_and_halve_the_conv_kernels_only():
 
 
 def test_the_corpus_is_not_the_benchmark():
-    world = synthetic.SyntheticConfig(min_size=48, max_size=64)
+    world = SyntheticConfig(min_size=48, max_size=64)
     corpus = render(world, "pretrain", 3, workers=0)
     heldout = render(world, "pretrain-heldout", 3, workers=0)
     for i in range(3):
@@ -96,7 +96,7 @@ def test_the_corpus_is_not_the_benchmark():
 def test_rendered_images_hold_no_open_file():
     """Arrays from the workers' shared memory each keep a file descriptor open while they
     live: a corpus of thousands ran out of them."""
-    world = synthetic.SyntheticConfig(min_size=48, max_size=64)
+    world = SyntheticConfig(min_size=48, max_size=64)
     before = len(os.listdir("/proc/self/fd"))
     images = render(world, "pretrain", 40, workers=2)
     assert len(os.listdir("/proc/self/fd")) < before + 40 and len(images) == 40

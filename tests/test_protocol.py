@@ -13,13 +13,8 @@ from PIL import Image
 
 from conftest import PROTOCOL, artifact, cli, params, pooling_steps
 from latentfss import layout
-from latentfss.datasets.evaluation import (
-    RESIZE_MODES,
-    EvaluateConfig,
-    at_label,
-    network_input,
-    pfenet_size,
-)
+from latentfss.config import RESIZE_MODES, EvaluateConfig
+from latentfss.datasets.evaluation import at_label, network_input, pfenet_size
 from latentfss.datasets.images import write_mask
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples

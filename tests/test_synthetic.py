@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import TINY, cli, params
+from latentfss.config import SyntheticConfig
 from latentfss.datasets import synthetic
 from latentfss.datasets.images import read_mask
 from latentfss.datasets.index import read_index
@@ -58,10 +59,10 @@ def test_ignore_band_surrounds_every_object(tiny_root):
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
-    small = synthetic.SyntheticConfig(num_train=6, num_val=3, min_size=40, max_size=56)
+    small = SyntheticConfig(num_train=6, num_val=3, min_size=40, max_size=56)
     generate(small, tmp_path / "a")
     generate(small, tmp_path / "b")
-    generate(synthetic.SyntheticConfig(**{**small.__dict__, "seed": 1}), tmp_path / "c")
+    generate(SyntheticConfig(**{**small.__dict__, "seed": 1}), tmp_path / "c")
     a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
     assert a == b
     assert a.keys() == c.keys() and a != c

@@ -17,13 +17,14 @@ import torch.nn.functional as F
 from conftest import artifact, cli, params, train_argv
 from latentfss import layout
 from latentfss.augment import scale_crop_flip, strong_photometric
+from latentfss.config import ModelConfig, ProtocolConfig, TrainConfig
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
 from latentfss.ema import ModelEMA, warmed_up
 from latentfss.encoder import Encoder
-from latentfss.episodes import IGNORE, EpisodeSampler, ProtocolConfig, base_classes
-from latentfss.model import MatchingNet, ModelConfig, Shots, cosine_logits, segmentation_loss
-from latentfss.stages.train import TrainConfig, learning_rate, train
+from latentfss.episodes import IGNORE, EpisodeSampler, base_classes
+from latentfss.model import MatchingNet, Shots, cosine_logits, segmentation_loss
+from latentfss.stages.train import learning_rate, train
 
 
 def small_model(**overrides) -> MatchingNet:

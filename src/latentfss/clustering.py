@@ -3,23 +3,10 @@ the mean background prototype."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import faiss
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """K-Means settings (config section `cluster`)."""
-
-    k: int = 5  # paper: 5 on PASCAL-5i, 15 on COCO-20i
-    niter: int = 30
-    nredo: int = 5  # restarts from different random seeds; the lowest inertia is kept
-
-    def __post_init__(self) -> None:
-        if self.k < 1 or self.niter < 1 or self.nredo < 1:
-            raise ValueError("k, niter and nredo must be positive")
+from latentfss.config import ClusterConfig
 
 
 def spherical_kmeans(

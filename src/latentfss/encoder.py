@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,13 +24,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from latentfss import layout
+from latentfss.config import EncoderConfig
 from latentfss.errors import InputError
 from latentfss.fs import read_torch
 from latentfss.runtime import autocast
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("resnet18", "resnet50", "resnet101")
 DROPPED = ("layer4.", "fc.")  # what the paper removes of a ResNet (weights keep them)
 STRIDE = 8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,19 +40,6 @@ _IMAGENET = {  # torchvision's original (IMAGENET1K_V1) weights, as in the FSS l
     "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
     "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
 }
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Backbone and initial weights (config section `encoder`)."""
-
-    arch: str = "resnet18"
-    weights: str = "synthetic"  # synthetic | pretrain | none | imagenet | a state dict's path
-    calibration_images: int = 512  # weights none: train images that set BatchNorm statistics
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(ARCHS)}")
 
 
 class Normalise:

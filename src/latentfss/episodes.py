@@ -7,21 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from latentfss.config import CLASS_SPLITS
+
 NUM_FOLDS = 4
 IGNORE = 255  # VOC's "void" label: boundaries and unlabelled pixels, never scored or learned
-CLASS_SPLITS = ("consecutive", "interleaved")
-
-
-@dataclass(frozen=True)
-class ProtocolConfig:
-    """How classes split into folds and which images qualify as supports (section `protocol`)."""
-
-    class_split: str = "consecutive"
-    min_support_pixels: int = 200
-
-    def __post_init__(self) -> None:
-        if self.class_split not in CLASS_SPLITS:
-            raise ValueError(f"class_split must be one of {', '.join(CLASS_SPLITS)}")
 
 
 def novel_classes(fold: int, num_classes: int, split: str = "consecutive") -> tuple[int, ...]:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from latentfss import store
-from latentfss.config import from_params
+from latentfss.config import AnnotationConfig, from_params
 from latentfss.datasets.images import resized_batches
 from latentfss.encoder import STRIDE, Encoder, Normalise, feature_size, load_encoder
 from latentfss.errors import InputError
@@ -27,18 +26,6 @@ from latentfss.fs import read_torch
 from latentfss.runtime import add_device_argument, pick_device
 
 BLOCK = 64  # rows per read from features.zarr
-
-
-@dataclass(frozen=True)
-class AnnotationConfig:
-    """How the offline annotation embeds images (config section `annotation`)."""
-
-    input_size: int = 256  # images are resized to this square (paper: 473)
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        if self.input_size < 32 or self.batch_size < 1:
-            raise ValueError("need input_size >= 32 and batch_size >= 1")
 
 
 @contextlib.contextmanager

@@ -4,13 +4,13 @@ global background prototype (Eq. 6-7) and the mining head on layer3 features."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentfss.config import ModelConfig
 from latentfss.ema import warmed_up
 from latentfss.encoder import Encoder, encode_batches
 from latentfss.episodes import IGNORE
@@ -21,22 +21,6 @@ from latentfss.runtime import autocast
 
 if TYPE_CHECKING:
     from latentfss.region_bank import RegionBank
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Matching and rectification settings (config section `model`)."""
-
-    sigma: float = 20.0  # cosine scale in Eq. 5: 20 in the paper, 10 in the authors' code
-    mine: bool = True  # the mining branch (paper Table 3, "Mine")
-    bg_rectify: bool = True  # Eq. 6-7 global background prototype (Table 3, "BG")
-    bg_momentum: float = 0.999  # m in Eq. 6
-    bg_fusion: float = 0.9  # w in Eq. 7
-    head_channels: int = 256  # width of the mining head's hidden convolutions
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.bg_momentum < 1 and 0 <= self.bg_fusion <= 1 and self.sigma > 0):
-            raise ValueError("need 0 <= bg_momentum < 1, 0 <= bg_fusion <= 1 and sigma > 0")
 
 
 def mask_weights(masks: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,46 +12,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from latentfss.config import PretrainConfig, SyntheticConfig
 from latentfss.datasets import synthetic
 from latentfss.encoder import DROPPED, Classifier, Encoder, Normalise, encode_each
 from latentfss.episodes import IGNORE
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Corpus and optimisation (config section `pretrain`)."""
-
-    images: int = 2000  # corpus images, rendered once
-    heldout: int = 2000  # held-out images of another stream, scored at the end
-    steps: int = 6000
-    batch_size: int = 64
-    crop: int = 48  # square crops of the corpus images, rescaled to this side
-    scale: tuple[float, float] = (0.75, 2.0)  # random rescale of each crop
-    lr: float = 0.1  # SGD, linear warm-up over 1/10 of the steps, then cosine to 0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    min_share: float = 0.02  # a factor is shown where its objects cover this share of the view
-    object_crops: float = 0.5  # share of crops centred on an object pixel, the rest anywhere
-    log_every: int = 25
-
-    def __post_init__(self) -> None:
-        if min(self.images, self.heldout, self.steps, self.batch_size, self.log_every) < 1:
-            raise ValueError("images, heldout, steps, batch_size and log_every must be positive")
-        if self.crop < 32 or not 0 < self.scale[0] <= self.scale[1] or len(self.scale) != 2:
-            raise ValueError("need crop >= 32 and scale [low, high] with 0 < low <= high")
-        if not 0 < self.min_share < 1 or not 0 <= self.object_crops <= 1:
-            raise ValueError("need min_share in (0, 1) and object_crops in [0, 1]")
-
-
 class _Renders(Dataset):
-    def __init__(self, cfg: synthetic.SyntheticConfig, stream: str, count: int) -> None:
+    def __init__(self, cfg: SyntheticConfig, stream: str, count: int) -> None:
         self.cfg, self.stream, self.count = cfg, stream, count
 
     def __len__(self) -> int:
@@ -62,7 +36,7 @@ class _Renders(Dataset):
 
 
 def render(
-    cfg: synthetic.SyntheticConfig, stream: str, count: int, workers: int
+    cfg: SyntheticConfig, stream: str, count: int, workers: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Images 0..count-1 of a stream as (H, W, 3) uint8 images and (H, W) label maps, in order,
     rendered by `workers` processes (the same images for any number). Each is copied out of

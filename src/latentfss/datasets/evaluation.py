@@ -6,44 +6,18 @@ paper ("evaluated on their original resolution") and both references.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from latentfss.config import RESIZE_MODES
 from latentfss.datasets.images import read_image, read_mask
 from latentfss.episodes import IGNORE, binary_mask
 from latentfss.prototypes import upsample
 
-RESIZE_MODES = ("none", "pfenet", "square")
 QUERY_KEYS = ("image_id", "covered", "input_size", "label")
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """The test protocol and inference settings (config section `evaluate`)."""
-
-    episodes: int = 100  # per seed (paper: 1000 PASCAL, 4000 COCO)
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    resize: str = "none"  # what the network sees: none | pfenet | square (network_input)
-    input_size: int = 128  # pfenet and square: the side of the network's input
-    batch_size: int = 16  # images loaded and encoded together; episodes rectified together
-    cache_mb: int = 2048  # features of query images kept between their two uses (on the device)
-    fg_rectify: bool = True  # Eq. 8-9 (paper Table 3, "FG")
-    top_n: int = 4  # N relevant train images
-    beta: float = 0.2  # rectification weight
-    workers: int = 1
-
-    def __post_init__(self) -> None:
-        if min(self.episodes, self.input_size, self.batch_size, self.top_n) < 1 or not self.seeds:
-            raise ValueError("episodes, input_size, batch_size, top_n and seeds must be positive")
-        if self.cache_mb < 0:
-            raise ValueError("cache_mb must be at least 0")
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}")
 
 
 def at_label(

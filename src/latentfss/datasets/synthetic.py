@@ -19,11 +19,11 @@ images contain unlabelled objects of novel classes: the latent classes the metho
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from latentfss.config import SyntheticConfig
 from latentfss.episodes import IGNORE
 
 COLOURS = ("red", "green", "blue", "yellow")
@@ -55,31 +55,6 @@ def factor_table() -> np.ndarray:
     for c in range(1, NUM_CLASSES + 1):
         table[c, [values.index(v) for v in class_factors(c)]] = 1
     return table
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Generator settings (config section `synthetic`); sizes in pixels."""
-
-    seed: int = 0
-    num_train: int = 800
-    num_val: int = 200
-    min_size: int = 112
-    max_size: int = 160
-    min_objects: int = 1
-    max_objects: int = 4
-    boundary: int = 1
-    jpeg_quality: int = 90
-
-    def __post_init__(self) -> None:
-        if not 32 <= self.min_size <= self.max_size:
-            raise ValueError("need 32 <= min_size <= max_size")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError("need 1 <= min_objects <= max_objects")
-        if self.num_train < 1 or self.num_val < 1:
-            raise ValueError("num_train and num_val must be positive")
-        if self.boundary < 0 or not 1 <= self.jpeg_quality <= 100:
-            raise ValueError("need boundary >= 0 and jpeg_quality in 1..100")
 
 
 def _polygon(shape: str, rng: np.random.Generator) -> np.ndarray:

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from latentfss import store
-from latentfss.config import from_params
-from latentfss.datasets.evaluation import EvaluateConfig, collate, network_input
+from latentfss.config import EvaluateConfig, from_params
+from latentfss.datasets.evaluation import collate, network_input
 from latentfss.datasets.images import read_image
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each

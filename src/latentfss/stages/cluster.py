@@ -19,10 +19,10 @@ import faiss
 import numpy as np
 
 from latentfss import store
-from latentfss.clustering import ClusterConfig, fold_background, spherical_kmeans
-from latentfss.config import from_params
+from latentfss.clustering import fold_background, spherical_kmeans
+from latentfss.config import ClusterConfig, ProtocolConfig, from_params
 from latentfss.datasets.index import read_index
-from latentfss.episodes import ProtocolConfig, base_classes, fold_images, novel_classes
+from latentfss.episodes import base_classes, fold_images, novel_classes
 from latentfss.errors import InputError
 from latentfss.fs import atomic_dir
 

@@ -28,24 +28,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from latentfss import layout
-from latentfss.config import from_params
-from latentfss.datasets.evaluation import (
-    QUERY_KEYS,
-    EvaluateConfig,
-    TestEpisodes,
-    TestImages,
-    at_label,
-    collate,
-)
+from latentfss.config import EvaluateConfig, ProtocolConfig, from_params
+from latentfss.datasets.evaluation import QUERY_KEYS, TestEpisodes, TestImages, at_label, collate
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each
-from latentfss.episodes import (
-    EpisodeSampler,
-    ProtocolConfig,
-    binary_mask,
-    novel_classes,
-    sample_test_episodes,
-)
+from latentfss.episodes import EpisodeSampler, binary_mask, novel_classes, sample_test_episodes
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file, identity
 from latentfss.machine import machine

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from latentfss import code_version, store
-from latentfss.config import from_params
+from latentfss.config import AnnotationConfig, EncoderConfig, from_params
 from latentfss.datasets.index import read_index
-from latentfss.encoder import Encoder, EncoderConfig, build_encoder, calibrate_batchnorm
-from latentfss.features import AnnotationConfig, Features, feature_attrs, normalised_batches
+from latentfss.encoder import Encoder, build_encoder, calibrate_batchnorm
+from latentfss.features import Features, feature_attrs, normalised_batches
 from latentfss.fs import atomic_dir, save_torch
 from latentfss.progress import progress
 from latentfss.runtime import add_device_argument, pick_device, seed_everything, set_threads

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from latentfss import code_version
-from latentfss.config import from_params
+from latentfss.config import SyntheticConfig, from_params
 from latentfss.datasets import images, synthetic, voc
 from latentfss.errors import InputError
 from latentfss.fs import atomic_dir
@@ -27,7 +27,7 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = from_params(synthetic.SyntheticConfig, args.params, "synthetic")
+    cfg = from_params(SyntheticConfig, args.params, "synthetic")
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     out: Path = args.out
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> None:
     log.info("wrote %d train + %d val images to %s", cfg.num_train, cfg.num_val, out)
 
 
-def generate(cfg: synthetic.SyntheticConfig, root: Path) -> None:
+def generate(cfg: SyntheticConfig, root: Path) -> None:
     """Write the VOC2012 layout under `root`; the same config gives byte-identical files."""
     for sub in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True)

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from latentfss import code_version
-from latentfss.config import from_params
-from latentfss.datasets import DatasetConfig, coco, pascal, synthetic, voc
+from latentfss.config import DatasetConfig, from_params
+from latentfss.datasets import coco, pascal, synthetic, voc
 from latentfss.datasets.images import image_size, read_mask, write_mask
 from latentfss.datasets.index import IMAGE_COLUMNS, portable, write_index
 from latentfss.errors import InputError

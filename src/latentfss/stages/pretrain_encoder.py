@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 
 from latentfss import code_version
-from latentfss.config import from_params
+from latentfss.config import EncoderConfig, PretrainConfig, SyntheticConfig, from_params
 from latentfss.datasets import synthetic
-from latentfss.encoder import Classifier, EncoderConfig, Normalise
+from latentfss.encoder import Classifier, Normalise
 from latentfss.fs import save_torch
 from latentfss.machine import machine
 from latentfss.pretraining import (
-    PretrainConfig,
     crops,
     heldout_accuracy,
     layer3_agreement,
@@ -52,7 +51,7 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     cfg = from_params(PretrainConfig, args.params, "pretrain")
-    world = from_params(synthetic.SyntheticConfig, args.synthetic, "synthetic")
+    world = from_params(SyntheticConfig, args.synthetic, "synthetic")
     arch = from_params(EncoderConfig, args.encoder, "encoder").arch
     set_threads(args.threads)
     device = pick_device(args.device)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latentfss.datasets.evaluation import EvaluateConfig, at_label, network_input
+from latentfss.config import EvaluateConfig
+from latentfss.datasets.evaluation import at_label, network_input
 from latentfss.datasets.images import image_files, read_image, read_upright
 from latentfss.encoder import Normalise
 from latentfss.errors import InputError

@@ -24,54 +24,20 @@ from torch.utils.data import DataLoader
 
 from latentfss import code_version, store
 from latentfss.augment import strong_photometric
-from latentfss.config import from_params
+from latentfss.config import ModelConfig, ProtocolConfig, TrainConfig, from_params
 from latentfss.datasets.index import read_index
 from latentfss.datasets.training import EpisodeSamples, PseudoSamples
 from latentfss.ema import ModelEMA
 from latentfss.encoder import Normalise, load_encoder
-from latentfss.episodes import EpisodeSampler, ProtocolConfig, base_classes
+from latentfss.episodes import EpisodeSampler, base_classes
 from latentfss.errors import InputError, Stopped
 from latentfss.fs import atomic_file, identity, read_torch, save_torch
 from latentfss.machine import machine
-from latentfss.model import MatchingNet, ModelConfig, segmentation_loss
+from latentfss.model import MatchingNet, segmentation_loss
 from latentfss.progress import progress
 from latentfss.runtime import add_device_argument, pick_device, seed_everything, set_threads
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and batches (config section `train`)."""
-
-    iterations: int = 100  # paper: 6000
-    batch_episodes: int = 4  # B support-query pairs per iteration (paper: 4)
-    batch_pseudo: int = 8  # M extra images with pseudo masks per iteration (paper: 32)
-    crop: int = 96  # paper: 473
-    scale: tuple[float, float] = (0.75, 1.5)  # random rescale range before the crop
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lambda_pseudo: float = 1.0  # lambda in Eq. 1
-    ema_decay: float = 0.99  # paper-length runs: 0.999
-    log_every: int = 10
-    checkpoint_every: int = 50
-    workers: int = 1
-    micro_batches: int = 1  # the encoder's forward and backward in this many checkpointed parts
-
-    def __post_init__(self) -> None:
-        positive = (
-            self.iterations,
-            self.batch_episodes,
-            self.crop,
-            self.log_every,
-            self.checkpoint_every,
-            self.micro_batches,
-        )
-        if min(positive) < 1 or self.batch_pseudo < 0 or self.workers < 0:
-            raise ValueError("iterations, batches, crop, intervals, micro_batches must be positive")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ValueError("scale must be [low, high] with 0 < low <= high")
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
