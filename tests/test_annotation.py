@@ -27,7 +27,7 @@ def test_map_equals_a_masked_mean_by_hand():
     mask = np.zeros((4, 6), dtype=np.uint8)  # already at the feature grid's size
     mask[1:3, 2:5] = 7
     mask[0, 0] = IGNORE
-    protos = masked_average(feats, area_weights(mask, np.array([0, 7]), (4, 6)))
+    protos = masked_average(feats[None], area_weights(mask, np.array([0, 7]), (4, 6))[None])[0]
     for row, label in enumerate((0, 7)):
         picked = feats[:, torch.from_numpy(mask == label)]  # (C, n)
         torch.testing.assert_close(protos[row], picked.mean(dim=1))
@@ -43,7 +43,7 @@ def test_map_weighs_cells_by_the_area_a_label_covers():
     torch.testing.assert_close(weights[1], torch.tensor([[0.25, 0.0], [0.0, 1.0]]))
     torch.testing.assert_close(weights[0], torch.tensor([[0.5, 1.0], [1.0, 0.0]]))
     expected = (0.25 * feats[:, 0, 0] + feats[:, 1, 1]) / 1.25
-    torch.testing.assert_close(masked_average(feats, weights)[1], expected)
+    torch.testing.assert_close(masked_average(feats[None], weights[None])[0, 1], expected)
 
 
 def test_nearest_representative_is_argmax_cosine():

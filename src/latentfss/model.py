@@ -16,28 +16,21 @@ from latentfss.encoder import Encoder, encode_batches
 from latentfss.episodes import IGNORE
 from latentfss.errors import InputError
 from latentfss.fs import read_torch
-from latentfss.prototypes import image_embedding, upsample
+from latentfss.prototypes import image_embedding, masked_average, upsample
 from latentfss.runtime import autocast
 
 if TYPE_CHECKING:
     from latentfss.region_bank import RegionBank
 
 
-def mask_weights(masks: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_weights(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Foreground and background area weights on the feature grid of binary episode masks.
 
-    masks (N, H, W) with 1 = class, 0 = background, IGNORE elsewhere -> two (N, h, w) tensors:
-    the fraction of each feature cell the class (background) covers, as in Eq. 2's pooling.
+    masks (N, H, W) with 1 = class, 0 = background, IGNORE elsewhere -> (N, 2, h, w): the
+    fraction of each feature cell the class (the background) covers, as in Eq. 2's pooling.
     """
     both = torch.stack([masks == 1, masks == 0], dim=1).float()  # (N, 2, H, W)
-    pooled = F.adaptive_avg_pool2d(both, grid)
-    return pooled[:, 0], pooled[:, 1]
-
-
-def pool(feats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 with soft masks: feats (N, C, h, w), weights (N, h, w) -> (N, C)."""
-    sums = torch.einsum("nchw,nhw->nc", feats, weights)
-    return sums / weights.sum(dim=(1, 2)).clamp_min(1e-6)[:, None]
+    return F.adaptive_avg_pool2d(both, grid)
 
 
 def cosine_logits(feats: torch.Tensor, prototypes: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -108,8 +101,9 @@ class MatchingNet(nn.Module):
     def shots(self, feats: torch.Tensor, masks: torch.Tensor) -> Shots:
         """Each shot's Eq. 2 prototypes and image embedding: feats (N, C, h, w), binary masks
         (N, H, W) -> Shots of (N, C)."""
-        fg_w, bg_w = mask_weights(masks.to(feats.device), tuple(feats.shape[-2:]))
-        return Shots(pool(feats, fg_w), pool(feats, bg_w), image_embedding(feats))
+        weights = mask_weights(masks.to(feats.device), tuple(feats.shape[-2:]))
+        fg, bg = masked_average(feats, weights).unbind(dim=1)
+        return Shots(fg, bg, image_embedding(feats))
 
     def prototypes(
         self, shots: Shots, bank: RegionBank | None = None

@@ -21,13 +21,14 @@ def area_weights(mask: np.ndarray, labels: np.ndarray, grid: tuple[int, int]) ->
 
 
 def masked_average(feats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 with soft masks: p_c = sum_xy w_c(x,y) F(x,y) / sum_xy w_c(x,y).
+    """Eq. 2 with soft masks: p_c = sum_xy w_c(x,y) F(x,y) / sum_xy w_c(x,y), the one place it
+    is computed (the offline annotation's prototypes, the support shots' in the network).
 
-    feats (C, h, w), weights (P, h, w) -> (P, C); a label with zero weight gets a zero vector.
+    feats (N, C, h, w), weights (N, P, h, w) -> (N, P, C); a label with zero weight gets a zero
+    vector.
     """
-    mass = weights.sum(dim=(1, 2))  # (P,)
-    sums = torch.einsum("phw,chw->pc", weights, feats)
-    return sums / mass.clamp_min(1e-12)[:, None]
+    sums = torch.einsum("nchw,nphw->npc", feats, weights)
+    return sums / weights.sum(dim=(2, 3)).clamp_min(1e-6)[..., None]
 
 
 def image_embedding(feats: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,8 @@ def region_prototypes(
     -> prototypes (P, C), each label's mass on the feature grid (P,) and its pixels (P,)."""
     weights = area_weights(mask, labels, tuple(feats.shape[1:]))  # (P, h, w)
     pixels = np.bincount(mask.ravel(), minlength=256)[labels]
-    return masked_average(feats, weights).numpy(), weights.sum(dim=(1, 2)).numpy(), pixels
+    prototypes = masked_average(feats[None], weights[None])[0]
+    return prototypes.numpy(), weights.sum(dim=(1, 2)).numpy(), pixels
 
 
 def nearest_representative(
