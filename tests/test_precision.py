@@ -20,7 +20,7 @@ from latentfss.encoder import Normalise, encode_batches
 from latentfss.metrics import IoUMeter
 from latentfss.model import segmentation_loss
 from latentfss.runtime import CPU_BF16
-from latentfss.stages.train import train_step
+from latentfss.trainer import train_step
 from test_training import small_model
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -24,7 +23,7 @@ from latentfss.ema import ModelEMA, warmed_up
 from latentfss.encoder import Encoder
 from latentfss.episodes import IGNORE, EpisodeSampler, base_classes
 from latentfss.model import MatchingNet, Shots, cosine_logits, segmentation_loss
-from latentfss.stages.train import learning_rate, train
+from latentfss.trainer import TrainJob, learning_rate, train
 
 
 def small_model(**overrides) -> MatchingNet:
@@ -143,7 +142,7 @@ def test_a_micro_batched_step_is_the_full_step():
     mining head (and its BatchNorm) and the losses on the whole batch. Same losses, weights,
     head statistics and global background as one pass, up to float summation order."""
     from latentfss.encoder import Normalise
-    from latentfss.stages.train import train_step
+    from latentfss.trainer import train_step
 
     generator = torch.Generator().manual_seed(0)
     masks = torch.randint(0, 2, (2, 2, 48, 48), dtype=torch.uint8, generator=generator)
@@ -253,8 +252,8 @@ def test_episodes_follow_the_protocol(annotated):
     )
 
 
-def train_args(annotated, out, shot=1) -> argparse.Namespace:
-    return argparse.Namespace(
+def train_args(annotated, out, shot=1) -> TrainJob:
+    return TrainJob(
         index=annotated / "dataset",
         encoder_init=artifact(annotated, layout.ENCODER_INIT),
         pseudo_masks=artifact(annotated, layout.PSEUDO_MASKS, fold=0),
@@ -262,9 +261,6 @@ def train_args(annotated, out, shot=1) -> argparse.Namespace:
         shot=shot,
         out=out / "model.pt",
         log_csv=out / "train.csv",
-        seed=0,
-        threads=1,
-        remain=None,
         device="cpu",  # exact comparisons: CUDA kernels are not bit-deterministic
     )
 
@@ -310,12 +306,10 @@ def test_a_state_from_another_run_is_not_resumed(annotated, tmp_path, caplog):
     expected = {}
     for name, cfg in (("tiny", TINY_TRAIN), ("faster", faster)):
         args = train_args(annotated, tmp_path / name)
-        train(
-            argparse.Namespace(**{**vars(args), "encoder_init": init}), cfg, ModelConfig(), PROTOCOL
-        )
+        train(dataclasses.replace(args, encoder_init=init), cfg, ModelConfig(), PROTOCOL)
         expected[name] = tmp_path / name / "model.pt"
     run = tmp_path / "run"
-    args = argparse.Namespace(**{**vars(train_args(annotated, run)), "encoder_init": init})
+    args = dataclasses.replace(train_args(annotated, run), encoder_init=init)
     state = run / "train_state.pt"
 
     def forge_head(path: Path) -> None:  # same origin, another mining head (cluster.k)
@@ -389,7 +383,7 @@ def test_training_without_mining_logs_no_pseudo_loss(annotated, tmp_path, capsys
 def test_cuda_bf16_training_steps(annotated, tmp_path, caplog):
     """Training on CUDA (bf16 autocast), micro-batched too; the saved weights are CPU tensors."""
     caplog.set_level("INFO")
-    args = argparse.Namespace(**{**vars(train_args(annotated, tmp_path)), "device": "cuda"})
+    args = dataclasses.replace(train_args(annotated, tmp_path), device="cuda")
     train(args, dataclasses.replace(TINY_TRAIN, micro_batches=2), ModelConfig(), PROTOCOL)
     assert "device: cuda:" in caplog.text
     log = pd.read_csv(tmp_path / "train.csv")
