@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from record import arguments, describe, save
+from record import arguments, describe, save, table
 
 from latentfss import layout
 
@@ -87,29 +87,27 @@ def main() -> None:
 
 
 def markdown(r: dict) -> list[str]:
+    """The figures; what they rest on: this script's docstring and docs/results.md."""
     total = sum(rule["seconds"] for rule in r["rules"])
-    wall = f"; the run took {r['wall_seconds'] / 60:.1f} minutes" if r["wall_seconds"] else ""
+    wall = f"; wall {r['wall_seconds'] / 60:.1f} minutes" if r["wall_seconds"] else ""
     if "commit" in r:
-        wall += f" (`{r['command']}` on a fresh clone of {r['commit']})"
+        wall += f" (`{r['command']}`, {r['commit']})"
     lines = [
         "## The default run, rule by rule (`bench/default_run.py`)",
         "",
-        f"Machine: {describe(r['machine'])}. `snakemake --cores 2` on a fresh clone, from the "
-        "run's own `benchmarks.csv` (Snakemake's benchmark files: wall seconds and peak RSS of "
-        f"each job, two jobs at a time sharing the 2 cores); {total / 60:.1f} job-minutes in "
-        f"all{wall}. summarize and the inspect rules render tables and figures: they have no "
-        "FLOP or byte floor worth the name. (Snakemake samples memory while a job runs: a job "
-        "of under a second can show less than its real peak.)",
+        f"Machine: {describe(r['machine'])}. {total / 60:.1f} job-minutes{wall}.",
         "",
-        "| rule | jobs | seconds (all jobs) | longest job s | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|",
     ]
-    for rule in r["rules"]:
-        lines.append(
-            f"| {rule['rule']} | {rule['jobs']} | {rule['seconds']} | "
-            f"{rule['longest']} | {rule['peak_rss_mb']} |"
-        )
-    return lines
+    return lines + table(
+        r["rules"],
+        {
+            "rule": "{rule}",
+            "jobs": "{jobs}",
+            "seconds (all jobs)": "{seconds}",
+            "longest job s": "{longest}",
+            "peak RSS (MB)": "{peak_rss_mb}",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 import zarr
-from record import arguments, artifact, describe, run_stage, save, scratch
+from record import arguments, artifact, describe, run_stage, save, scratch, table
 from torch.utils.data import DataLoader
 
 from latentfss import layout
@@ -258,73 +258,55 @@ def main() -> None:
 
 
 def markdown(r: dict) -> list[str]:
-    e, runs = r["evaluate"], r["runs"]
+    """The figures; what they rest on: this script's docstring and docs/results.md."""
+    e = r["evaluate"]
     lines = [
         "## Inference (`bench/inference.py`)",
         "",
         f"Machine: {describe(r['machine'])}; {r['threads']} threads, device {r['device']}. "
-        f"Default synthetic config: ResNet-18 (the trained fold-0 models), resize "
-        f"{e['resize']}{'' if e['resize'] == 'none' else ' to ' + str(e['input_size'])}, "
-        f"top-N {e['top_n']}, beta {e['beta']}, rectified.",
+        f"Fold 0, resize {e['resize']}, top-N {e['top_n']}, beta {e['beta']}. "
+        f"{limits.describe(r['limits'])}.",
         "",
-        f"Limits measured in the same run (`bench/limits.py`): {limits.describe(r['limits'])}. "
-        "The floor: FLOPs over the matrix-multiply rate; the encoder's (FlopCounterMode) for "
-        "each image encoded plus the matching's (2 x C multiply-adds per prototype and query "
-        "feature cell).",
-        "",
-        f"Evaluation in one process: encode once over {runs[0]['lists']} seeds x "
-        f"{runs[0]['episodes'] // runs[0]['lists']} episodes, and over seed 0's list alone; "
-        "episode by episode (every episode encoded anew: the paper's Table 7 measure) and the "
-        f"authors' loop shape (one episode at a time, {r.get('fp32', 'fp32')}, autograd on, "
-        "NCHW, query and each support through the encoder in separate calls) over seed 0's "
-        "list. Episodes/s include "
-        f"loading and resizing the images (data-loader workers: {e['workers']}) and scoring; "
-        "the seed-0 rows score the same list, so their mIoU must agree.",
-        "",
-        "| shot | variant | episodes | images encoded (distinct) | seconds | episodes/s | "
-        "vs episode by episode | mIoU (%) | % of limit |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for shot in (1, 5):
-        rows = [run for run in runs if run["shot"] == shot]
-        anew = next(run for run in rows if run["variant"] == "episode by episode")
-        for run in rows:
-            images = run.get("images")
-            encoded = (
-                f"{images['encoded_images']} ({images['distinct_images']})"
-                if images
-                else f"{run['episodes'] * (shot + 1)}"
-            )
-            lines.append(
-                f"| {shot} | {run['variant']} | {run['episodes']} | {encoded} | "
-                f"{run['seconds']} | {run['episodes_per_s']} | "
-                f"{run['episodes_per_s'] / anew['episodes_per_s']:.1f}x | "
-                f"{run['miou']} | {run['of_limit_pct']} |"
-            )
-    lines += [
-        "",
-        "`speedup_vs_per_episode` (encode once over every seed against episode by "
-        f"episode): {', '.join(f'{k}-shot {v}x' for k, v in r['speedup_vs_per_episode'].items())}.",
-        "",
-        "The stages as the workflow runs them (fold 0, each its own process; evaluate: "
-        f"{e['episodes']} episodes x {len(e['seeds'])} seeds, and 21 episodes one at a time for "
-        "Table 7's speed):",
-        "",
-        f"| stage | shot | images or episodes | seconds | per s | peak RSS MB | {limits.HEADER} |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    for s in r["stages"]:
-        lines.append(
-            f"| {s['stage']} | {s['shot']} | {s['items']} | {s['seconds']} | "
-            f"{s['per_s']} | {s['peak_rss_mb']} | {limits.cells(s)} |"
+    runs = []
+    for run in r["runs"]:
+        anew = next(
+            a
+            for a in r["runs"]
+            if a["shot"] == run["shot"] and a["variant"] == "episode by episode"
         )
-    if r["device"] == "cpu":
-        lines += [
-            "",
-            "Not measured yet: the PASCAL preset (ResNet-50, original resolution) on "
-            "a GPU; no GPU was lent to the task that built this.",
-            "",
-        ]
+        images = run.get("images") or {}
+        encoded = images.get("encoded_images", run["episodes"] * (run["shot"] + 1))
+        runs.append(
+            {**run, "encoded": encoded, "vs": run["episodes_per_s"] / anew["episodes_per_s"]}
+        )
+    lines += table(
+        runs,
+        {
+            "shot": "{shot}",
+            "variant": "{variant}",
+            "episodes": "{episodes}",
+            "images encoded": "{encoded}",
+            "seconds": "{seconds}",
+            "episodes/s": "{episodes_per_s}",
+            "vs episode by episode": "{vs:.1f}x",
+            "mIoU (%)": "{miou}",
+            "% of limit": "{of_limit_pct}",
+        },
+    )
+    lines += ["", "The stages as the workflow runs them (fold 0, each its own process):", ""]
+    lines += table(
+        [{**s, "limits": limits.cells(s)} for s in r["stages"]],
+        {
+            "stage": "{stage}",
+            "shot": "{shot}",
+            "images or episodes": "{items}",
+            "seconds": "{seconds}",
+            "per s": "{per_s}",
+            "peak RSS MB": "{peak_rss_mb}",
+            limits.HEADER: "{limits}",
+        },
+    )
     return lines
 
 

@@ -29,7 +29,7 @@ import scipy.io
 import scipy.ndimage
 import scipy.sparse
 from PIL import Image
-from record import describe, run_stage, save, scratch
+from record import describe, run_stage, save, scratch, table
 
 from latentfss.datasets import pascal
 from latentfss.datasets.images import read_mask, write_mask
@@ -182,28 +182,38 @@ def main() -> None:
 
 
 def report(results: dict) -> list[str]:
+    """The figures; what they rest on: this script's docstring and docs/data.md."""
     g = results["generated"]
     lines = [
-        "## PASCAL-5i from the official archives: prepare at full size",
+        "## PASCAL-5i from the official archives: prepare at full size (`bench/pascal_prepare.py`)",
         "",
-        f"{describe(results['machine'])}; `prepare --threads {results['threads']}`, each run in "
-        f"its own process. Generated archives (`bench/pascal_prepare.py`): {g['images']:,} "
-        f"images of {WIDTH} x {HEIGHT} ({g['jpeg_mb']:,} MB of JPEG), {g['voc_masks']:,} VOC2012 "
-        f"masks, {g['sbd_mats']:,} SBD .mat files ({g['mat_mb']:,} MB), with the official "
-        "lists' counts and overlaps.",
+        f"{describe(results['machine'])}; `prepare --threads {results['threads']}`. Generated: "
+        f"{g['images']:,} images, {g['voc_masks']:,} VOC2012 masks, {g['sbd_mats']:,} SBD .mat.",
         "",
-        "| train_list | train | val | masks converted from SBD | their PNGs | equal to the .mat | "
-        "wall | per image | peak RSS |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for name, r in results["runs"].items():
-        images = r["train"] + r["val"]
-        lines.append(
-            f"| {name} | {r['train']:,} | {r['val']:,} | {r['converted']:,} | "
-            f"{r['converted_mb']} MB | {'yes' if r['converted_match_mat'] else 'NO'} | "
-            f"{r['seconds']:.0f} s | {1e3 * r['seconds'] / images:.1f} ms | {r['peak_rss_mb']} MB |"
-        )
-    return lines
+    rows = [
+        {
+            "name": name,
+            **r,
+            "per_image": 1e3 * r["seconds"] / (r["train"] + r["val"]),
+            "match": "yes" if r["converted_match_mat"] else "NO",
+        }
+        for name, r in results["runs"].items()
+    ]
+    return lines + table(
+        rows,
+        {
+            "train_list": "{name}",
+            "train": "{train:,}",
+            "val": "{val:,}",
+            "masks converted from SBD": "{converted:,}",
+            "their PNGs": "{converted_mb} MB",
+            "equal to the .mat": "{match}",
+            "wall": "{seconds:.0f} s",
+            "per image": "{per_image:.1f} ms",
+            "peak RSS": "{peak_rss_mb} MB",
+        },
+    )
 
 
 if __name__ == "__main__":

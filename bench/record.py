@@ -68,6 +68,14 @@ def scratch() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(dir=REPO, prefix=".bench-")
 
 
+def table(rows: list[dict], columns: dict[str, str]) -> list[str]:
+    """A Markdown table: `columns` maps each header to the format of a row's cell, e.g.
+    {"seconds": "{seconds:.1f}"} (a header of several columns, "a | b", formats to as many)."""
+    width = sum(header.count("|") + 1 for header in columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * width]
+    return lines + ["| " + " | ".join(f.format(**r) for f in columns.values()) + " |" for r in rows]
+
+
 def save(results: dict, render: Callable[[dict], list[str]], out: Path, name: str) -> None:
     """bench/results/{name}.json: the results, with the machine they ran on (added when they
     do not say) and the function that renders them, and {name}.md: its lines (assembled into

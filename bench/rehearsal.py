@@ -38,7 +38,7 @@ import coco_archives
 import numpy as np
 import pandas as pd
 import yaml
-from record import arguments, describe, run_stage, save, tree_memory
+from record import arguments, describe, run_stage, save, table, tree_memory
 
 from latentfss import layout, store
 from latentfss.datasets import pascal
@@ -87,12 +87,13 @@ COCO_PRESET = yaml.safe_load((REPO / "workflow/presets/coco.yaml").read_text())
 PER_IMAGE = ["prepare", "pool_prototypes", "write_pseudo_masks"]  # coco: work per image, no
 # fixed part worth the name (extract_features only writes encoder_init.pt, cluster's prototypes
 # do not grow with the pixels): what the sample extrapolates to the full count
-UNBOUNDED = {  # stages whose memory must grow with the data, and why
-    "prepare": "it holds the instances JSON parsed whole, as pycocotools does (a streaming "
-    "parser is no dependency of ours); the rule asks 16 GB on COCO",
-    "cluster": "it reads every fg prototype (236,608 x 1,024 float32 on COCO, 1 GB) and "
-    "clusters the fold's base ones, all of them at once as K-Means needs; the rule asks 4 GB",
+STAGE_COLUMNS = {
+    "stage": "{stage}",
+    "seconds": "{seconds:.1f}",
+    "peak RSS MB": "{peak_rss_mb:.0f}",
+    "disk MB": "{disk_mb:,.1f}",
 }
+GROWTH = ("seconds", "peak_rss_mb", "disk_mb")
 
 
 def disk_mb(path: Path) -> float:
@@ -306,97 +307,58 @@ def coco_sample(count: int, runs: Path) -> dict:
 
 
 def report(r: dict) -> list[str]:
+    """The figures; what they rest on: this script's docstring and docs/running.md."""
     coco = r["dataset"] == "coco"
     lines = [
         f"## The {r['dataset'].upper()} preset rehearsed at data scale "
         f"(`bench/rehearsal.py {r['dataset']}`)",
         "",
-        f"Machine: {describe(r['machine'])}. The preset's DAG through Snakemake on generated "
-        "data with the stand-in encoder (1,024 channels at stride 8), fold 0"
-        + (
-            f", up to the pseudo masks; images at {r['scale']:g} of COCO's sides, "
-            f"annotation.input_size {r['input_size']}."
-            if coco
-            else f", 1-shot, {r['settings']['train']['iterations']} training steps, one test "
-            f"seed of {r['settings']['evaluate']['episodes']} episodes, keep_features "
-            f"{r['keep_features']}."
-        ),
+        f"Machine: {describe(r['machine'])}. Fold 0, the stand-in encoder"
+        + (f", images at {r['scale']:g} of COCO's sides." if coco else ", 1-shot."),
         "",
-        "| train images | stage | seconds | peak RSS MB | disk MB |",
-        "|---:|---|---:|---:|---:|",
     ]
-    for run in r["runs"]:
-        lines += [
-            f"| {run['images']:,} | {rule} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | "
-            f"{s['disk_mb']:,.1f} |"
-            for rule, s in run["stages"].items()
-        ]
-    for run in r["runs"]:
-        lines += ["", f"Work at {run['images']:,} train images: {run['work']}."]
+    stages = [
+        {"images": run["images"], "stage": rule, **s}
+        for run in r["runs"]
+        for rule, s in run["stages"].items()
+    ]
+    lines += table(stages, {"train images": "{images:,}", **STAGE_COLUMNS})
     if r["growth"]:
         lines += ["", "Growth exponents in the train images (1 = linear):", ""]
-        lines += ["| stage | seconds | peak RSS | disk |", "|---|---:|---:|---:|"]
-        lines += [
-            f"| {rule} | {g['seconds']} | {g['peak_rss_mb']} | {g['disk_mb']} |"
-            for rule, g in r["growth"].items()
-        ]
-        flagged = [
-            f"{rule} ({what} exponent {g[key]}): {UNBOUNDED.get(rule, 'a defect to fix')}"
-            for rule, g in r["growth"].items()
-            for key, what, limit in (("seconds", "time", 1.1), ("peak_rss_mb", "memory", 0.3))
-            if g[key] > limit
-        ]
-        lines += [
-            "",
-            "Faster than linear in time, or memory that grows with the data: "
-            + ("; ".join(flagged) + "." if flagged else "none."),
-        ]
+        growth = [{"stage": rule, **g} for rule, g in r["growth"].items()]
+        lines += table(growth, {"stage": "{stage}", **{k: f"{{{k}}}" for k in GROWTH}})
     if not coco and r["real_encoder"]:
-        e = r["real_encoder"]
-        lines += [
-            "",
-            f"extract-features with the real ResNet-50 (random weights, 473) on {e['images']} "
-            f"train images: {e['seconds']} s, {e['seconds_per_image']} s an image (start-up "
-            f"included), peak RSS {e['peak_rss_mb']} MB.",
-        ]
-    if coco:
-        lines += ["", f"Generated data: {r['data']}."]
+        lines += ["", f"extract-features, the real ResNet-50 at 473: {r['real_encoder']}."]
     if coco and r["sample"]:
         sample, full = r["sample"], r["runs"][-1]
         ratio = full["images"] / sample["images"]
         lines += [
             "",
-            f"At COCO's own sides and annotation.input_size {sample['input_size']}, on "
-            f"{sample['images']:,} train images; the per-image stages' seconds and disk at the "
-            f"full count x {ratio:.1f} (linear, as the exponents above say), and that time "
-            f"over the full count's at {r['scale']:g} of the sides: {1 / r['scale'] ** 2:g} where "
-            "all of a stage's cost scales with the pixels (the encoder's input grows with them, "
-            f"{r['input_size']} -> {sample['input_size']}), 1 where none does:",
-            "",
-            "| stage | seconds | peak RSS MB | disk MB | full count, seconds | disk GB | "
-            "x the scaled run |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            f"At COCO's own sides ({sample['images']:,} images; full count x {ratio:.1f}):",
+        ]
+        rows = [
+            {
+                "stage": rule,
+                **s,
+                "full": s["seconds"] * ratio,
+                "of_scaled": s["seconds"] * ratio / full["stages"][rule]["seconds"],
+            }
+            for rule, s in sample["stages"].items()
+            if rule in PER_IMAGE
         ]
         lines += [
-            f"| {rule} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | {s['disk_mb']:,.1f} | "
-            + (
-                f"{s['seconds'] * ratio:,.0f} | {s['disk_mb'] * ratio / 1024:,.1f} | "
-                f"{s['seconds'] * ratio / full['stages'][rule]['seconds']:.1f} |"
-                if rule in PER_IMAGE
-                else "- | - | - |"
-            )
-            for rule, s in sample["stages"].items()
+            "",
+            *table(
+                rows,
+                {
+                    **STAGE_COLUMNS,
+                    "full count s": "{full:,.0f}",
+                    "x the scaled run": "{of_scaled:.1f}",
+                },
+            ),
         ]
     if coco and r.get("prepare_memory"):
-        m, full = r["prepare_memory"], r["runs"][-1]
-        lines += [
-            "",
-            f"prepare's memory at {full['images']:,} train images, 2 workers, the process "
-            f"tree polled: peak RSS summed {m['tree_rss_mb']:,} MB (Snakemake's figure counts "
-            f"the pages the forked workers share once per process), PSS summed "
-            f"{m['tree_pss_mb']:,} MB (each page once: what a memory cgroup charges); "
-            f"{m['seconds']} s.",
-        ]
+        lines += ["", f"prepare's process tree at the full count: {r['prepare_memory']}."]
     return lines
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from record import arguments, artifact, describe, save
+from record import arguments, artifact, describe, save, table
 from scipy import stats
 
 from latentfss import layout
@@ -116,46 +116,51 @@ def main() -> None:
 
 
 def markdown(r: dict) -> list[str]:
-    lines = [
-        "## Table 1 of the default runs (`bench/table1.py`)",
-        "",
-        f"Machine: {describe(r['machine'])}. Each run's summary.csv: mIoU per fold (mean over "
-        "test seeds), the 4-fold mean +- its standard error from the test seeds' spread, and "
-        "the difference from the first row with its 95% interval (test seeds alone; each row is "
-        "one training run per fold).",
-        "",
-        "| run | shot | folds | mean +- se | difference | FB-IoU |",
-        "|---|---:|---|---:|---:|---:|",
+    """The figures; what they rest on: this script's docstring and docs/results.md."""
+    lines = ["## Table 1 of the default runs (`bench/table1.py`)", ""]
+    lines += [f"Machine: {describe(r['machine'])}.", ""]
+    rows = [
+        {"label": label, "shot": shot, **s, "per_fold": " / ".join(f"{m:.1f}" for m in s["folds"])}
+        for label, summary in r["runs"].items()
+        for shot, s in summary.items()
     ]
-    for label, summary in r["runs"].items():
-        for shot, s in summary.items():
-            folds = " / ".join(f"{m:.1f}" for m in s["folds"])
-            lines.append(
-                f"| {label} | {shot} | {folds} | {s['mean']:.1f} +- {s['se']:.2f} "
-                f"| {s['difference']:+.1f} +- {s['interval95']:.1f} | {s['fbiou']:.1f} |"
-            )
-    if "machines" in r:
-        lines += ["", "Where each run trained its models:", ""]
-        lines += [f"- {label}: {'; '.join(m)}" for label, m in r["machines"].items()]
+    lines += table(
+        rows,
+        {
+            "run": "{label}",
+            "shot": "{shot}",
+            "folds": "{per_fold}",
+            "mean +- se": "{mean:.1f} +- {se:.2f}",
+            "difference": "{difference:+.1f} +- {interval95:.1f}",
+            "FB-IoU": "{fbiou:.1f}",
+        },
+    )
+    lines += ["", *(f"- {label}: {'; '.join(m)}" for label, m in r.get("machines", {}).items())]
     if "spread" in r:
-        lines += [
-            "",
-            "Between runs: the mean of the runs "
-            f"{', '.join(next(iter(r['spread'].values()))['labels'])}, their standard deviation "
-            "(sd), and the range a further run's mean falls in with 95% probability (t "
-            "prediction interval); the test seeds' standard error beside it, and whether each "
-            "other run fell in the range.",
-            "",
-            "| shot | folds | mean | sd between runs | test-seed se | range95 | inside |",
-            "|---:|---|---:|---:|---:|---|---|",
+        spread = [
+            {
+                "shot": shot,
+                **s,
+                "per_fold": " / ".join(f"{m:.1f}" for m in s["folds"]),
+                "inside_runs": ", ".join(
+                    f"{k}: {'yes' if v else 'no'}" for k, v in s["inside"].items()
+                ),
+            }
+            for shot, s in r["spread"].items()
         ]
-        for shot, s in r["spread"].items():
-            inside = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in s["inside"].items())
-            lines.append(
-                f"| {shot} | {' / '.join(f'{m:.1f}' for m in s['folds'])} | {s['mean']:.1f} "
-                f"| {s['sd']:.2f} | {s['test_se']:.2f} "
-                f"| [{s['range95'][0]:.1f}, {s['range95'][1]:.1f}] | {inside or '-'} |"
-            )
+        lines += ["", f"Between the runs {', '.join(spread[0]['labels'])}:", ""]
+        lines += table(
+            spread,
+            {
+                "shot": "{shot}",
+                "folds": "{per_fold}",
+                "mean": "{mean:.1f}",
+                "sd between runs": "{sd:.2f}",
+                "test-seed se": "{test_se:.2f}",
+                "range95": "[{range95[0]:.1f}, {range95[1]:.1f}]",
+                "inside": "{inside_runs}",
+            },
+        )
     return lines
 
 

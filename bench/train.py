@@ -18,7 +18,7 @@ from pathlib import Path
 import limits
 import torch
 import zarr
-from record import arguments, artifact, describe, run_stage, save, scratch
+from record import arguments, artifact, describe, run_stage, save, scratch, table
 
 from latentfss import layout
 from latentfss.config import ModelConfig, defaults
@@ -117,38 +117,27 @@ def main() -> None:
 
 
 def markdown(r: dict) -> list[str]:
-    t, m = r["train"], r["machine"]
+    """The figures; what they rest on: this script's docstring and docs/method.md."""
+    t = r["train"]
     lines = [
         "## Training (`bench/train.py`)",
         "",
-        f"Machine: {describe(m)}; {r['threads']} threads. Default synthetic config: ResNet-18, "
-        f"crop {t['crop']}, "
-        f"B = {t['batch_episodes']} episodes + M = {t['batch_pseudo']} pseudo-labelled images "
-        "per iteration, fold 0. Seconds include process start, data loading and saving; "
-        "peak RSS is the training process's own (its data-loader worker is a process of its own; "
-        "Snakemake's benchmark files count both).",
+        f"Machine: {describe(r['machine'])}; {r['threads']} threads. Fold 0, crop {t['crop']}, "
+        f"B = {t['batch_episodes']}, M = {t['batch_pseudo']}. {limits.describe(r['limits'])}.",
         "",
-        f"Limits measured in the same run (`bench/limits.py`): {limits.describe(r['limits'])}. "
-        "The floor: every iteration's encoder and mining head, forward and backward, counted by "
-        "FlopCounterMode, over the matrix-multiply rate.",
-        "",
-        f"| shot | iterations | seconds | iterations/s | peak RSS (MB) | GFLOP | {limits.HEADER} |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
-    for run in r["runs"]:
-        lines.append(
-            f"| {run['shot']} | {run['iterations']} | {run['seconds']} | "
-            f"{run['iterations_per_s']} | {run['peak_rss_mb']} | "
-            f"{run['flops'] / 1e9:.0f} | {limits.cells(run)} |"
-        )
-    if r["limits"]["device"] == "cpu":
-        lines += [
-            "",
-            "Not measured yet: the PASCAL preset (ResNet-50, crop 473, B = 4, M = 32) "
-            "on a GPU; no GPU was lent to the task that built this.",
-            "",
-        ]
-    return lines
+    return lines + table(
+        [{**run, "gflop": run["flops"] / 1e9, "limits": limits.cells(run)} for run in r["runs"]],
+        {
+            "shot": "{shot}",
+            "iterations": "{iterations}",
+            "seconds": "{seconds}",
+            "iterations/s": "{iterations_per_s}",
+            "peak RSS (MB)": "{peak_rss_mb}",
+            "GFLOP": "{gflop:.0f}",
+            limits.HEADER: "{limits}",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -61,9 +61,7 @@ class Stored:
 
 class Checked:
     """A Zarr array whose damaged chunks (a checksum that does not match, a chunk that does not
-    decompress) stop in one line naming the store and the array, not in a codec's traceback.
-    Stores written before the checksums read as before; only what does not decompress is
-    caught there."""
+    decompress) stop in one line naming the store and the array, not in a codec's traceback."""
 
     def __init__(self, array: zarr.Array, store: Path, indexer=None) -> None:
         self.array, self.store = array, store
