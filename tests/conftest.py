@@ -271,10 +271,10 @@ def write_metrics(
 
 
 def summarize_runs(
-    tmp_path: Path, runs: dict[str, tuple[float, ...]], capsys, train_seeds=(0,), reference=None
+    tmp_path: Path, runs: dict[str, tuple[float, ...]], capsys, *flags, train_seeds=(0,)
 ) -> str:
     """`latentfss summarize` over rows given as name -> mIoU of each fold (the same for every
-    training seed): summary.md's text (summary.csv beside it)."""
+    training seed), with more command-line `flags`: summary.md's text (summary.csv beside it)."""
     evaluations = [
         f"{row}="
         + str(write_metrics(tmp_path / f"{row}_{seed}/{fold}/metrics.json", fold, miou, seed))
@@ -282,22 +282,13 @@ def summarize_runs(
         for seed in train_seeds
         for fold, miou in enumerate(mious)
     ]
-    return summarize(tmp_path, evaluations, capsys, reference)
+    return summarize(tmp_path, evaluations, capsys, *flags)
 
 
-def summarize(tmp_path: Path, evaluations: list, capsys, reference=None) -> str:
-    """`latentfss summarize` of `ROW=METRICS` evaluations -> summary.md's text (summary.csv
-    beside it: tmp_path / s.csv)."""
-    flags = ["--reference", reference] if reference else []
-    code, err = cli(
-        "summarize",
-        *evaluations,
-        *flags,
-        "--csv",
-        tmp_path / "s.csv",
-        "--md",
-        tmp_path / "s.md",
-        capsys=capsys,
-    )
+def summarize(tmp_path: Path, evaluations: list, capsys, *flags) -> str:
+    """`latentfss summarize` of `ROW=METRICS` evaluations with more command-line `flags` ->
+    summary.md's text (summary.csv beside it: tmp_path / s.csv)."""
+    outputs = ("--csv", tmp_path / "s.csv", "--md", tmp_path / "s.md")
+    code, err = cli("summarize", *evaluations, *flags, *outputs, capsys=capsys)
     assert code == 0, err
     return (tmp_path / "s.md").read_text()

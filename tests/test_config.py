@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from conftest import REPO
+from latentfss import runs
 from latentfss.config import SECTIONS, SyntheticConfig, defaults, from_params, read_yaml, validate
 from latentfss.errors import InputError
 
@@ -31,6 +32,17 @@ def test_every_default_is_written_once_in_the_dataclasses_and_fits_the_schema():
         assert from_params(cls, config[name], name) == cls()
     partly = validate({"train": {"iterations": 7}}, SCHEMA)["train"]
     assert partly == {**config["train"], "iterations": 7}  # the rest of the section kept
+
+
+def test_numbers_read_as_their_fields_type_them_so_equal_rows_share():
+    """`sigma: 20` is the default's 20.0, in a section and in a row: the same params, the
+    same work (latentfss.runs keys rows by their values)."""
+    config = validate({"model": {"sigma": 20}, "train": {"scale": [1, 2]}}, SCHEMA)
+    assert config["model"]["sigma"] == 20.0 and isinstance(config["model"]["sigma"], float)
+    assert config["train"]["scale"] == [1.0, 2.0] and config["train"]["iterations"] == 100
+    rows = {"main": {}, "same": {"model": {"sigma": 20}}, "other": {"model": {"sigma": 10}}}
+    shared = runs.owners(runs.rows(validate({"runs": rows}, SCHEMA)))
+    assert shared["model"] == {"main": "main", "same": "main", "other": "other"}
 
 
 def test_presets_carry_the_papers_settings():

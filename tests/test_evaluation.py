@@ -213,7 +213,7 @@ def evaluations_of(tmp_path: Path, *rows: str) -> list[str]:
 
 def test_one_table_of_every_row_with_its_paired_difference_to_the_reference(tmp_path, capsys):
     runs = {"main": (0.60, 0.70), "none": (0.40, 0.50), "bg": (0.45, 0.55)}
-    text = summarize_runs(tmp_path, runs, capsys, reference="none")
+    text = summarize_runs(tmp_path, runs, capsys, "--reference", "none")
     table = text.split("\n\n")[2].splitlines()
     assert table == [  # every episode of a row at the same IoU: intervals of one point
         "| Row | shot | fold0 | fold1 | Mean | sd train | sd test | Δ |",
@@ -240,19 +240,9 @@ def test_the_rows_section_says_what_each_row_overrides_and_whose_work_it_uses(tm
         "evaluate": {"main": "main", "beta": "beta", "k": "k"},
     }
     metrics = write_metrics(tmp_path / "m/metrics.json", 0, 0.5)
-    code, err = cli(
-        "summarize",
-        *(f"{row}={metrics}" for row in rows),
-        "--rows",
-        json.dumps(runs.describe(config, shared)),
-        "--csv",
-        tmp_path / "s.csv",
-        "--md",
-        tmp_path / "s.md",
-        capsys=capsys,
-    )
-    assert code == 0, err
-    text = (tmp_path / "s.md").read_text().split("## Rows\n\n")[1].split("\n\n")[0]
+    described = json.dumps(runs.describe(config, shared))
+    text = summarize(tmp_path, [f"{row}={metrics}" for row in rows], capsys, "--rows", described)
+    text = text.split("## Rows\n\n")[1].split("\n\n")[0]
     assert text.splitlines()[2:] == [
         "| main | – | – |",
         "| beta | evaluate.beta: 0.5 | features: main, annotation: main, model: main, bank: main |",
@@ -267,7 +257,7 @@ def test_training_seeds_are_averaged_with_their_spread_and_widen_the_interval(tm
             for row, miou in (("main", 0.60 + 0.01 * seed), ("none", 0.40)):
                 path = tmp_path / f"{row}_{seed}/{fold}/metrics.json"
                 evaluations.append(f"{row}={write_metrics(path, fold, miou, train_seed=seed)}")
-    text = summarize(tmp_path, evaluations, capsys, reference="none")
+    text = summarize(tmp_path, evaluations, capsys, "--reference", "none")
     table = pd.read_csv(tmp_path / "s.csv").set_index(["row", "fold"])
     assert table.loc[
         ("main", 0), ["miou", "miou_train_std", "train_seeds"]

@@ -292,7 +292,8 @@ def test_the_same_seed_gives_the_same_artifacts_with_or_without_features_zarr(tm
             {"runs": {"a": {"evaluate": {"seeds": [1]}}}},
             "ERROR: runs.a.evaluate.seeds: one setting for every row; set it outside runs",
         ),
-        ({"runs": {"voc": {}}}, "ERROR: runs.voc: a folder of results/synthetic by that name"),
+        ({"runs": {"voc": {}}}, "ERROR: runs.voc: its folder would be another's"),
+        ({"runs": {"main": {}, True: {}}}, "ERROR: runs: the row name True is not a string"),
         ({"reference": "b"}, "ERROR: reference: 'b' is not a row of runs"),
         (
             {"dataset": {"name": "pascal", "root": "/", "train_list": "/no/list.txt"}},

@@ -374,7 +374,28 @@ def validate(config: dict, schema_path: str | Path, source: str = "config") -> d
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if errors:
         raise InputError(f"{source}: {_describe(jsonschema.exceptions.best_match(errors))}")
+    for name, cls in SECTIONS.items():
+        config[name] = _as_fields(config[name], cls)
+    for overrides in config["runs"].values():
+        overrides.update({name: _as_fields(v, SECTIONS[name]) for name, v in overrides.items()})
     return config
+
+
+def _as_fields(values: dict, cls: type) -> dict:
+    """A section's numbers as its dataclass's fields type them: an integer where a float is
+    wanted becomes one (`sigma: 20` reads as 20.0), so that equal settings read alike."""
+    hints = typing.get_type_hints(cls)
+
+    def number(value: Any, hint: Any) -> Any:
+        wants_float = hint is float and not isinstance(value, bool)
+        return float(value) if wants_float and isinstance(value, int) else value
+
+    return {
+        key: [number(v, typing.get_args(hints[key])[0]) for v in value]
+        if isinstance(value, list) and typing.get_origin(hints[key]) is tuple
+        else number(value, hints[key])
+        for key, value in values.items()
+    }
 
 
 def _matches(value: Any, hint: Any) -> bool:

@@ -113,11 +113,14 @@ class ResumeState:
             state = read_torch(self.path, "", map_location=device)
             why = self._mismatch(state, model)
             if why is None:
-                model.load_state_dict(state["model"])
-                ema.model.load_state_dict(state["ema"])
-                optimizer.load_state_dict(state["optimizer"])
-                losses.rows[:] = state["log"]
-                losses.window.copy_(state["window"])
+                # every part read before any is loaded: a state that lacks one loads nothing
+                parts = [state[k] for k in ("model", "ema", "optimizer", "log", "window")]
+                model_state, ema_state, optimizer_state, rows, window = parts
+                model.load_state_dict(model_state)
+                ema.model.load_state_dict(ema_state)
+                optimizer.load_state_dict(optimizer_state)
+                losses.rows[:] = rows
+                losses.window.copy_(window)
                 log.info("resuming from step %d (%s)", state["step"], self.path)
                 return state["step"]
         except (InputError, KeyError, AttributeError, TypeError) as e:

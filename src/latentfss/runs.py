@@ -42,9 +42,13 @@ def check(config: dict, results: str) -> None:
     inside = os.path.relpath(config["dataset"]["root"], results)
     if not inside.startswith(os.pardir):
         taken.add(inside.split(os.sep)[0])  # the synthetic data under results/synthetic/
+    seen = set()
     for name, overrides in config["runs"].items():
-        if name in taken:
-            raise InputError(f"runs.{name}: a folder of {results} by that name is not a row's")
+        if not isinstance(name, str):  # YAML reads on, off, yes, no unquoted as booleans
+            raise InputError(f"runs: the row name {name!r} is not a string; quote it")
+        if name.lower() in taken | seen:  # one folder each, on case-insensitive disks too
+            raise InputError(f"runs.{name}: its folder would be another's ({results}/{name})")
+        seen.add(name.lower())
         for section, keys in RUN_WIDE.items():
             for key in set(keys) & set(overrides.get(section, {})):
                 raise InputError(
