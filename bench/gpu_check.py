@@ -234,7 +234,7 @@ def evaluate(args, shapes, work: Path, record) -> None:
     from inference import Floors
 
     from latentfss.metrics import IoUMeter
-    from latentfss.stages.evaluate import episode_by_episode, evaluate_lists
+    from latentfss.scoring import episode_by_episode, evaluate_lists
 
     device = pick_device(args.device)
     index = read_index(sized_images(shapes, work))

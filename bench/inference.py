@@ -46,7 +46,7 @@ from latentfss.model import Shots, load_model
 from latentfss.region_bank import load_bank
 from latentfss.runs import BANK_KEYS
 from latentfss.runtime import pick_device, precision
-from latentfss.stages.evaluate import episode_by_episode, evaluate_lists
+from latentfss.scoring import episode_by_episode, evaluate_lists
 
 REPO = Path(__file__).resolve().parents[1]
 

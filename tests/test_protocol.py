@@ -23,7 +23,7 @@ from latentfss.episodes import sample_test_episodes as sample
 from latentfss.metrics import IoUMeter
 from latentfss.model import load_model
 from latentfss.region_bank import load_bank
-from latentfss.stages.evaluate import episode_by_episode, evaluate_lists
+from latentfss.scoring import episode_by_episode, evaluate_lists
 
 # Fold 0 (novel 1-5, base 6-20) with min_support_pixels 30 (PROTOCOL): each train image's
 # objects as (class, side of its square). Two are Remain: one holds novel classes only, the
