@@ -194,7 +194,7 @@ def prototype_projection(args: argparse.Namespace) -> None:
 
 
 def run_labels(paths: list[Path]) -> list[str]:
-    """Each file's folder with the folders all of them share removed: fold0/shot1, ..."""
+    """Each file's folder, less the folders all of them share: main/train0/fold0/shot1, ..."""
     parents = [path.resolve().parent for path in paths]
     common = Path(os.path.commonpath(parents)) if len(parents) > 1 else parents[0].parent
     return [str(parent.relative_to(common)) for parent in parents]

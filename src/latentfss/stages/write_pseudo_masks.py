@@ -1,10 +1,9 @@
-"""Eq. 3 pseudo masks of one fold into a pseudo_masks.zarr (rules write_pseudo_masks and
-write_pseudo_masks_remain).
+"""Eq. 3 pseudo masks of one fold into a Zarr store (rule write_pseudo_masks).
 
-`--images train_set` (fold{f}/pseudo_masks.zarr): the fold's train set (clusters.zarr's
-`train_set`), the mining stream, plus every image of the `mining.unlabeled` folders (paper
-Table 5). `--images remain` (fold{f}/remain/pseudo_masks.zarr): the other train images, which
-join the stream only with `mining.remain`. Every pixel is labelled with its nearest
+`--images train_set` (fold{f}/pseudo_masks_train_set.zarr): the fold's train set
+(clusters.zarr's `train_set`), the mining stream, plus every image of the `mining.unlabeled`
+folders (paper Table 5). `--images remain` (fold{f}/pseudo_masks_remain.zarr): the other train
+images, which join the stream only with `mining.remain`. Every pixel is labelled with its nearest
 representative by cosine on the feature grid; the cosine maps are upsampled to the image's own
 size before the argmax. Labels: 0 = background, 1..K the sub-clusters; 255 pads each image up
 to the largest size. The masks never change afterwards.
