@@ -111,7 +111,7 @@ def test_build_bank_keeps_no_array_of_an_image_it_has_banked(
     image's arrays are alive."""
     import weakref
 
-    from latentfss.stages import build_bank
+    from latentfss import region_bank
 
     made, alive = [], []
 
@@ -124,8 +124,8 @@ def test_build_bank_keeps_no_array_of_an_image_it_has_banked(
 
         return call
 
-    monkeypatch.setattr(build_bank, "region_prototypes", tracked(build_bank.region_prototypes))
-    monkeypatch.setattr(build_bank, "image_embedding", tracked(build_bank.image_embedding))
+    for name in ("region_prototypes", "image_embedding"):
+        monkeypatch.setattr(region_bank, name, tracked(getattr(region_bank, name)))
     args = ("--index", annotated / "dataset", "--model", evaluated / "model.pt")
     args += (
         "--pseudo-masks",
