@@ -270,6 +270,23 @@ def test_training_seeds_are_averaged_with_their_spread_and_widen_the_interval(tm
     assert 20.0 <= low < 21.0 < high <= 22.0  # within the seeds' own range, +20 to +22
 
 
+def test_an_evaluation_without_its_scores_is_one_line(tmp_path, capsys):
+    summarize_runs(tmp_path, {"main": (0.60,)}, capsys)
+    (tmp_path / "main_0/0/scores.csv").unlink()
+    code, err = cli(
+        "summarize",
+        f"main={tmp_path / 'main_0/0/metrics.json'}",
+        "--csv",
+        tmp_path / "a.csv",
+        "--md",
+        tmp_path / "a.md",
+        capsys=capsys,
+    )
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"ERROR: {tmp_path / 'main_0/0/scores.csv'}: missing; run `latentfss evaluate` again"
+    )
+
+
 def test_rows_not_scored_on_the_same_episodes_get_no_interval(tmp_path, capsys, caplog):
     summarize_runs(tmp_path, {"main": (0.60, 0.70), "none": (0.40, 0.50)}, capsys)
     scores = tmp_path / "none_0/0/scores.csv"

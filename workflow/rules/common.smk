@@ -55,8 +55,9 @@ LONGER = 4 if DATASET == "coco" else 1
 # GPU-type jobs (train, build_bank, evaluate) declare the cores they use: one torch thread, and
 # on a GPU machine their data-loader processes, which then do the CPU's work. Without a GPU the
 # torch thread does it and the loaders mostly wait: each job declares one core, so that two
-# share 2 cores, 27% less time than one job with both at a time (docs/studies.md, "Two jobs on a CPU-only machine"). The
-# slurm profile sets its own (set-threads); a stage gives torch what its loaders leave.
+# share 2 cores, 27% less time than one job with both at a time (docs/studies.md, "Two jobs
+# on a CPU-only machine"). The slurm profile sets its own (set-threads); a stage gives torch
+# what its loaders leave.
 GPUS = len(visible_gpus())
 
 # The rows of `runs:` (latentfss.runs): ROWS[row] is a row's config; SHARED[level][row] the

@@ -55,7 +55,9 @@ def read_metrics(evaluations: list[str]) -> pd.DataFrame:
         row, sep, path = evaluation.partition("=")
         if not sep:
             raise InputError(f"{evaluation}: expected ROW=METRICS (a row's name, a metrics.json)")
-        m = _read_json(Path(path))
+        m, scores = _read_json(Path(path)), Path(path).with_name(layout.SCORES)
+        if not scores.is_file():
+            raise InputError(f"{scores}: missing; run `latentfss evaluate` again")
         rows.append(
             {
                 "row": row,
@@ -71,7 +73,7 @@ def read_metrics(evaluations: list[str]) -> pd.DataFrame:
                 "device": m["device"],
                 "model": m["model"],
                 **{f"{stage}_machine": describe_machine(r) for stage, r in m["machine"].items()},
-                "scores": Path(path).with_name(layout.SCORES),
+                "scores": scores,
             }
         )
     return pd.DataFrame(rows)
