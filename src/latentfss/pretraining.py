@@ -10,18 +10,28 @@ among the labels, here the novel classes' factors are, but not their class ids.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from latentfss import code_version
 from latentfss.config import PretrainConfig, SyntheticConfig
 from latentfss.datasets import synthetic
 from latentfss.encoder import DROPPED, Classifier, Encoder, Normalise, encode_each
 from latentfss.episodes import IGNORE
+from latentfss.fs import save_torch
+from latentfss.machine import machine
+from latentfss.progress import progress
+from latentfss.runtime import pick_device, seed_everything, set_threads
+
+log = logging.getLogger(__name__)
 
 
 class _Renders(Dataset):
@@ -180,3 +190,79 @@ def layer3_agreement(
     norm = sum(float(a.square().sum()) for a in feats[0])
     cosine = min(float(F.cosine_similarity(a, b, dim=0).min()) for a, b in zip(*feats, strict=True))
     return {"relative_error": round(math.sqrt(error / norm), 6), "min_cosine": round(cosine, 6)}
+
+
+STORAGE_CHECK = 32  # held-out images whose layer3 features check the fp16 storage
+
+
+def pretrain(
+    out: Path,
+    cfg: PretrainConfig,
+    world: SyntheticConfig,
+    arch: str,
+    seed: int = 0,
+    threads: int = 1,
+    device: str = "auto",
+) -> None:
+    """The encoder pre-trained on a corpus of `world`'s generator (its own streams), written to
+    `out` with its held-out accuracy and what fp16 storage does to its layer3 features."""
+    set_threads(threads)
+    device = pick_device(device)
+    corpus = render(world, "pretrain", cfg.images, threads)
+    heldout = render(world, "pretrain-heldout", cfg.heldout, threads)
+    log.info("rendered %d corpus and %d held-out images", len(corpus), len(heldout))
+    seed_everything(seed)
+    outputs = sum(len(values) for values in synthetic.FACTORS.values())
+    model = Classifier(arch, outputs).to(device).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    normalise, generator = Normalise(device), torch.Generator().manual_seed(seed)
+    rows, window = [], []
+    bar = progress(range(cfg.steps), cfg.steps, "pretrain-encoder")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        images, labels = crops(corpus, cfg, generator)
+        window.append(train_step(model, images, labels, optimizer, normalise))
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            rows.append({"step": step + 1, "loss": round(sum(window) / len(window), 5)})
+            bar.set_postfix(loss=rows[-1]["loss"], refresh=False)
+            window = []
+    exact = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    stored = storable(exact)
+    model.load_state_dict({**exact, **stored})  # scored as it is saved (the classifier kept)
+    accuracy = heldout_accuracy(model, heldout, cfg, normalise, seed)
+    checked = [image for image, _ in heldout[:STORAGE_CHECK]]
+    agreement = layer3_agreement(arch, exact, stored, checked)
+    save_torch(
+        {
+            "state_dict": stored,
+            "arch": arch,
+            "factors": {name: list(values) for name, values in synthetic.FACTORS.items()},
+            "heldout_accuracy": accuracy,
+            "storage": {"conv": "float16", "images": len(checked), **agreement},
+            "losses": rows,
+            "config": {
+                "pretrain": dataclasses.asdict(cfg),
+                "synthetic": dataclasses.asdict(world),
+            },
+            "seed": seed,
+            "machine": machine(),
+            "code_version": code_version(),
+        },
+        out,
+    )
+    log.info(
+        "pre-trained %s for %d steps on %d images -> %s; held-out accuracy (a crop of each of "
+        "%d images, every value of the factor right): %s; fp16 storage: layer3 relative error "
+        "%.1e, least cosine %.5f",
+        arch,
+        cfg.steps,
+        cfg.images,
+        out,
+        len(heldout),
+        ", ".join(f"{name} {value:.1%}" for name, value in accuracy.items()),
+        agreement["relative_error"],
+        agreement["min_cosine"],
+    )
