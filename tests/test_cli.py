@@ -103,7 +103,8 @@ def test_faiss_missing_or_installed_twice_is_one_line(monkeypatch, capsys):
     from latentfss import cli as cli_module
 
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` fails, as when missing
-    monkeypatch.delitem(sys.modules, "latentfss.stages.cluster", raising=False)
+    for module in ("latentfss.stages.cluster", "latentfss.clustering"):  # imported afresh
+        monkeypatch.delitem(sys.modules, module, raising=False)
     with pytest.raises(SystemExit) as stop:
         cli_module.main(["cluster", "--help"])
     assert stop.value.code == 2
