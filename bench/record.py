@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import latentfss.machine
+from latentfss.layout import artifact  # noqa: F401 (the scripts' helper, from here)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,13 +34,6 @@ def arguments(doc: str, *, results: bool = False, threads: bool = False) -> argp
     if threads:
         parser.add_argument("--threads", type=int, default=os.cpu_count())
     return parser
-
-
-def artifact(results: Path, pattern: str, row: str = "main", **values) -> Path:
-    """An artifact of a finished run (`results`: its results/{dataset} folder) from its
-    latentfss.layout pattern: of row main and training seed 0, the train set's pseudo masks,
-    unless `values` say otherwise."""
-    return results / pattern.format(**{"row": row, "tseed": 0, "images": "train_set", **values})
 
 
 def machine() -> dict:

@@ -1,10 +1,10 @@
 """Backs docs/results.md, "Table 1: the default run": two commits' default runs, bit for bit.
 
-Two finished default runs (`snakemake --cores 2` in clones of two commits, e.g. by
+Two finished runs of one config (`snakemake --cores 2` in clones of two commits, e.g. by
 bench/default_run.py --run), compared artifact by artifact: the prototypes, each fold's pseudo
-masks, each model's weights (equal, or the largest difference), each evaluation's scores.csv
-and mIoU, and the 4-fold means. A run from before the rows layout (fold{f}/ at the top of
-results/synthetic) is read in its own layout.
+masks, each evaluation's model weights (equal, or the largest difference), scores.csv and mIoU
+(training seed 0, every row), and row main's means over the folds. A run from before the rows
+layout (fold{f}/ at the top of results/synthetic) is read in its own layout.
 
     python bench/same_bits.py RUN_A RUN_B [--name same_bits]
 
@@ -33,40 +33,53 @@ OLD = {  # the layout before rows (commit 5ed1561 and earlier)
 
 
 def at(run: Path, pattern: str, **values) -> Path:
+    """An artifact of the run, training seed 0 (row main unless `values` say otherwise)."""
     results = run / "results/synthetic"
     if (results / "fold0").is_dir():
         return results / OLD[pattern].format(**values)
     return artifact(results, pattern, **values)
 
 
+def evaluated(run: Path) -> list[dict]:
+    """Each (row, fold, shot) the run evaluated with training seed 0."""
+    results = run / "results/synthetic"
+    if (results / "fold0").is_dir():
+        found = [("main", *e.parts[-3:-1]) for e in results.glob("fold*/shot*/eval")]
+    else:
+        found = [(e.parts[-5], *e.parts[-3:-1]) for e in results.glob("*/train0/fold*/shot*/eval")]
+    keys = sorted({(r != "main", r, int(f[4:]), int(k[4:])) for r, f, k in found})
+    return [{"row": r, "fold": f, "shot": k} for _, r, f, k in keys]
+
+
 def compare(a: Path, b: Path) -> list[dict]:
     rows = []
-    for fold in range(4):
+    for values in evaluated(b):
         masks = [
-            zarr.open_group(str(at(r, layout.PSEUDO_MASKS, fold=fold)), mode="r") for r in (a, b)
+            zarr.open_group(str(at(r, layout.PSEUDO_MASKS, fold=values["fold"])), mode="r")[
+                "masks"
+            ][:]
+            for r in (a, b)
         ]
-        for shot in (1, 5):
-            weights = [
-                torch.load(at(r, layout.MODEL, fold=fold, shot=shot))["state_dict"] for r in (a, b)
-            ]
-            evals = [at(r, layout.EVAL, fold=fold, shot=shot) for r in (a, b)]
-            miou = [100 * json.loads((e / layout.METRICS).read_text())["miou"] for e in evals]
-            rows.append(
-                {
-                    "fold": fold,
-                    "shot": shot,
-                    "masks_equal": bool(np.array_equal(masks[0]["masks"][:], masks[1]["masks"][:])),
-                    "weights_max_diff": max(
-                        float((weights[0][k].float() - weights[1][k].float()).abs().max())
-                        for k in weights[0]
-                        if weights[0][k].numel()
-                    ),
-                    "scores_equal": (evals[0] / layout.SCORES).read_bytes()
-                    == (evals[1] / layout.SCORES).read_bytes(),
-                    "miou_a": round(miou[0], 4),
-                    "miou_b": round(miou[1], 4),
-                }
-            )
+        evals = [at(r, layout.EVAL, **values) for r in (a, b)]
+        metrics = [json.loads((e / layout.METRICS).read_text()) for e in evals]
+        weights = [
+            torch.load(r / m["model"])["state_dict"] for r, m in zip((a, b), metrics, strict=True)
+        ]
+        rows.append(
+            {
+                **values,
+                "masks_equal": bool(np.array_equal(*masks)),
+                "weights_max_diff": max(
+                    float((weights[0][k].float() - weights[1][k].float()).abs().max())
+                    for k in weights[0]
+                    if weights[0][k].numel()
+                ),
+                "scores_equal": (evals[0] / layout.SCORES).read_bytes()
+                == (evals[1] / layout.SCORES).read_bytes(),
+                "miou_a": round(100 * metrics[0]["miou"], 4),
+                "miou_b": round(100 * metrics[1]["miou"], 4),
+            }
+        )
     return rows
 
 
@@ -85,12 +98,13 @@ def main() -> None:
     a, b = args.runs
     protos = [zarr.open_group(str(at(r, layout.PROTOTYPES)), mode="r")["fg"][:] for r in (a, b)]
     rows = compare(a, b)
+    main = [r for r in rows if r["row"] == "main"]
     means = {
         shot: [
-            round(float(np.mean([r[k] for r in rows if r["shot"] == shot])), 4)
+            round(float(np.mean([r[k] for r in main if r["shot"] == shot])), 4)
             for k in ("miou_a", "miou_b")
         ]
-        for shot in (1, 5)
+        for shot in sorted({r["shot"] for r in main})
     }
     results = {
         "commits": [commit(a), commit(b)],
@@ -112,6 +126,7 @@ def markdown(r: dict) -> list[str]:
     lines += table(
         r["rows"],
         {
+            "row": "{row}",
             "fold": "{fold}",
             "shot": "{shot}",
             "pseudo masks equal": "{masks_equal}",

@@ -15,6 +15,7 @@ import pytest
 from latentfss import layout
 from latentfss.cli import main
 from latentfss.config import SyntheticConfig
+from latentfss.layout import artifact  # noqa: F401 (the tests' helper, from here)
 from latentfss.stages.make_synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,13 +69,6 @@ def params(**section) -> str:
 ENCODER = params(arch="resnet18", weights="none", calibration_images=8)
 ANNOTATION = params(input_size=64, batch_size=5)
 PROTOCOL = params(min_support_pixels=30)  # the tiny images are 48-64 px a side
-
-
-def artifact(results: Path, pattern: str, **values) -> Path:
-    """An artifact under `results` laid out as a run's results/{dataset} folder (a
-    latentfss.layout pattern): of row main and training seed 0, the train set's pseudo masks,
-    unless `values` say otherwise."""
-    return results / pattern.format(**{"row": "main", "tseed": 0, "images": "train_set", **values})
 
 
 def pooling_steps(out: Path, dataset: str) -> list[tuple]:

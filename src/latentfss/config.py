@@ -446,5 +446,12 @@ def from_params(cls: type[T], params: dict | str | None, section: str) -> T:
         raise InputError(f"{section}: {e}") from None
 
 
+def from_arguments(cls: type[T], args: Any) -> T:
+    """A stage's typed job (TrainJob and the like) from its command line's namespace: the
+    fields it names."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{name: value for name, value in vars(args).items() if name in names})
+
+
 def _no_default(field: dataclasses.Field) -> bool:
     return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING

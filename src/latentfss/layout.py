@@ -41,3 +41,9 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 TRAINING_FIGURE = "training.png"
 BENCHMARK_TABLE = "benchmarks.csv"
+
+
+def artifact(results: Path, pattern: str, **values) -> Path:
+    """An artifact under a run's `results` folder from its pattern: of row main and training
+    seed 0, the train set's pseudo masks, unless `values` say otherwise (bench, tests)."""
+    return results / pattern.format(**{"row": "main", "tseed": 0, "images": "train_set", **values})

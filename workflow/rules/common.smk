@@ -242,19 +242,21 @@ def every(pattern, level, **values):
     )
 
 
-def evaluations():
-    """Each row's evaluations, as `ROW=METRICS` for summarize."""
-    return [
-        f"{row}="
-        + os.path.join(
+# Each row's evaluations (row, metrics.json) for summarize: its input files, and each as
+# `ROW=METRICS` on its command line
+EVALUATIONS = [
+    (
+        row,
+        os.path.join(
             path(layout.EVAL, row=SHARED["evaluate"][row], tseed=t, fold=f, shot=k),
             layout.METRICS,
-        )
-        for row in ROWS
-        for t in config["train_seeds"]
-        for f in config["folds"]
-        for k in config["shots"]
-    ]
+        ),
+    )
+    for row in ROWS
+    for t in config["train_seeds"]
+    for f in config["folds"]
+    for k in config["shots"]
+]
 
 
 # What `all` asks for besides the tables and benchmarks.csv: the annotation figures of every

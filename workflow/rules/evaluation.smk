@@ -66,7 +66,7 @@ rule evaluate:
 # One table of every row, each with its paired difference to the reference row
 rule summarize:
     input:
-        metrics=[e.split("=", 1)[1] for e in evaluations()],
+        metrics=[metrics for _, metrics in EVALUATIONS],
     output:
         csv=report(
             path(layout.SUMMARY_CSV),
@@ -85,7 +85,7 @@ rule summarize:
         mem_mb=1000,
         runtime=10,
     params:
-        evaluations=evaluations(),
+        evaluations=[f"{row}={metrics}" for row, metrics in EVALUATIONS],
         rows=json.dumps(runs.describe(config, SHARED)),
         reference=REFERENCE,
         title=f"latentfss ({DATASET})",

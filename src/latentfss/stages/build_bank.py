@@ -4,10 +4,9 @@ section 3.4), from the command line."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
-from latentfss.config import EvaluateConfig, from_params
+from latentfss.config import EvaluateConfig, from_arguments, from_params
 from latentfss.region_bank import BankJob, build_bank
 from latentfss.runtime import add_device_argument
 
@@ -24,5 +23,4 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     cfg = from_params(EvaluateConfig, args.params, "evaluate")  # resize, input_size, ...
-    names = {field.name for field in dataclasses.fields(BankJob)}
-    build_bank(BankJob(**{k: v for k, v in vars(args).items() if k in names}), cfg)
+    build_bank(from_arguments(BankJob, args), cfg)

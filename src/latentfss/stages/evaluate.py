@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
-from latentfss.config import EvaluateConfig, ProtocolConfig, from_params
+from latentfss.config import EvaluateConfig, ProtocolConfig, from_arguments, from_params
 from latentfss.runtime import add_device_argument
 from latentfss.scoring import EvaluateJob, evaluate
 
@@ -28,5 +27,4 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     cfg = from_params(EvaluateConfig, args.params, "evaluate")
     protocol = from_params(ProtocolConfig, args.protocol, "protocol")
-    names = {field.name for field in dataclasses.fields(EvaluateJob)}
-    evaluate(EvaluateJob(**{k: v for k, v in vars(args).items() if k in names}), cfg, protocol)
+    evaluate(from_arguments(EvaluateJob, args), cfg, protocol)

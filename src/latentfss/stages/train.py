@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
 
-from latentfss.config import ModelConfig, ProtocolConfig, TrainConfig, from_params
+from latentfss.config import ModelConfig, ProtocolConfig, TrainConfig, from_arguments, from_params
 from latentfss.errors import InputError
 from latentfss.runtime import add_device_argument
 from latentfss.trainer import TrainJob, train
@@ -38,8 +37,7 @@ def run(args: argparse.Namespace) -> None:
     protocol = from_params(ProtocolConfig, args.protocol, "protocol")
     if args.shot < 1:
         raise InputError(f"--shot must be at least 1, got {args.shot}")
-    names = {field.name for field in dataclasses.fields(TrainJob)}
-    job = TrainJob(**{name: value for name, value in vars(args).items() if name in names})
+    job = from_arguments(TrainJob, args)
     train(job, cfg, model_cfg, protocol)
     log.info(
         "fold %d, %d-shot: trained %d iterations -> %s", job.fold, job.shot, cfg.iterations, job.out
