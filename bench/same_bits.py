@@ -118,7 +118,7 @@ def main() -> None:
 def markdown(r: dict) -> list[str]:
     a, b = r["commits"]
     lines = [
-        f"## The default run of {a} against {b}, bit for bit (`bench/same_bits.py`)",
+        f"## The runs of {a} and {b}, bit for bit (`bench/same_bits.py`)",
         "",
         f"Machine: {describe(r['machine'])}. Prototypes equal: {r['prototypes_equal']}.",
         "",
