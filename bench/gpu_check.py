@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -44,7 +45,7 @@ from PIL import Image
 from record import describe, machine, run_stage, scratch
 
 from latentfss import store
-from latentfss.config import EvaluateConfig, ModelConfig, SyntheticConfig
+from latentfss.config import EvaluateConfig, ModelConfig, SyntheticConfig, TrainConfig
 from latentfss.datasets import images, voc
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Encoder
@@ -73,6 +74,7 @@ SHAPES = {  # the PASCAL preset's, and the tiny ones of --quick
     ),
 }  # fmt: skip
 SIDES = ("device", "cpu")
+PSEUDO_CLASSES = 6  # K + 1 of the PASCAL preset
 TINY = SyntheticConfig(num_train=24, num_val=8, min_size=48, max_size=64)  # as the tests'
 
 
@@ -181,15 +183,52 @@ def pipeline(args, shapes, work: Path, record) -> None:
 
 
 def train(args, shapes, work: Path, record) -> None:
-    """train_memory.one_step in a fresh process per shape (its own peak memory)."""
-    import train_memory
+    """Two training steps (the stage's train_step, SGD with BatchNorm frozen, random weights
+    and data) per shot and micro-batch count: the second step's seconds and the peak memory
+    (CUDA: torch's peak allocation for that shape; CPU: the process's peak RSS so far)."""
+    from latentfss.encoder import Normalise
+    from latentfss.trainer import sgd, train_step
 
-    rows = []
-    for shot in shapes["shots"]:
-        for micro in shapes["micro"]:
-            config = {k: shapes[k] for k in ("arch", "crop", "episodes", "pseudo")}
-            rows.append(train_memory.measured(**config, shot=shot, micro_batches=micro, steps=2))
-            record(rows=rows)
+    device, crop, count = pick_device(args.device), shapes["crop"], shapes["episodes"]
+    normalise, rows = Normalise(device), []
+    for shot, micro in ((s, m) for s in shapes["shots"] for m in shapes["micro"]):
+        torch.manual_seed(0)
+        model = MatchingNet(Encoder(shapes["arch"]), ModelConfig(), PSEUDO_CLASSES)
+        model = model.to(device).train().to(memory_format=torch.channels_last)
+        optimizer = sgd(model, TrainConfig())
+        masks = torch.randint(0, 2, (count, shot, crop, crop), dtype=torch.uint8)
+        episode = {
+            "query": torch.randint(0, 255, (count, 3, crop, crop), dtype=torch.uint8),
+            "supports": torch.randint(0, 255, (count, shot, 3, crop, crop), dtype=torch.uint8),
+            "support_masks": masks,
+            "query_mask": masks[:, 0].clone(),
+        }
+        pixels = torch.randint(0, 255, (shapes["pseudo"], 3, crop, crop), dtype=torch.uint8)
+        labels = torch.randint(0, PSEUDO_CLASSES, (shapes["pseudo"], crop, crop))
+        mining = (normalise(normalise.unit(pixels)), labels)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(2):  # the first allocates the momenta and warms the kernels up
+            start = time.perf_counter()
+            train_step(model, episode, mining, optimizer, normalise, 1.0, micro)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        peak = (
+            torch.cuda.max_memory_allocated()
+            if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
+        rows.append(
+            {
+                "shot": shot,
+                "micro_batches": micro,
+                "images": count * (1 + shot) + shapes["pseudo"],
+                "seconds": round(time.perf_counter() - start, 3),
+                "peak_mb": round(peak / 2**20),
+            }
+        )
+        record(rows=rows, arch=shapes["arch"], crop=crop)
+        del model, optimizer
 
 
 def sized_images(shapes, work: Path) -> Path:

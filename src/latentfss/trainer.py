@@ -104,16 +104,16 @@ def new_model(
     pseudo_classes = store.open_group(job.pseudo_masks, "write-pseudo-masks").attrs["K"] + 1
     model = MatchingNet(load_encoder(job.encoder_init), model_cfg, pseudo_classes).to(device)
     model = model.to(memory_format=torch.channels_last)
+    return model, ModelEMA(model, cfg.ema_decay), sgd(model, cfg)
+
+
+def sgd(model: MatchingNet, cfg: TrainConfig) -> torch.optim.SGD:
+    """Freeze the encoder's BatchNorm (statistics and affine); SGD over the rest."""
     for module in model.encoder.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.requires_grad_(False)
-    optimizer = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-    )
-    return model, ModelEMA(model, cfg.ema_decay), optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def train_step(
