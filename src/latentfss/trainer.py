@@ -104,7 +104,8 @@ def new_model(
     pseudo_classes = store.open_group(job.pseudo_masks, "write-pseudo-masks").attrs["K"] + 1
     model = MatchingNet(load_encoder(job.encoder_init), model_cfg, pseudo_classes).to(device)
     model = model.to(memory_format=torch.channels_last)
-    return model, ModelEMA(model, cfg.ema_decay), sgd(model, cfg)
+    optimizer = sgd(model, cfg)  # BatchNorm frozen before the EMA copies the model
+    return model, ModelEMA(model, cfg.ema_decay), optimizer
 
 
 def sgd(model: MatchingNet, cfg: TrainConfig) -> torch.optim.SGD:
