@@ -1,6 +1,6 @@
-"""Backs docs/results.md, Tables 3 and 5: each row's paired difference and its interval.
+"""Backs docs/results.md, "Tables 1, 3 and 5: every row in one run": paired differences.
 
-The rows of a finished run with training seeds (workflow/presets/table3.yaml, table5.yaml):
+The rows of a finished run with training seeds (workflow/presets/table1/3/5.yaml, together):
 summarize's table of the rows asked for, each row's paired difference to the reference row
 with its 95% interval and the interval's half-width (the episode count is chosen by it), each
 row's mean per training seed, and the job time the run took.

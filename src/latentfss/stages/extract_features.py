@@ -39,14 +39,11 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    encoder = from_params(EncoderConfig, args.encoder, "encoder")
+    cfg = from_params(AnnotationConfig, args.params, "annotation")
     set_threads(args.threads)
+    device = pick_device(args.device)  # a device that is not there stops the job here
+    index = read_index(args.index)
     extract_features(
-        read_index(args.index),
-        from_params(EncoderConfig, args.encoder, "encoder"),
-        from_params(AnnotationConfig, args.params, "annotation"),
-        args.encoder_out,
-        args.out,
-        pick_device(args.device),
-        seed=args.seed,
-        threads=args.threads,
+        index, encoder, cfg, args.encoder_out, args.out, device, args.seed, args.threads
     )

@@ -50,6 +50,6 @@ def run(args: argparse.Namespace) -> None:
         images=args.images,
         unlabeled=args.unlabeled,
         encoder_init=args.encoder_init,
-        device=pick_device(args.device),
+        device=pick_device(args.device) if args.unlabeled else None,  # to embed them
         threads=args.threads,
     )
