@@ -8,10 +8,11 @@ data-dependent cost is real.
     python bench/rehearsal.py pascal --data DIR [--fractions 0.25 0.5 1] [--no-keep-features]
     python bench/rehearsal.py coco --data DIR [--fractions 0.0625 0.25 1] [--sample 1000]
 
-pascal: the archives of `bench/pascal_prepare.py` (12,031 images of 500 x 375, the official
-list counts). Only the counts that multiply time shrink: fold 0, 1-shot, `train.iterations` 4,
-one test seed of 100 episodes. The train list is the first `fraction` of voc_sbd (5,953
-images). `--real-encoder N` also times extract-features with the real ResNet-50 on N images.
+pascal: the archives of `bench/pascal_archives.py` (12,031 images of 500 x 375, the official
+list counts; generated when DIR is absent). Only the counts that multiply time shrink: fold 0,
+1-shot, `train.iterations` 4, one test seed of 100 episodes. The train list is the first
+`fraction` of voc_sbd (5,953 images). `--real-encoder N` also times extract-features with the
+real ResNet-50 on N images.
 
 coco: `bench/coco_archives.py`'s COCO 2014 at full count, images at 1/4 of COCO's sides
 (generated when DIR is absent), up to fold 0's pseudo masks, annotation.input_size 121 (the
@@ -37,6 +38,7 @@ from pathlib import Path
 import coco_archives
 import numpy as np
 import pandas as pd
+import pascal_archives
 import yaml
 from record import arguments, describe, run_stage, save, table, tree_memory
 
@@ -239,7 +241,7 @@ def main() -> None:
         "--data",
         type=Path,
         required=True,
-        help="bench/pascal_prepare.py's or coco_archives.py's tree",
+        help="bench/pascal_archives.py's or coco_archives.py's tree (made when absent)",
     )
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5, 1.0])
     parser.add_argument(
@@ -265,6 +267,8 @@ def main() -> None:
     args = parser.parse_args()
     results = {"dataset": args.dataset, "settings": SETTINGS[args.dataset]}
     if args.dataset == "pascal":
+        if not args.data.exists():
+            pascal_archives.make_archives(args.data, os.cpu_count())
         runs = [
             rehearse_pascal(args.data, f, args.keep_features, args.runs) for f in args.fractions
         ]

@@ -19,8 +19,8 @@ from latentfss.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from compare_masks import compare  # noqa: E402
-from pascal_prepare import official_lists, save_sbd_mat  # noqa: E402
-from pascal_prepare import write_lists as write_list_files  # noqa: E402
+from pascal_archives import official_lists, save_sbd_mat  # noqa: E402
+from pascal_archives import write_lists as write_list_files  # noqa: E402
 
 VOC, SBD = pascal.VOC, pascal.SBD
 SIZE = (12, 16)  # (height, width) of every test image

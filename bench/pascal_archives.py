@@ -1,25 +1,19 @@
-"""Backs docs/data.md, "Real data": prepare on the official archives at full size.
+"""Backs docs/running.md, "What a full run costs": PASCAL's archives for the rehearsal.
 
-`prepare` on PASCAL-5i laid out as the official VOC2012 and SBD archives, at full size: the
-real list counts and overlaps, VOC-sized images, SBD's .mat files (generated: no download).
+PASCAL-5i laid out as the official VOC2012 and SBD archives, at full size, for
+bench/rehearsal.py pascal (which makes them where --data is absent): no download.
 
-    python bench/pascal_prepare.py [--threads 2]
+    python bench/pascal_archives.py ROOT [--threads 2]
 
-The generated tree has the official lists' sizes and overlaps (`official_lists`), 12,031
-JPEGs of 500 x 375 (a smooth random field plus noise, about VOC's file sizes), VOC2012's 2,913
-palette masks with 255 bands about 5 pixels wide, and SBD's 11,355 class maps as compressed
-.mat files holding GTcls (20 sparse boundary maps, Segmentation, CategoriesPresent) as SBD
-ships them. `prepare` then runs, each time in its own process, with train_list voc, voc_sbd and
-trainaug: wall time (start-up included), peak RSS, the masks it converted and their size on
-disk; and every converted mask is checked against its .mat.
-
-Writes bench/results/pascal_prepare.json and .md (assembled into docs/benchmarks.md).
+The tree has the official lists' sizes and overlaps (`official_lists`), 12,031 JPEGs of
+500 x 375 (a smooth random field plus noise, about VOC's file sizes), VOC2012's 2,913 palette
+masks with 255 bands about 5 pixels wide, and SBD's 11,355 class maps as compressed .mat files
+holding GTcls (20 sparse boundary maps, Segmentation, CategoriesPresent) as SBD ships them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -29,13 +23,10 @@ import scipy.io
 import scipy.ndimage
 import scipy.sparse
 from PIL import Image
-from record import describe, run_stage, save, scratch, table
 
 from latentfss.datasets import pascal
-from latentfss.datasets.images import read_mask, write_mask
-from latentfss.datasets.index import read_index
+from latentfss.datasets.images import write_mask
 
-REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 375, 500
 LIST_FILES = {
     "VOC2012 train": pascal.VOC / "ImageSets/Segmentation/train.txt",
@@ -141,79 +132,12 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir())
 
 
-def converted_match_their_mat(index_dir: Path, root: Path) -> bool:
-    index = read_index(index_dir)
-    converted = index.images[index.images["mask"].str.startswith(str(index_dir.resolve()))]
-    return all(
-        np.array_equal(
-            read_mask(row["mask"], 20), pascal.read_sbd_mask(pascal.sbd_mat_path(root, row["name"]))
-        )
-        for _, row in converted.iterrows()
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    with scratch() as tmp:
-        work = Path(tmp)
-        root = work / "pascal"
-        generated = make_archives(root, args.threads)
-        print("generated:", generated)
-        runs = {}
-        for train_list in ("voc", "voc_sbd", "trainaug"):
-            out = work / f"dataset_{train_list}"
-            params = json.dumps({"name": "pascal", "root": str(root), "train_list": train_list})
-            timing = run_stage("prepare", out=out, params=params, threads=args.threads)
-            meta = read_index(out).meta
-            sbd = out / "masks" / "sbd"
-            runs[train_list] = {
-                **timing,
-                "train": meta["num_images"]["train"],
-                "val": meta["num_images"]["val"],
-                "converted": meta["converted_masks"],
-                "converted_mb": round(folder_bytes(sbd) / 1e6, 1),
-                "converted_match_mat": converted_match_their_mat(out, root),
-            }
-            print(train_list, runs[train_list])
-    results = {"threads": args.threads, "generated": generated, "runs": runs}
-    save(results, report, REPO / "bench/results", "pascal_prepare")
-
-
-def report(results: dict) -> list[str]:
-    """The figures; what they rest on: this script's docstring and docs/data.md."""
-    g = results["generated"]
-    lines = [
-        "## PASCAL-5i from the official archives: prepare at full size (`bench/pascal_prepare.py`)",
-        "",
-        f"{describe(results['machine'])}; `prepare --threads {results['threads']}`. Generated: "
-        f"{g['images']:,} images, {g['voc_masks']:,} VOC2012 masks, {g['sbd_mats']:,} SBD .mat.",
-        "",
-    ]
-    rows = [
-        {
-            "name": name,
-            **r,
-            "per_image": 1e3 * r["seconds"] / (r["train"] + r["val"]),
-            "match": "yes" if r["converted_match_mat"] else "NO",
-        }
-        for name, r in results["runs"].items()
-    ]
-    return lines + table(
-        rows,
-        {
-            "train_list": "{name}",
-            "train": "{train:,}",
-            "val": "{val:,}",
-            "masks converted from SBD": "{converted:,}",
-            "their PNGs": "{converted_mb} MB",
-            "equal to the .mat": "{match}",
-            "wall": "{seconds:.0f} s",
-            "per image": "{per_image:.1f} ms",
-            "peak RSS": "{peak_rss_mb} MB",
-        },
-    )
+    print(make_archives(args.root, args.threads))
 
 
 if __name__ == "__main__":
