@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from default_run import by_rule
 from record import arguments, describe, save
 
 from latentfss import layout
@@ -28,6 +29,11 @@ def evaluations(results: Path, rows: list[str] | None) -> list[str]:
     found = sorted(results.glob(pattern))
     named = [f"{p.relative_to(results).parts[0]}={p}" for p in found]
     return [e for e in named if rows is None or e.split("=", 1)[0] in rows]
+
+
+def rows(results: Path) -> list[str]:
+    """The run's row folders, the longest name first (a benchmark file names its row)."""
+    return sorted((p.name for p in results.iterdir() if p.is_dir()), key=len, reverse=True)
 
 
 def main() -> None:
@@ -53,6 +59,11 @@ def main() -> None:
         "train_seeds": sorted(runs["train_seed"].unique().tolist()),
         "episodes": int(len(pd.read_csv(runs["scores"].iloc[0]))),
         "job_minutes": round(float(jobs["seconds"].iloc[:-1].sum()) / 60, 1),
+        # per rule over every row of the run: its jobs and their minutes
+        "rules": {
+            r.rule: {"jobs": int(r.jobs), "minutes": round(r.seconds / 60, 1)}
+            for r in by_rule(jobs, rows(args.results)).itertuples()
+        },
         "table": summarize.rows_table(runs, args.reference),
         "differences": diffs.round(3).to_dict(orient="records"),
         "widest_half_width": round(float(diffs["half_width"].max()), 2),
@@ -66,12 +77,14 @@ def main() -> None:
 
 
 def report(r: dict) -> list[str]:
+    rules = ", ".join(f"{k}: {v['jobs']} in {v['minutes']}" for k, v in r["rules"].items())
     return [
         f"## Rows against {r['reference']} with training seeds (`bench/ablations.py`)",
         "",
         f"Machine: {describe(r['machine'])}. {r['models']} models (folds x rows' models x "
         f"training seeds {r['train_seeds']}), every row on the same {r['episodes']} episodes "
-        f"per fold (the test seeds' lists together); {r['job_minutes']} job-minutes in all. "
+        f"per fold (the test seeds' lists together); {r['job_minutes']} job-minutes in all "
+        f"({rules}). "
         f"The widest interval is +-{r['widest_half_width']:.2f} points. " + summarize.LEGEND,
         "",
         r["table"],
