@@ -15,9 +15,9 @@ import torch
 import latentfss.encoder
 import latentfss.model
 from conftest import PROTOCOL, artifact, cli, params
-from latentfss import layout, store
+from latentfss import layout, scoring, store
 from latentfss.encoder import Normalise, encode_batches
-from latentfss.metrics import IoUMeter
+from latentfss.metrics import iou_counts
 from latentfss.model import segmentation_loss
 from latentfss.runtime import CPU_BF16
 from latentfss.trainer import train_step
@@ -60,13 +60,13 @@ def agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 @pytest.fixture
 def predictions(monkeypatch) -> list[np.ndarray]:
     """Every prediction an evaluation job scores, in order."""
-    seen, update = [], IoUMeter.update
+    seen = []
 
-    def recording(self, pred, label, class_id):
-        seen.append(pred.copy())
-        return update(self, pred, label, class_id)
+    def recording(preds, labels):
+        seen.extend(preds.cpu().numpy())
+        return iou_counts(preds, labels)
 
-    monkeypatch.setattr(IoUMeter, "update", recording)
+    monkeypatch.setattr(scoring, "iou_counts", recording)
     return seen
 
 

@@ -10,11 +10,13 @@ import dataclasses
 import itertools
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from latentfss import code_version, store
 from latentfss.config import AnnotationConfig, EncoderConfig
@@ -104,7 +106,7 @@ def extract_features(
         store.write_array(group, "image_id", features.image_ids)
         blocks = features.blocks(np.arange(len(train)))
         for rows, block in progress(blocks, -(-len(train) // cfg.batch_size), "extract-features"):
-            feats[rows[0] : rows[-1] + 1] = block
+            feats[rows[0] : rows[-1] + 1] = block.cpu().numpy()
     log.info(
         "embedded %d train images on %s: feats %s float16 -> %s",
         len(train),
@@ -114,15 +116,40 @@ def extract_features(
     )
 
 
+class MaskFiles(Dataset):
+    """Item i: the class-index mask of `paths[i]` as a (H, W) uint8 tensor, decoded in a
+    DataLoader worker."""
+
+    def __init__(self, paths: Sequence[str], num_classes: int) -> None:
+        self.paths, self.num_classes = list(paths), num_classes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(read_mask(self.paths[i], self.num_classes).copy())
+
+
 def pool_prototypes(index: DatasetIndex, features: Features, out: Path) -> None:
     """Eq. 2 prototypes of every train image into prototypes.zarr: one fg prototype per (image,
     class present) and one background prototype per image, each with its mass on the feature
     grid (fg_weight, bg_weight) so that prototypes can later be merged exactly (a fold's
-    background also takes in the novel classes, which training images hide)."""
+    background also takes in the novel classes, which training images hide).
+
+    The masks are decoded in `features.threads` DataLoader workers while the features' device
+    pools, one image at a time (a handful of kernels: batching images would hold all their
+    full-resolution label indicators at once)."""
     image_ids = features.image_ids
     n, channels, h, w = features.shape
+    device = features.device or torch.device("cpu")
     # one fg row per (train image, class > 0) with pixels: known from the index in advance
     pixels = index.pixels[index.pixels["image_id"].isin(image_ids) & (index.pixels["class_id"] > 0)]
+    masks = DataLoader(
+        MaskFiles(index.images.loc[image_ids, "mask"].tolist(), index.num_classes),
+        batch_size=None,
+        num_workers=features.threads,
+        prefetch_factor=8 if features.threads else None,
+    )
     with atomic_dir(out) as tmp:
         group = store.create_group(tmp, features=features.attrs, grid=[h, w])
         m = len(pixels)
@@ -140,27 +167,29 @@ def pool_prototypes(index: DatasetIndex, features: Features, out: Path) -> None:
             for name, (shape, dtype) in layout.items()
         }
         store.write_array(group, "image_id", image_ids)
-        masks = index.images["mask"]
+        masks = iter(masks)
         blocks = features.blocks(np.arange(n))
         for block_rows, block in progress(
             blocks, features.block_count(np.arange(n)), "pool-prototypes"
         ):
-            block = torch.from_numpy(block.astype(np.float32))
-            for row, image_feats in zip(block_rows, block, strict=True):  # (C, h, w)
-                mask = read_mask(masks[image_ids[row]], index.num_classes)
-                labels = present_labels(mask)
-                protos, mass, counts = region_prototypes(image_feats, mask, labels)  # (P, C), ...
-                is_bg = labels == 0
-                rows["bg"].append(
-                    protos[is_bg] if is_bg.any() else np.zeros((1, channels), "float32")
-                )
-                rows["bg_weight"].append(mass[is_bg] if is_bg.any() else np.zeros(1, "float32"))
-                fg = ~is_bg
-                rows["fg"].append(protos[fg])
-                rows["fg_image"].append(np.full(fg.sum(), row, dtype=np.int64))
-                rows["fg_class"].append(labels[fg].astype(np.int64))
-                rows["fg_pixels"].append(counts[fg].astype(np.int64))
-                rows["fg_weight"].append(mass[fg])
+            pooled = []  # per image: labels (background first), pixels, prototypes, mass
+            for image_feats in block.to(device):
+                mask = next(masks).to(device)
+                labels, counts = present_labels(mask, with_background=True)
+                protos = region_prototypes(image_feats.float(), mask, labels)
+                pooled.append((labels, counts, *protos))
+            labels, counts, protos, mass = (torch.cat(x).cpu() for x in zip(*pooled, strict=True))
+            per_image = torch.tensor([len(p[0]) for p in pooled])
+            image = torch.repeat_interleave(torch.from_numpy(block_rows), per_image)
+            bg, fg = labels == 0, labels > 0
+            rows["bg"].append(protos[bg].numpy())
+            rows["bg_weight"].append(mass[bg].numpy())
+            for name, values in zip(
+                ("fg", "fg_image", "fg_class", "fg_pixels", "fg_weight"),
+                (protos, image, labels, counts, mass),
+                strict=True,
+            ):
+                rows[name].append(values[fg].numpy())
         for writer in rows.values():
             writer.close()
     log.info("pooled %d fg and %d bg prototypes (C=%d) -> %s", len(pixels), n, channels, out)
@@ -183,18 +212,19 @@ def write_pseudo_masks(
     images: str = "train_set",
     unlabeled: Sequence[Path] = (),
     encoder_init: Path | None = None,
-    device: torch.device | None = None,
-    threads: int = 1,
 ) -> None:
     """Eq. 3 pseudo masks of one fold into pseudo_masks.zarr. `images` (SUBSETS): the fold's
     train set (clusters.zarr's `train_set`), the mining stream, plus every image of the
-    `unlabeled` folders (paper Table 5, embedded by `encoder_init` on `device`), or `remain`,
-    the other train images. Every pixel is labelled with its nearest representative by cosine
-    on the feature grid; the cosine maps are upsampled to the image's own size before the
-    argmax. Labels: 0 = background, 1..K the sub-clusters; 255 pads each image up to the
-    largest size."""
+    `unlabeled` folders (paper Table 5, embedded by `encoder_init`), or `remain`, the other
+    train images. Every pixel is labelled with its nearest representative by cosine on the
+    feature grid; the cosine maps are upsampled to the image's own size before the argmax.
+    Labels: 0 = background, 1..K the sub-clusters; 255 pads each image up to the largest size.
+
+    The features' device labels a block's images of one size together; a host thread writes
+    each block's masks while the device labels the next."""
+    device = features.device or torch.device("cpu")
     clusters = store.open_group(clusters_path, "cluster")
-    reps = torch.from_numpy(clusters["centroids"][:])
+    reps = torch.from_numpy(clusters["centroids"][:]).to(device)
     feature_ids = features.image_ids
     in_set = np.isin(feature_ids, clusters["train_set"][:])
     rows = np.flatnonzero(in_set if images == "train_set" else ~in_set)  # of features.zarr
@@ -209,8 +239,9 @@ def write_pseudo_masks(
         except OSError:
             raise InputError(f"{path}: not a readable image") from None
         sizes.append((height, width))
-    height_max, width_max = np.max(sizes, axis=0) if sizes else (1, 1)  # Remain may be empty
-    with atomic_dir(out) as tmp:
+    sizes = np.array(sizes, dtype=np.int64).reshape(-1, 2)
+    height_max, width_max = sizes.max(axis=0) if len(sizes) else (1, 1)  # Remain may be empty
+    with atomic_dir(out) as tmp, ThreadPoolExecutor(1) as writer:
         group = store.create_group(
             tmp,
             fold=clusters.attrs["fold"],
@@ -222,27 +253,31 @@ def write_pseudo_masks(
         masks = store.create_array(
             group, "masks", shape, "uint8", chunks=(1, *shape[1:]), fill_value=IGNORE
         )
-        store.write_array(group, "height", np.array([s[0] for s in sizes], dtype=np.int64))
-        store.write_array(group, "width", np.array([s[1] for s in sizes], dtype=np.int64))
+        store.write_array(group, "height", sizes[:, 0])
+        store.write_array(group, "width", sizes[:, 1])
         store.write_array(group, "image_id", np.concatenate([image_ids, np.full(len(extra), -1)]))
         blocks = (block for _, block in features.blocks(rows))
         count = features.block_count(rows)
         if extra:
-            device = features.device or device
             encoder = features.encoder or annotation_encoder(encoder_init, device)
-            blocks = itertools.chain(
-                blocks, embed(encoder, list(map(str, extra)), features.cfg, device, threads)
-            )
+            embedded = embed(encoder, list(map(str, extra)), features.cfg, device, features.threads)
+            blocks = itertools.chain(blocks, embedded)
             count += -(-len(extra) // features.cfg.batch_size)
-        row = 0
+        row, written = 0, None
         for block in progress(blocks, count, "write-pseudo-masks"):
-            padded = np.full((len(block), *shape[1:]), IGNORE, dtype=np.uint8)
-            for i, image_feats in enumerate(torch.from_numpy(np.asarray(block, np.float32))):
-                height, width = sizes[row + i]
-                labels = nearest_representative(image_feats[None], reps, (height, width))[0]
-                padded[i, :height, :width] = labels.numpy()
-            masks[row : row + len(block)] = padded  # whole chunks, written concurrently
+            padded = torch.full((len(block), *shape[1:]), IGNORE, dtype=torch.uint8)
+            block, block_sizes = block.to(device), sizes[row : row + len(block)]
+            for height, width in np.unique(block_sizes, axis=0):  # one batch per image size
+                same = np.flatnonzero((block_sizes == (height, width)).all(axis=1))
+                labels = nearest_representative(block[same].float(), reps, (height, width))
+                padded[same, :height, :width] = labels.to(torch.uint8).cpu()
+            if written is not None:
+                written.result()
+            # whole chunks, encoded and written while the device labels the next block
+            written = writer.submit(masks.__setitem__, slice(row, row + len(block)), padded.numpy())
             row += len(block)
+        if written is not None:
+            written.result()
     log.info(
         "fold %s: pseudo masks of %d train images (%s) + %d unlabelled images -> %s",
         clusters.attrs["fold"],

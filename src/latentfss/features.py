@@ -64,12 +64,12 @@ def embed(
     cfg: AnnotationConfig,
     device: torch.device,
     threads: int,
-) -> Iterator[np.ndarray]:
-    """(B, C, h, w) float16 features of each batch of cfg.batch_size images, computed in fp32."""
+) -> Iterator[torch.Tensor]:
+    """(B, C, h, w) float16 features of each batch of cfg.batch_size images on `device`,
+    computed in fp32 (rounded to nearest even, as NumPy rounds, by torch: 4x faster)."""
     with exact_fp32():
         for images in normalised_batches(paths, cfg, device, threads):
-            feats = encoder(images).contiguous()  # NCHW, as features.zarr holds them
-            yield feats.cpu().numpy().astype(np.float16)
+            yield encoder(images).contiguous().half()  # NCHW, as features.zarr holds them
 
 
 def annotation_encoder(path: Path, device: torch.device) -> Encoder:
@@ -80,7 +80,8 @@ def annotation_encoder(path: Path, device: torch.device) -> Encoder:
 class Features:
     """The features of the train split's images, row i = the split's image i: read from
     features.zarr, or computed again from encoder_init.pt in extract-features' own batches
-    (the same images together, so the same bits on the same device)."""
+    (the same images together, so the same bits on the same device). `device`: where the stage
+    that reads them computes; `threads`: the host's decoding workers."""
 
     def __init__(
         self,
@@ -97,9 +98,10 @@ class Features:
         self.cfg = AnnotationConfig(**attrs["annotation"])
 
     @classmethod
-    def read(cls, path: Path) -> Features:
+    def read(cls, path: Path, device=None, threads: int = 1) -> Features:
         group = store.open_group(path, "extract-features")
-        return cls(group["image_id"][:], group.attrs.asdict(), stored=group["feats"])
+        attrs = group.attrs.asdict()
+        return cls(group["image_id"][:], attrs, group["feats"], device=device, threads=threads)
 
     @classmethod
     def compute(
@@ -129,14 +131,15 @@ class Features:
             return -(-len(rows) // BLOCK)
         return len(np.unique(np.asarray(rows) // self.cfg.batch_size))
 
-    def blocks(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(rows, float16 features (len(rows), C, h, w)) blocks over the given rows, in order."""
+    def blocks(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(rows, float16 features (len(rows), C, h, w)) blocks over the given rows, in order:
+        on the CPU as read, on the encoder's device as computed."""
         rows = np.asarray(rows, dtype=np.int64)
         if np.any(np.diff(rows) <= 0):
             raise ValueError("rows must be ascending and distinct")
         if self.stored is not None:
             for s in range(0, len(rows), BLOCK):
-                yield rows[s : s + BLOCK], self.stored.oindex[rows[s : s + BLOCK]]
+                yield rows[s : s + BLOCK], torch.from_numpy(self.stored.oindex[rows[s : s + BLOCK]])
             return
         size = self.cfg.batch_size  # rows ascending: extract-features' batches, in order
         if not len(rows):
@@ -146,7 +149,7 @@ class Features:
         paths = [path for b in batches for path in self.paths[b * size : (b + 1) * size]]
         computed = embed(self.encoder, paths, self.cfg, self.device, self.threads)
         for batch, wanted, feats in zip(batches, groups, computed, strict=True):
-            yield wanted, feats[wanted - batch * size]
+            yield wanted, feats[torch.from_numpy(wanted - batch * size).to(feats.device)]
 
 
 def feature_attrs(encoder: dict, cfg: AnnotationConfig, device: torch.device) -> dict:
@@ -180,7 +183,7 @@ def add_arguments(parser) -> None:
 def from_arguments(args, train) -> Features:
     """The features named by `add_arguments`' flags; train: the index's train split."""
     if args.features is not None:
-        return Features.read(args.features)
+        return Features.read(args.features, pick_device(args.device), args.threads)
     if args.encoder_init is None:
         raise InputError("give --features (features.zarr) or --encoder-init (encoder_init.pt)")
     cfg = from_params(AnnotationConfig, args.annotation, "annotation")

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from latentfss.episodes import IGNORE
+
+
+def iou_counts(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Predictions (B, H, W) in {0, 1} against labels (B, H, W) in {0, 1, IGNORE} on their
+    device -> (B, 2, 2) int64: for background (0) and foreground (1), each episode's
+    intersection and union, IGNORE pixels counting for nothing."""
+    valid = label != IGNORE
+    counts = []
+    for value in (0, 1):
+        p, t = (pred == value) & valid, (label == value) & valid
+        counts.append(torch.stack([(p & t).flatten(1).sum(1), (p | t).flatten(1).sum(1)], dim=-1))
+    return torch.stack(counts, dim=1)
 
 
 class IoUMeter:
@@ -19,18 +32,20 @@ class IoUMeter:
         self.union = dict.fromkeys(self.class_ids, 0)
         self.fb_inter, self.fb_union = np.zeros(2, np.int64), np.zeros(2, np.int64)
 
-    def update(self, pred: np.ndarray, label: np.ndarray, class_id: int) -> tuple[int, int]:
-        """pred (H, W) in {0, 1}; label (H, W) in {0, 1, IGNORE}: one episode's query.
-        -> its foreground (intersection, union), what the class's IoU sums."""
-        valid = label != IGNORE
-        for value in (0, 1):
-            p, t = (pred == value) & valid, (label == value) & valid
-            inter, union = int((p & t).sum()), int((p | t).sum())
-            self.fb_inter[value] += inter
-            self.fb_union[value] += union
-            if value == 1:
-                self.inter[class_id] += inter
-                self.union[class_id] += union
+    def update(self, pred, label, class_id: int) -> tuple[int, int]:
+        """pred (H, W) in {0, 1}; label (H, W) in {0, 1, IGNORE}: one episode's query, arrays
+        or tensors. -> its foreground (intersection, union), what the class's IoU sums."""
+        pred, label = (torch.as_tensor(x)[None] for x in (pred, label))
+        return self.add(iou_counts(pred, label)[0], class_id)
+
+    def add(self, counts: torch.Tensor, class_id: int) -> tuple[int, int]:
+        """One episode's `iou_counts` -> its foreground (intersection, union)."""
+        counts = counts.cpu().numpy()
+        self.fb_inter += counts[:, 0]
+        self.fb_union += counts[:, 1]
+        inter, union = (int(c) for c in counts[1])
+        self.inter[class_id] += inter
+        self.union[class_id] += union
         return inter, union
 
     def per_class(self) -> dict[int, float]:

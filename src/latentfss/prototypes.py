@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from latentfss.episodes import IGNORE
 
 
-def area_weights(mask: np.ndarray, labels: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
-    """(P, h, w) fraction of each feature cell covered by each label in `labels`.
+def area_weights(mask: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(P, h, w) fraction of each feature cell covered by each label in `labels`, on the mask's
+    device.
 
     The mask (H, W) at its original resolution is brought to the feature grid by area
     averaging (adaptive average pooling of each label's indicator), so a cell that an object
     half covers counts half; IGNORE pixels belong to no label.
     """
-    indicators = torch.from_numpy(mask[None] == labels[:, None, None])  # (P, H, W) bool
+    indicators = mask[None] == labels[:, None, None]  # (P, H, W) bool
     return F.adaptive_avg_pool2d(indicators[None].float(), grid)[0]
 
 
@@ -37,21 +37,26 @@ def image_embedding(feats: torch.Tensor) -> torch.Tensor:
     return F.normalize(feats.float().mean(dim=(2, 3)), dim=1)
 
 
-def present_labels(mask: np.ndarray) -> np.ndarray:
-    """Sorted labels present in a mask, IGNORE excluded."""
-    labels = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    return labels[labels != IGNORE]
+def present_labels(
+    mask: torch.Tensor, with_background: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labels present in a uint8 mask, sorted, IGNORE excluded (and 0 even where absent,
+    `with_background`), and their pixel counts."""
+    counts = torch.bincount(mask.flatten(), minlength=256)
+    present = counts > 0
+    present[0] |= with_background
+    present[IGNORE] = False
+    labels = torch.nonzero(present).flatten()
+    return labels, counts[labels]
 
 
 def region_prototypes(
-    feats: torch.Tensor, mask: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Eq. 2 for each of `labels` in a class-index mask: feats (C, h, w) on the CPU, mask (H, W)
-    -> prototypes (P, C), each label's mass on the feature grid (P,) and its pixels (P,)."""
+    feats: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2 for each of `labels` in a class-index mask, on the features' device: feats
+    (C, h, w), mask (H, W) -> prototypes (P, C) and each label's mass on the feature grid (P,)."""
     weights = area_weights(mask, labels, tuple(feats.shape[1:]))  # (P, h, w)
-    pixels = np.bincount(mask.ravel(), minlength=256)[labels]
-    prototypes = masked_average(feats[None], weights[None])[0]
-    return prototypes.numpy(), weights.sum(dim=(1, 2)).numpy(), pixels
+    return masked_average(feats[None], weights[None])[0], weights.sum(dim=(1, 2))
 
 
 def nearest_representative(
@@ -63,7 +68,10 @@ def nearest_representative(
     are upsampled bilinearly to (H, W) before the argmax, so labels follow the image's pixels.
     """
     cos = torch.einsum("bchw,kc->bkhw", F.normalize(feats, dim=1), F.normalize(reps, dim=1))
-    return (cos if size is None else upsample(cos, size)).argmax(dim=1)
+    cos = cos if size is None else upsample(cos, size)
+    # the same values, the label axis innermost: an argmax across a strided axis is 5-10x
+    # slower on the CPU than the upsampling itself
+    return cos.contiguous(memory_format=torch.channels_last).argmax(dim=1)
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -153,7 +153,7 @@ class TrainImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.masks is None:
             self.masks = store.open_group(self.store_path, "write-pseudo-masks")["masks"]
         height, width = self.sizes[i]
@@ -161,7 +161,7 @@ class TrainImages(Dataset):
         image, mask, _ = network_input(
             read_image(self.paths[i]), mask, self.cfg.resize, self.cfg.input_size
         )
-        return image, mask.numpy()
+        return image, mask
 
 
 @dataclass(frozen=True)
@@ -208,10 +208,12 @@ def build_bank(job: BankJob, cfg: EvaluateConfig) -> None:
     for batch in progress(loader, len(loader), "build-bank"):
         feats = encode_each(encoder, [image for image, _ in batch], normalise)
         for image_feats, (_, mask) in zip(feats, batch, strict=True):
-            labels = present_labels(mask)
-            labels = labels[labels > 0]  # the sub-cluster regions, not the background
-            prototypes, _, pixels = region_prototypes(image_feats.cpu(), mask, labels)
+            mask = mask.to(device)
+            labels, pixels = present_labels(mask)
+            labels, pixels = labels[labels > 0], pixels[labels > 0]  # the sub-cluster regions
+            prototypes, _ = region_prototypes(image_feats, mask, labels)
             embeddings[row] = image_embedding(image_feats[None])[0].cpu().numpy()
+            prototypes, labels, pixels = (t.cpu().numpy() for t in (prototypes, labels, pixels))
             end = count + len(labels)
             for name, values in zip(regions, (prototypes, row, labels, pixels), strict=True):
                 regions[name][count:end] = values

@@ -33,11 +33,17 @@ from latentfss.config import EvaluateConfig, ProtocolConfig
 from latentfss.datasets.evaluation import QUERY_KEYS, TestEpisodes, TestImages, at_label, collate
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each
-from latentfss.episodes import EpisodeSampler, binary_mask, novel_classes, sample_test_episodes
+from latentfss.episodes import (
+    IGNORE,
+    EpisodeSampler,
+    binary_mask,
+    novel_classes,
+    sample_test_episodes,
+)
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file, identity
 from latentfss.machine import machine
-from latentfss.metrics import IoUMeter
+from latentfss.metrics import IoUMeter, iou_counts
 from latentfss.model import MatchingNet, Shots, load_model
 from latentfss.progress import progress
 from latentfss.region_bank import RegionBank, load_bank
@@ -161,11 +167,13 @@ def evaluate_lists(
     ):
         rows = by_query[item["image_id"]]
         logits = model.match(feats[None].expand(len(rows), -1, -1, -1), fg[rows], bg[rows])
-        preds = at_label(logits, item["input_size"], item["covered"], item["label"].shape)
-        for row, pred in zip(rows, preds.argmax(1).to(torch.uint8).cpu().numpy(), strict=True):
-            fg_counts[row] = meters[names[row]].update(
-                pred, binary_mask(item["label"], classes[row]), int(classes[row])
-            )
+        logits = at_label(logits, item["input_size"], item["covered"], item["label"].shape)
+        preds = logits[:, 1] > logits[:, 0]  # the argmax of the two, ties to the background
+        label = torch.from_numpy(item["label"]).to(device)
+        targets = torch.from_numpy(classes[rows]).to(device)[:, None, None]
+        labels = torch.where(label == IGNORE, IGNORE, (label == targets).byte())  # binary_mask
+        for row, counts in zip(rows, iou_counts(preds, labels).cpu(), strict=True):
+            fg_counts[row] = meters[names[row]].add(counts, int(classes[row]))
     work = {
         "episodes": len(episodes),
         "seconds": time.perf_counter() - start,

@@ -15,7 +15,7 @@ from pathlib import Path
 from latentfss import features
 from latentfss.annotation import SUBSETS, write_pseudo_masks
 from latentfss.datasets.index import read_index
-from latentfss.runtime import pick_device, set_threads
+from latentfss.runtime import set_threads
 
 
 def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +50,4 @@ def run(args: argparse.Namespace) -> None:
         images=args.images,
         unlabeled=args.unlabeled,
         encoder_init=args.encoder_init,
-        device=pick_device(args.device) if args.unlabeled else None,  # to embed them
-        threads=args.threads,
     )
