@@ -1,149 +1,233 @@
-"""Backs docs/method.md, "The offline annotation": its stages' speed and flat memory.
+"""Backs docs/method.md, "The offline annotation": its data-bound stages against the host floor.
 
-Offline-annotation benchmark: throughput, peak memory and distance to the floor
-(bench/limits.py) of each stage on the synthetic benchmark at the default config, at two dataset
-sizes.
+pool_prototypes and write_pseudo_masks on generated COCO-format data (`bench/coco_archives.py`)
+at PASCAL's image sizes (COCO's shapes at a 500-pixel long side; features.zarr kept, as the
+PASCAL preset does) and at COCO's (the features computed again, as the COCO preset does), with
+the stand-in encoder of bench/standin/ (ResNet-50's 1,024 channels at stride 8, input 473). Each
+stage runs as its own process; its time less the process's start-up is set against its host
+floor: the same images' inputs decoded (PNG masks; features.zarr's chunks, or the JPEGs decoded
+and resized to 473) and its outputs encoded and written, timed alone with the same threads.
+`--baseline SRC` runs the same stages from another checkout's src/ on the same data.
 
-    python bench/annotation.py [--threads 2] [--out bench/results]
+    python bench/annotation.py [--images 200] [--threads 2] [--baseline /tmp/old/src]
 
-Writes bench/results/annotation.json and annotation.md (assembled into docs/benchmarks.md by
-bench/report.py).
+Writes bench/results/annotation.json and annotation.md.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import coco_archives
 import limits
+import numpy as np
 import torch
+import yaml
 import zarr
-from record import arguments, describe, run_stage, save, scratch, table
+from record import REPO, arguments, describe, run_stage, save, scratch, table
 
-from latentfss.config import defaults
-from latentfss.encoder import Encoder
-from latentfss.runtime import pick_device
+from latentfss import store
+from latentfss.datasets.images import read_mask, resized_batches
+from latentfss.datasets.index import read_index
+from latentfss.encoder import Normalise
+from latentfss.features import annotation_encoder
+from latentfss.prototypes import nearest_representative, present_labels, region_prototypes
 
-REPO = Path(__file__).resolve().parents[1]
-STAGES = (
-    "make-synthetic",
-    "prepare",
-    "extract-features",
-    "pool-prototypes",
-    "cluster",
-    "write-pseudo-masks",
-)
-
-
-def annotate(config: dict, num_train: int, threads: int, work: Path) -> dict:
-    """Every annotation stage on a synthetic dataset of `num_train` train images (fold 0)."""
-    work.mkdir()
-    synthetic = json.dumps({**config["synthetic"], "num_train": num_train})
-    annotation = json.dumps({k: v for k, v in config["annotation"].items() if k != "keep_features"})
-    index, features = work / "dataset", work / "features.zarr"
-    run = {
-        "make-synthetic": run_stage("make-synthetic", out=work / "voc", params=synthetic),
-        "prepare": run_stage(
-            "prepare", out=index, threads=threads, params=json.dumps({"root": str(work / "voc")})
-        ),
-        "extract-features": run_stage(
-            "extract-features",
-            index=index,
-            out=features,
-            encoder_out=work / "encoder_init.pt",
-            encoder=json.dumps(config["encoder"]),
-            params=annotation,
-            threads=threads,
-            seed=config["seed"],
-        ),
-        "pool-prototypes": run_stage(
-            "pool-prototypes",
-            index=index,
-            features=features,
-            out=work / "prototypes.zarr",
-            threads=threads,
-        ),
-        "cluster": run_stage(
-            "cluster",
-            index=index,
-            prototypes=work / "prototypes.zarr",
-            fold=0,
-            out=work / "clusters.zarr",
-            params=json.dumps(config["cluster"]),
-            threads=threads,
-        ),
-        "write-pseudo-masks": run_stage(
-            "write-pseudo-masks",
-            index=index,
-            features=features,
-            clusters=work / "clusters.zarr",
-            out=work / "pseudo_masks.zarr",
-            threads=threads,
-        ),
-    }
-    everything = num_train + config["synthetic"]["num_val"]
-    for name, result in run.items():
-        result["images"] = everything if name in ("make-synthetic", "prepare") else num_train
-        result["images_per_s"] = round(result["images"] / result["seconds"], 1)
-    return run
+SIZES = {"pascal": 500 / 640, "coco": 1.0}  # the images' sides, of COCO's
+KEEP_FEATURES = {"pascal": True, "coco": False}  # as the presets
+STAGES = ("pool-prototypes", "write-pseudo-masks")
+ANNOTATION = {"input_size": 473, "batch_size": 16}
+ENCODER = {"arch": "resnet50", "weights": "none", "calibration_images": 8}
 
 
-def least_work(config: dict, work: Path, num_train: int, encoder_flops: int) -> dict:
-    """What each stage cannot avoid doing: the encoder's and K-Means's FLOPs; the feature bytes
-    that pooling and pseudo-mask writing read; the image files written, then read."""
-    files = sum(f.stat().st_size for f in (work / "voc").rglob("*") if f.is_file())
-    feature_bytes = zarr.open_group(str(work / "features.zarr"), mode="r")["feats"].nbytes
-    masks = zarr.open_group(str(work / "pseudo_masks.zarr"), mode="r")["masks"].nbytes
-    clusters = zarr.open_group(str(work / "clusters.zarr"), mode="r")
-    (members,), (_, dims) = clusters["member"].shape, clusters["centroids"].shape
-    c = config["cluster"]
-    passes = num_train + min(config["encoder"]["calibration_images"], num_train)
+def prepared(root: Path, images: int, scale: float, threads: int) -> tuple[Path, Path, dict]:
+    """Data, index, the initial encoder (and features.zarr) and fold 0's clusters under root."""
+    coco_archives.make_coco(root / "coco", {"train2014": images, "val2014": 8}, scale, threads)
+    preset = yaml.safe_load((REPO / "workflow/presets/coco.yaml").read_text())
+    index, data = root / "dataset", {"name": "coco", "root": str(root / "coco")}
+    run_stage("prepare", out=index, params=json.dumps(data), threads=threads)
+    encoder = {"encoder_out": root / "encoder_init.pt", "encoder": json.dumps(ENCODER)}
+    params = json.dumps(ANNOTATION)
+    run_stage(
+        "extract-features",
+        index=index,
+        out=root / "features.zarr",
+        **encoder,
+        params=params,
+        threads=threads,
+    )
+    flags = {"features": root / "features.zarr"}
+    run_stage(
+        "pool-prototypes", index=index, out=root / "prototypes.zarr", threads=threads, **flags
+    )
+    protocol = preset["protocol"] | {"min_support_pixels": round(2048 * scale**2)}
+    run_stage(
+        "cluster",
+        index=index,
+        prototypes=root / "prototypes.zarr",
+        fold=0,
+        out=root / "clusters.zarr",
+        params=json.dumps(preset["cluster"]),
+        protocol=json.dumps(protocol),
+        threads=threads,
+    )
+    return index, root / "clusters.zarr", flags
+
+
+def timed_stages(index: Path, clusters: Path, features: dict, out: Path, threads: int) -> dict:
+    """Each stage as its own process: wall seconds, peak RSS."""
+    common = {"index": index, "threads": threads, **features}
     return {
-        "make-synthetic": {"disk_bytes": files},
-        "prepare": {"bytes": files},
-        "extract-features": {"flops": passes * encoder_flops},
-        "pool-prototypes": {"bytes": feature_bytes},
-        "cluster": {"flops": 2 * members * c["k"] * dims * c["niter"] * c["nredo"]},
-        "write-pseudo-masks": {"bytes": feature_bytes + masks},
+        "pool-prototypes": run_stage("pool-prototypes", out=out / "p.zarr", **common),
+        "write-pseudo-masks": run_stage(
+            "write-pseudo-masks", clusters=clusters, out=out / "m.zarr", **common
+        ),
     }
+
+
+def clock(step) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def rewrite(source: Path, target: Path, rows: int = 64) -> float:
+    """Seconds to encode and write a store's arrays again (same shapes, chunks and dtypes) in
+    blocks of `rows`, as the stages write them; reading them is not timed."""
+    group = zarr.open_group(str(source), mode="r")
+    arrays = {name: group[name][:] for name in group.array_keys()}
+    out = store.create_group(target)
+
+    def write() -> None:
+        for name, values in arrays.items():
+            array = store.create_array(
+                out, name, values.shape, values.dtype, chunks=group[name].chunks
+            )
+            step = max(rows, array.chunks[0])
+            for start in range(0, len(values), step):
+                array[start : start + step] = values[start : start + step]
+
+    return clock(write)
+
+
+def host_floor(root: Path, index_dir: Path, clusters: Path, keep: bool, threads: int) -> dict:
+    """Each stage's host work alone, in seconds: its inputs decoded, its outputs written."""
+    index = read_index(index_dir)
+    train = index.split("train")
+    with ThreadPoolExecutor(threads) as pool:
+        masks = clock(
+            lambda: list(pool.map(lambda p: read_mask(p, index.num_classes), train["mask"]))
+        )
+    if keep:
+        feats = zarr.open_group(str(root / "features.zarr"), mode="r")["feats"]
+        features = clock(lambda: [feats[s : s + 64] for s in range(0, feats.shape[0], 64)])
+    else:
+        paths = train["image"].tolist()
+        size, batch = ANNOTATION["input_size"], ANNOTATION["batch_size"]
+        features = clock(lambda: list(resized_batches(paths, size, batch, threads)))
+    train_set = zarr.open_group(str(clusters), mode="r")["train_set"]
+    share = train_set.shape[0] / len(train)  # the rows write_pseudo_masks reads
+    return {
+        "pool-prototypes": {
+            "inputs": features + masks,
+            "outputs": rewrite(root / "prototypes.zarr", root / "floor-p.zarr"),
+        },
+        "write-pseudo-masks": {
+            "inputs": features * share,
+            "outputs": rewrite(root / "stage/m.zarr", root / "floor-m.zarr"),
+        },
+    }
+
+
+@torch.inference_mode()
+def device_work(root: Path, index_dir: Path, clusters: Path, keep: bool, threads: int) -> dict:
+    """Each stage's device work alone, in seconds, on inputs already decoded and in memory: the
+    encoder's forward passes (where the features are computed), Eq. 2 image by image, Eq. 3 a
+    block's images of one size together. On the CPU the stage's host time is the rest."""
+    torch.set_num_threads(threads)
+    index = read_index(index_dir)
+    train = index.split("train")
+    feats = torch.from_numpy(zarr.open_group(str(root / "features.zarr"), mode="r")["feats"][:])
+    masks = [torch.from_numpy(read_mask(path, index.num_classes)) for path in train["mask"]]
+    group = zarr.open_group(str(clusters), mode="r")
+    reps, rows = torch.from_numpy(group["centroids"][:]), np.isin(train.index, group["train_set"])
+    sizes = train[["height", "width"]].to_numpy()[rows]
+
+    def pool() -> None:
+        for image_feats, mask in zip(feats, masks, strict=True):
+            region_prototypes(image_feats.float(), mask, present_labels(mask, True)[0])
+
+    def label() -> None:
+        for start in range(0, int(rows.sum()), 64):
+            block, shapes = feats[rows][start : start + 64].float(), sizes[start : start + 64]
+            for shape in np.unique(shapes, axis=0):
+                same = torch.from_numpy((shapes == shape).all(axis=1))
+                nearest_representative(block[same], reps, tuple(shape))
+
+    work = {"pool-prototypes": clock(pool), "write-pseudo-masks": clock(label)}
+    if not keep:
+        encoder = annotation_encoder(root / "encoder_init.pt", torch.device("cpu"))
+        size, batch = ANNOTATION["input_size"], ANNOTATION["batch_size"]
+        normalise = Normalise(torch.device("cpu"))
+        images = [
+            normalise(normalise.unit(torch.from_numpy(b)))
+            for b in resized_batches(train["image"].tolist(), size, batch, threads)
+        ]
+        forward = clock(lambda: [encoder(b).half().contiguous() for b in images])
+        work["pool-prototypes"] += forward
+        work["write-pseudo-masks"] += forward * rows.mean()
+    return work
+
+
+def measure(name: str, images: int, threads: int, baseline: str | None, tmp: Path) -> dict:
+    root = tmp / name
+    index, clusters, stored = prepared(root, images, SIZES[name], threads)
+    keep = KEEP_FEATURES[name]
+    features = (
+        stored
+        if keep
+        else {"encoder_init": root / "encoder_init.pt", "annotation": json.dumps(ANNOTATION)}
+    )
+    runs = {"stage": timed_stages(index, clusters, features, root / "stage", threads)}
+    if baseline:
+        path = os.environ.get("PYTHONPATH", "")
+        os.environ["PYTHONPATH"] = os.pathsep.join([baseline, path])
+        try:
+            runs["baseline"] = timed_stages(index, clusters, features, root / "old", threads)
+        finally:
+            os.environ["PYTHONPATH"] = path
+    floor = host_floor(root, index, clusters, keep, threads)
+    device = device_work(root, index, clusters, keep, threads)
+    return {"images": images, "keep_features": keep, "runs": runs, "floor": floor, "device": device}
 
 
 def main() -> None:
     parser = arguments(__doc__, threads=True)
-    parser.add_argument(
-        "--sizes",
-        type=int,
-        nargs="+",
-        default=[800, 1600],
-        help="train images; peak memory must not grow with them",
-    )
+    parser.add_argument("--images", type=int, default=200, help="train images per size")
+    parser.add_argument("--baseline", help="another checkout's src/, timed on the same data")
     args = parser.parse_args()
-    config = defaults()  # the default run's config
-    torch.set_num_threads(args.threads)
-    encoder = Encoder(config["encoder"]["arch"]).eval()
-    size = config["annotation"]["input_size"]
-    with torch.inference_mode():
-        encoder_flops = limits.count_flops(lambda: encoder(torch.zeros(1, 3, size, size)))
-    with scratch() as tmp:  # on the disk the pipeline writes to
-        rates = limits.measure(pick_device(), tmp)
-        startups = {name: limits.startup_seconds(name) for name in STAGES}
-        sizes = {}
-        for n in args.sizes:
-            work = Path(tmp) / str(n)
-            sizes[n] = annotate(config, n, args.threads, work)
-            for name, need in least_work(config, work, n, encoder_flops).items():
-                sizes[n][name].update(work=need, startup=startups[name])
-        rates = limits.measure(pick_device(), tmp, before=rates)
-        limits.add_floors([row for stages in sizes.values() for row in stages.values()], rates)
-        work = Path(tmp) / str(args.sizes[0])
-        features_mb = sum(f.stat().st_size for f in (work / "features.zarr").rglob("*"))
+    os.environ["LATENTFSS_STANDIN"] = "1"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "bench/standin"), os.environ.get("PYTHONPATH", "")]
+    )
+    import standin.sitecustomize  # noqa: F401 (this process's encoder too: device_work)
+
+    startup = {stage: limits.startup_seconds(stage) for stage in STAGES}
+    with scratch() as tmp:
+        sizes = {
+            name: measure(name, args.images, args.threads, args.baseline, Path(tmp))
+            for name in SIZES
+        }
+    baseline = args.baseline and os.popen(f"git -C {args.baseline} rev-parse --short HEAD").read()
     results = {
         "threads": args.threads,
-        "limits": rates,
-        "encoder_flops_per_image": encoder_flops,
-        "config": {k: config[k] for k in ("synthetic", "encoder", "annotation", "cluster")},
+        "startup": startup,
+        "baseline": baseline.strip() if baseline else None,
         "sizes": sizes,
-        "features_zarr_mb": round(features_mb / 2**20, 1),
     }
     save(results, markdown, args.out, "annotation")
 
@@ -151,32 +235,56 @@ def main() -> None:
 def markdown(r: dict) -> list[str]:
     """The figures; what they rest on: this script's docstring and docs/method.md."""
     lines = [
-        "## Offline annotation (`bench/annotation.py`)",
+        "## The annotation's data-bound stages against the host floor (`bench/annotation.py`)",
         "",
-        f"Machine: {describe(r['machine'])}; {r['threads']} threads. "
-        f"{limits.describe(r['limits'])}; the encoder "
-        f"{r['encoder_flops_per_image'] / 1e9:.2f} GFLOP an image.",
+        f"Machine: {describe(r['machine'])}; {r['threads']} threads, device cpu, the stand-in "
+        "encoder. Seconds after the process's start-up. Device work alone: the encoder, Eq. 2 "
+        "and Eq. 3 on inputs in memory; the host's time is the rest. Host floor: the same "
+        "inputs decoded and outputs written, alone.",
         "",
     ]
-    rows = [
-        {"name": name, "size": size, **s, "limits": limits.cells(s)}
-        for size, stages in r["sizes"].items()
-        for name, s in stages.items()
-    ]
+    rows = []
+    for name, size in r["sizes"].items():
+        for run, stages in size["runs"].items():
+            for stage, s in stages.items():
+                seconds = s["seconds"] - r["startup"][stage]
+                row = {"size": name, "stage": stage, "images": size["images"], "seconds": seconds}
+                row |= {
+                    "features": "features.zarr" if size["keep_features"] else "computed",
+                    "code": r["baseline"] if run == "baseline" else "this commit",
+                    "per_image_ms": 1000 * seconds / size["images"],
+                    "rss": s["peak_rss_mb"],
+                    "device": "-",
+                    "host": "-",
+                    "floor": sum(size["floor"][stage].values()),
+                    "ratio": "-",
+                }
+                if run == "stage":  # the device work alone is this commit's
+                    host = seconds - size["device"][stage]
+                    row |= {
+                        "device": f"{size['device'][stage]:.2f}",
+                        "host": f"{host:.2f}",
+                        "ratio": f"{host / row['floor']:.1f}",
+                    }
+                rows.append(row)
     lines += table(
         rows,
         {
-            "stage": "{name}",
-            "train images": "{size}",
-            "images": "{images}",
-            "seconds": "{seconds}",
-            "images/s": "{images_per_s}",
-            "peak RSS (MB)": "{peak_rss_mb}",
-            limits.HEADER: "{limits}",
+            "images at": "{size}",
+            "features": "{features}",
+            "stage": "{stage}",
+            "code": "{code}",
+            "train images": "{images}",
+            "seconds": "{seconds:.2f}",
+            "ms an image": "{per_image_ms:.1f}",
+            "peak RSS MB": "{rss}",
+            "device work alone s": "{device}",
+            "host s (the rest)": "{host}",
+            "host floor s": "{floor:.2f}",
+            "host x floor": "{ratio}",
         },
     )
-    first = next(iter(r["sizes"]))
-    return lines + ["", f"features.zarr at {first} train images: {r['features_zarr_mb']} MB."]
+    return lines
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def embed(
     computed in fp32 (rounded to nearest even, as NumPy rounds, by torch: 4x faster)."""
     with exact_fp32():
         for images in normalised_batches(paths, cfg, device, threads):
-            yield encoder(images).contiguous().half()  # NCHW, as features.zarr holds them
+            yield encoder(images).half().contiguous()  # NCHW, as features.zarr holds them
 
 
 def annotation_encoder(path: Path, device: torch.device) -> Encoder:
@@ -139,7 +139,12 @@ class Features:
             raise ValueError("rows must be ascending and distinct")
         if self.stored is not None:
             for s in range(0, len(rows), BLOCK):
-                yield rows[s : s + BLOCK], torch.from_numpy(self.stored.oindex[rows[s : s + BLOCK]])
+                block = rows[s : s + BLOCK]
+                # slices of consecutive rows: zarr reads a slice's chunks concurrently, an
+                # index array's 4x slower
+                runs = np.split(block, np.flatnonzero(np.diff(block) > 1) + 1)
+                feats = [self.stored[run[0] : run[-1] + 1] for run in runs]
+                yield block, torch.from_numpy(np.concatenate(feats))
             return
         size = self.cfg.batch_size  # rows ascending: extract-features' batches, in order
         if not len(rows):

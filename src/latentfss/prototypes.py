@@ -67,7 +67,10 @@ def nearest_representative(
     feats (B, C, h, w), reps (K+1, C) -> (B, H, W) int64 labels. With `size`, the cosine maps
     are upsampled bilinearly to (H, W) before the argmax, so labels follow the image's pixels.
     """
-    cos = torch.einsum("bchw,kc->bkhw", F.normalize(feats, dim=1), F.normalize(reps, dim=1))
+    b, c, h, w = feats.shape
+    dots = F.normalize(reps, dim=1) @ feats.reshape(b, c, h * w)  # (B, K+1, hw)
+    norms = torch.linalg.vector_norm(feats, dim=1).clamp_min(1e-12)  # F.normalize's epsilon
+    cos = (dots / norms.reshape(b, 1, h * w)).reshape(b, -1, h, w)
     cos = cos if size is None else upsample(cos, size)
     # the same values, the label axis innermost: an argmax across a strided axis is 5-10x
     # slower on the CPU than the upsampling itself
