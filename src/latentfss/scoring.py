@@ -74,17 +74,20 @@ def predict_episode(
     model: MatchingNet, episode: dict, normalise: Normalise, bank: RegionBank | None
 ) -> np.ndarray:
     """One episode (a `TestEpisodes` item) through `MatchingNet.forward`, nothing cached: the
-    binary prediction (H, W) at the query's original `size`."""
+    binary prediction (H, W, bool) at the query's original `size`."""
     query, *supports = (
         normalise(normalise.unit(image[None])) for image in [episode["query"], *episode["supports"]]
     )
     logits = model(query, supports, [m[None] for m in episode["support_masks"]], bank).logits
-    return (
-        at_label(logits, tuple(episode["query"].shape[-2:]), episode["covered"], episode["size"])[0]
-        .argmax(0)
-        .cpu()
-        .numpy()
-    )
+    size = tuple(episode["query"].shape[-2:])
+    return foreground(at_label(logits, size, episode["covered"], episode["size"]))[0].cpu().numpy()
+
+
+def foreground(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) background and foreground logits -> (B, H, W) their argmax, ties to the
+    background (a comparison: an argmax across the strided class axis is 400x slower on the
+    CPU)."""
+    return logits[:, 1] > logits[:, 0]
 
 
 def episode_by_episode(
@@ -168,8 +171,8 @@ def evaluate_lists(
         rows = by_query[item["image_id"]]
         logits = model.match(feats[None].expand(len(rows), -1, -1, -1), fg[rows], bg[rows])
         logits = at_label(logits, item["input_size"], item["covered"], item["label"].shape)
-        preds = logits[:, 1] > logits[:, 0]  # the argmax of the two, ties to the background
-        label = torch.from_numpy(item["label"]).to(device)
+        preds = foreground(logits)
+        label = torch.tensor(item["label"], device=device)
         targets = torch.from_numpy(classes[rows]).to(device)[:, None, None]
         labels = torch.where(label == IGNORE, IGNORE, (label == targets).byte())  # binary_mask
         for row, counts in zip(rows, iou_counts(preds, labels).cpu(), strict=True):
