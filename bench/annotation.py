@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import coco_archives
@@ -30,12 +28,12 @@ import yaml
 import zarr
 from record import REPO, arguments, describe, run_stage, save, scratch, table
 
-from latentfss import store
 from latentfss.datasets.images import read_mask, resized_batches
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise
 from latentfss.features import annotation_encoder
 from latentfss.prototypes import nearest_representative, present_labels, region_prototypes
+from latentfss.runtime import pick_device
 
 SIZES = {"pascal": 500 / 640, "coco": 1.0}  # the images' sides, of COCO's
 KEEP_FEATURES = {"pascal": True, "coco": False}  # as the presets
@@ -89,95 +87,83 @@ def timed_stages(index: Path, clusters: Path, features: dict, out: Path, threads
     }
 
 
-def clock(step) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
-def rewrite(source: Path, target: Path, rows: int = 64) -> float:
-    """Seconds to encode and write a store's arrays again (same shapes, chunks and dtypes) in
-    blocks of `rows`, as the stages write them; reading them is not timed."""
-    group = zarr.open_group(str(source), mode="r")
-    arrays = {name: group[name][:] for name in group.array_keys()}
-    out = store.create_group(target)
-
-    def write() -> None:
-        for name, values in arrays.items():
-            array = store.create_array(
-                out, name, values.shape, values.dtype, chunks=group[name].chunks
-            )
-            step = max(rows, array.chunks[0])
-            for start in range(0, len(values), step):
-                array[start : start + step] = values[start : start + step]
-
-    return clock(write)
-
-
 def host_floor(root: Path, index_dir: Path, clusters: Path, keep: bool, threads: int) -> dict:
     """Each stage's host work alone, in seconds: its inputs decoded, its outputs written."""
     index = read_index(index_dir)
     train = index.split("train")
-    with ThreadPoolExecutor(threads) as pool:
-        masks = clock(
-            lambda: list(pool.map(lambda p: read_mask(p, index.num_classes), train["mask"]))
-        )
+    masks = limits.decoding(lambda path: read_mask(path, index.num_classes), train["mask"], threads)
     if keep:
         feats = zarr.open_group(str(root / "features.zarr"), mode="r")["feats"]
-        features = clock(lambda: [feats[s : s + 64] for s in range(0, feats.shape[0], 64)])
+        features = limits.clock(lambda: [feats[s : s + 64] for s in range(0, feats.shape[0], 64)])
     else:
         paths = train["image"].tolist()
         size, batch = ANNOTATION["input_size"], ANNOTATION["batch_size"]
-        features = clock(lambda: list(resized_batches(paths, size, batch, threads)))
+        features = limits.clock(lambda: list(resized_batches(paths, size, batch, threads)))
     train_set = zarr.open_group(str(clusters), mode="r")["train_set"]
     share = train_set.shape[0] / len(train)  # the rows write_pseudo_masks reads
     return {
         "pool-prototypes": {
             "inputs": features + masks,
-            "outputs": rewrite(root / "prototypes.zarr", root / "floor-p.zarr"),
+            "outputs": limits.rewriting(root / "prototypes.zarr", root / "floor-p.zarr"),
         },
         "write-pseudo-masks": {
             "inputs": features * share,
-            "outputs": rewrite(root / "stage/m.zarr", root / "floor-m.zarr"),
+            "outputs": limits.rewriting(root / "stage/m.zarr", root / "floor-m.zarr"),
         },
     }
 
 
 @torch.inference_mode()
 def device_work(root: Path, index_dir: Path, clusters: Path, keep: bool, threads: int) -> dict:
-    """Each stage's device work alone, in seconds, on inputs already decoded and in memory: the
-    encoder's forward passes (where the features are computed), Eq. 2 image by image, Eq. 3 a
-    block's images of one size together. On the CPU the stage's host time is the rest."""
+    """Each stage's device work alone, in seconds, on inputs already decoded and in the
+    device's memory: the images' normalisation and the encoder's forward passes (where the
+    features are computed), Eq. 2 image by image, Eq. 3 a block's images of one size together.
+    On the CPU the stage's host time is the rest."""
     torch.set_num_threads(threads)
+    device = pick_device(os.environ.get("LATENTFSS_DEVICE", "auto"))
     index = read_index(index_dir)
     train = index.split("train")
-    feats = torch.from_numpy(zarr.open_group(str(root / "features.zarr"), mode="r")["feats"][:])
-    masks = [torch.from_numpy(read_mask(path, index.num_classes)) for path in train["mask"]]
+    feats = zarr.open_group(str(root / "features.zarr"), mode="r")["feats"][:]
+    masks = [torch.from_numpy(read_mask(p, index.num_classes).copy()) for p in train["mask"]]
+    masks = [mask.to(device) for mask in masks]
     group = zarr.open_group(str(clusters), mode="r")
     reps, rows = torch.from_numpy(group["centroids"][:]), np.isin(train.index, group["train_set"])
-    sizes = train[["height", "width"]].to_numpy()[rows]
+    sizes, reps = train[["height", "width"]].to_numpy()[rows], reps.to(device)
+    selected, feats = torch.from_numpy(feats[rows]).to(device), torch.from_numpy(feats).to(device)
+
+    def timed(step) -> float:
+        def synchronised() -> None:
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return limits.clock(synchronised)
 
     def pool() -> None:
         for image_feats, mask in zip(feats, masks, strict=True):
             region_prototypes(image_feats.float(), mask, present_labels(mask, True)[0])
 
     def label() -> None:
-        for start in range(0, int(rows.sum()), 64):
-            block, shapes = feats[rows][start : start + 64].float(), sizes[start : start + 64]
+        for start in range(0, len(selected), 64):
+            block, shapes = selected[start : start + 64].float(), sizes[start : start + 64]
             for shape in np.unique(shapes, axis=0):
-                same = torch.from_numpy((shapes == shape).all(axis=1))
-                nearest_representative(block[same], reps, tuple(shape))
+                same = torch.from_numpy((shapes == shape).all(axis=1)).to(device)
+                nearest_representative(block[same], reps, tuple(shape)).to(torch.uint8).cpu()
 
-    work = {"pool-prototypes": clock(pool), "write-pseudo-masks": clock(label)}
+    work = {"pool-prototypes": timed(pool), "write-pseudo-masks": timed(label)}
     if not keep:
-        encoder = annotation_encoder(root / "encoder_init.pt", torch.device("cpu"))
+        encoder = annotation_encoder(root / "encoder_init.pt", device)
         size, batch = ANNOTATION["input_size"], ANNOTATION["batch_size"]
-        normalise = Normalise(torch.device("cpu"))
-        images = [
-            normalise(normalise.unit(torch.from_numpy(b)))
-            for b in resized_batches(train["image"].tolist(), size, batch, threads)
-        ]
-        forward = clock(lambda: [encoder(b).half().contiguous() for b in images])
+        normalise = Normalise(device)
+        paths = train["image"].tolist()
+        batches = [torch.from_numpy(b) for b in resized_batches(paths, size, batch, threads)]
+
+        def encode() -> None:  # as features.embed, the images already decoded
+            for images in batches:
+                images = normalise(normalise.unit(images))
+                encoder(images.contiguous(memory_format=torch.channels_last)).half().contiguous()
+
+        forward = timed(encode)
         work["pool-prototypes"] += forward
         work["write-pseudo-masks"] += forward * rows.mean()
     return work

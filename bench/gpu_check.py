@@ -3,7 +3,7 @@
 The whole GPU path in one command, on a CUDA machine with a bare PyTorch (no Snakemake):
 
     pip install --no-index --no-deps --target /tmp/site wheels/*.whl   # bench/gpu_wheels.txt
-    PYTHONPATH=src:/tmp/site python bench/gpu_check.py --out DIR       # about 8 minutes
+    PYTHONPATH=src:/tmp/site python bench/gpu_check.py --out DIR       # about 9 minutes
     python bench/gpu_check.py --device cpu --quick --out DIR           # tiny shapes; a test
 
 Parts, each in its own process under its own time budget; DIR/gpu_check.json and .md are
@@ -19,6 +19,8 @@ DIR/gpu_check.log holds their output:
   weights and a random region bank of a PASCAL fold's size), 1- and 5-shot episodes/s against
   the matrix-multiply floor and the paper's 27.8 and 12.8 (Table 7), and episode by episode;
 - features: extract-features images/s at the preset's input size;
+- annotation: pool-prototypes and write-pseudo-masks at COCO's 480 x 640, the features
+  computed again on the device (the COCO preset): images/s;
 - faiss: whether the bank's index went to the GPU (faiss-gpu) or stayed on the CPU.
 
 With `--device cpu` the device side is the CPU running CUDA's bf16 autocast
@@ -58,19 +60,22 @@ from latentfss.stages.make_synthetic import generate
 REPO = Path(__file__).resolve().parents[1]
 PAPER_FPS = {1: 27.8, 5: 12.8}  # Table 7, on the authors' GPU, every episode encoded anew
 
-# Seconds each part may take; on one H100 they add up to 8 minutes.
-BUDGETS = {"tests": 100, "pipeline": 110, "train": 90, "evaluate": 100, "features": 45, "faiss": 20}
+# Seconds each part may take; on one H100 they add up to 9 minutes.
+BUDGETS = {
+    "tests": 100, "pipeline": 110, "train": 90, "evaluate": 100, "features": 45,
+    "annotation": 60, "faiss": 20,
+}  # fmt: skip
 QUICK_BUDGET = 300  # each part, on a loaded 2-core CI machine
 SHAPES = {  # the PASCAL preset's, and the tiny ones of --quick
     False: dict(
         arch="resnet50", crop=473, episodes=4, pseudo=32, micro=(1, 8), shots=(1, 5),
-        size=(375, 500), train=100, val=200, test_episodes=1000, one_by_one=100,
-        min_support_pixels=2048, bank_images=4000, workers=4,
+        size=(375, 500), coco_size=(480, 640), k=5, train=100, val=200, test_episodes=1000,
+        one_by_one=100, min_support_pixels=2048, bank_images=4000, workers=4,
     ),
     True: dict(
         arch="resnet18", crop=64, episodes=2, pseudo=2, micro=(1, 2), shots=(1, 2),
-        size=(60, 80), train=8, val=40, test_episodes=20, one_by_one=4,
-        min_support_pixels=30, bank_images=50, workers=0,
+        size=(60, 80), coco_size=(64, 80), k=2, train=8, val=40, test_episodes=20,
+        one_by_one=4, min_support_pixels=30, bank_images=50, workers=0,
     ),
 }  # fmt: skip
 SIDES = ("device", "cpu")
@@ -231,24 +236,25 @@ def train(args, shapes, work: Path, record) -> None:
         del model, optimizer
 
 
-def sized_images(shapes, work: Path) -> Path:
-    """A synthetic VOC root whose images are all height x width (PASCAL's usual 375 x 500),
-    made once for the parts that need it, and its index."""
-    root, index = work / "sized", work / "sized_index"
+def sized_images(shapes, work: Path, key: str = "size") -> Path:
+    """A synthetic VOC root whose images are all height x width (shapes[key]: PASCAL's usual
+    375 x 500, or COCO's 480 x 640), made once for the parts that need it, and its index."""
+    root, index = work / key, work / f"{key}_index"
     if not index.is_dir():
-        height, width = shapes["size"]
+        height, width = shapes[key]
         cfg = SyntheticConfig(
             num_train=shapes["train"], num_val=shapes["val"], min_size=height, max_size=width
         )
-        shutil.rmtree(work / "sized.tmp", ignore_errors=True)  # a part out of time left it
-        generate(cfg, work / "sized.tmp")
-        for jpeg in (work / "sized.tmp/JPEGImages").iterdir():
+        made = work / f"{key}.tmp"
+        shutil.rmtree(made, ignore_errors=True)  # a part out of time left it
+        generate(cfg, made)
+        for jpeg in (made / "JPEGImages").iterdir():
             image = Image.open(jpeg).resize((width, height), Image.Resampling.BILINEAR)
             image.save(jpeg, quality=cfg.jpeg_quality)
-            mask_path = voc.mask_path(work / "sized.tmp", jpeg.stem)
+            mask_path = voc.mask_path(made, jpeg.stem)
             mask = Image.open(mask_path).resize((width, height), Image.Resampling.NEAREST)
             images.write_mask(mask_path, np.asarray(mask))
-        (work / "sized.tmp").rename(root)
+        made.rename(root)
         run_stage("prepare", out=index, params=flags(root=str(root)))
     return index
 
@@ -344,6 +350,36 @@ def features(args, shapes, work: Path, record) -> None:
     )
 
 
+def annotation(args, shapes, work: Path, record) -> None:
+    """pool-prototypes and write-pseudo-masks at COCO's image sizes with the features computed
+    again on the device (the COCO preset's `keep_features: false`): seconds and images/s."""
+    import limits
+
+    index = sized_images(shapes, work, "coco_size")
+    init, params = work / "coco_encoder_init.pt", flags(input_size=shapes["crop"], batch_size=16)
+    common = dict(index=index, device=args.device, threads=os.cpu_count())
+    encoder = flags(arch=shapes["arch"], weights="none", calibration_images=16)
+    run_stage("extract-features", encoder_out=init, encoder=encoder, params=params, **common)
+    computed = dict(encoder_init=init, annotation=params, **common)
+    prototypes, clusters = work / "coco_prototypes.zarr", work / "coco_clusters.zarr"
+    stages = {"pool-prototypes": run_stage("pool-prototypes", out=prototypes, **computed)}
+    protocol = flags(min_support_pixels=shapes["min_support_pixels"])
+    run_stage(
+        "cluster", index=index, prototypes=prototypes, fold=0, out=clusters,
+        params=flags(k=shapes["k"]), protocol=protocol,
+    )  # fmt: skip
+    out = work / "coco_pseudo_masks.zarr"
+    stages["write-pseudo-masks"] = run_stage(
+        "write-pseudo-masks", clusters=clusters, out=out, **computed
+    )
+    count = shapes["train"]
+    for stage, timed in stages.items():
+        timed["startup_seconds"] = limits.startup_seconds(stage, repeats=1)
+        after = max(timed["seconds"] - timed["startup_seconds"], 1e-3)
+        timed["images_per_s_after_startup"] = round(count / after, 1)
+    record(images=count, size=shapes["coco_size"], stages=stages)
+
+
 def faiss_part(args, shapes, work: Path, record) -> None:
     import faiss
 
@@ -386,6 +422,7 @@ PARTS = {
     "train": train,
     "evaluate": evaluate,
     "features": features,
+    "annotation": annotation,
     "faiss": faiss_part,
 }
 

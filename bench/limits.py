@@ -4,6 +4,8 @@ What every stage is measured against: the least work it must do (FLOPs counted b
 FlopCounterMode, or bytes it must read and write) over the rate this machine can do that work
 at (matrix multiplies, memory copies and disk writes, measured here with the benchmark's own
 threads). work / rate is the stage's floor: no implementation on this machine can beat it.
+A data-bound stage's host floor is its host's own work timed alone: its inputs decoded
+(`decoding`) and its outputs encoded and written (`rewriting`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
+import zarr
 from torch.utils.flop_counter import FlopCounterMode
+
+from latentfss import store
 
 
 def _best_rate(step, work: float, device: torch.device, repeats: int = 10) -> float:
@@ -90,6 +97,37 @@ def measure(device: torch.device, directory: str, before: dict | None = None) ->
         "threads": torch.get_num_threads(),
         "device": str(device),
     }
+
+
+def clock(step) -> float:
+    """Seconds one call of `step` takes."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def decoding(decode, items, threads: int) -> float:
+    """A host floor's inputs: seconds to decode every item with `threads` threads."""
+    with ThreadPoolExecutor(threads) as pool:
+        return clock(lambda: list(pool.map(decode, items)))
+
+
+def rewriting(source: Path, target: Path, rows: int = 64) -> float:
+    """A host floor's outputs: seconds to encode and write a Zarr store's arrays again (same
+    shapes, chunks and dtypes) in blocks of at least `rows`, as the stages write them; reading
+    them is not timed."""
+    group = zarr.open_group(str(source), mode="r")
+    arrays = {name: (group[name][:], group[name].chunks) for name in group.array_keys()}
+    out = store.create_group(target)
+
+    def write() -> None:
+        for name, (values, chunks) in arrays.items():
+            array = store.create_array(out, name, values.shape, values.dtype, chunks=chunks)
+            step = max(rows, chunks[0])
+            for start in range(0, len(values), step):
+                array[start : start + step] = values[start : start + step]
+
+    return clock(write)
 
 
 def count_flops(step) -> int:

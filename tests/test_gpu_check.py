@@ -27,7 +27,7 @@ def test_the_gpu_check_runs_on_the_cpu(tmp_path):
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     parts = results["parts"]
     assert {name: part["status"] for name, part in parts.items()} == dict.fromkeys(
-        ("tests", "pipeline", "train", "evaluate", "features", "faiss"), "ok"
+        ("tests", "pipeline", "train", "evaluate", "features", "annotation", "faiss"), "ok"
     )
     assert "skipped" in parts["tests"]["summary"]  # no CUDA here: the gpu tests are skipped
     pipeline = parts["pipeline"]
@@ -46,6 +46,9 @@ def test_the_gpu_check_runs_on_the_cpu(tmp_path):
     assert variants == [(s, v) for s in (1, 2) for v in ("encode once", "episode by episode")]
     assert all(row["episodes_per_s"] > 0 for row in parts["evaluate"]["rows"])
     assert parts["features"]["images_per_s"] > 0
+    stages = parts["annotation"]["stages"]
+    assert list(stages) == ["pool-prototypes", "write-pseudo-masks"]
+    assert all(stage["images_per_s_after_startup"] > 0 for stage in stages.values())
     assert parts["faiss"]["on_gpu"] is False
     text = (tmp_path / "gpu_check.md").read_text()
     assert "| pipeline | ok |" in text and "encode once" in text
