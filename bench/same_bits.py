@@ -23,6 +23,7 @@ import zarr
 from record import arguments, artifact, describe, save, table
 
 from latentfss import layout
+from latentfss.episodes import IGNORE
 
 OLD = {  # the layout before rows (commit 5ed1561 and earlier)
     layout.PROTOTYPES: "prototypes.zarr",
@@ -69,6 +70,8 @@ def compare(a: Path, b: Path) -> list[dict]:
             {
                 **values,
                 "masks_equal": bool(np.array_equal(*masks)),
+                "labels_differing": int((masks[0] != masks[1]).sum()),
+                "labels": int((masks[0] != IGNORE).sum()),
                 "weights_max_diff": max(
                     float((weights[0][k].float() - weights[1][k].float()).abs().max())
                     for k in weights[0]
@@ -124,12 +127,15 @@ def markdown(r: dict) -> list[str]:
         "",
     ]
     lines += table(
-        r["rows"],
+        [
+            {"labels_differing": "-", "labels": "-", **row} for row in r["rows"]
+        ],  # older files lack the counts
         {
             "row": "{row}",
             "fold": "{fold}",
             "shot": "{shot}",
             "pseudo masks equal": "{masks_equal}",
+            "labels differing": "{labels_differing} of {labels}",
             "weights, largest difference": "{weights_max_diff:.2e}",
             "scores.csv equal": "{scores_equal}",
             f"mIoU {a}": "{miou_a:.4f}",

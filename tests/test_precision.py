@@ -62,9 +62,9 @@ def predictions(monkeypatch) -> list[np.ndarray]:
     """Every prediction an evaluation job scores, in order."""
     seen = []
 
-    def recording(preds, labels):
+    def recording(preds, *labels):
         seen.extend(preds.cpu().numpy())
-        return iou_counts(preds, labels)
+        return iou_counts(preds, *labels)
 
     monkeypatch.setattr(scoring, "iou_counts", recording)
     return seen

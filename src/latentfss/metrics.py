@@ -8,14 +8,15 @@ import torch
 from latentfss.episodes import IGNORE
 
 
-def iou_counts(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Predictions (B, H, W) in {0, 1} against labels (B, H, W) in {0, 1, IGNORE} on their
-    device -> (B, 2, 2) int64: for background (0) and foreground (1), each episode's
-    intersection and union, IGNORE pixels counting for nothing."""
+def iou_counts(pred: torch.Tensor, label: torch.Tensor, target=1) -> torch.Tensor:
+    """Predictions (B, H, W) in {0, 1} against label maps (B or 1, H, W) on their device, whose
+    pixels equal to `target` (1 for a binary label, or each episode's class, (B, 1, 1)) are the
+    foreground, IGNORE pixels nothing and every other pixel the background -> (B, 2, 2) int64:
+    for background (0) and foreground (1), each episode's intersection and union."""
     valid = label != IGNORE
+    truth, predicted = label == target, pred == 1
     counts = []
-    for value in (0, 1):
-        p, t = (pred == value) & valid, (label == value) & valid
+    for p, t in ((~predicted & valid, ~truth & valid), (predicted & valid, truth & valid)):
         counts.append(torch.stack([(p & t).flatten(1).sum(1), (p | t).flatten(1).sum(1)], dim=-1))
     return torch.stack(counts, dim=1)
 

@@ -210,7 +210,8 @@ def build_bank(job: BankJob, cfg: EvaluateConfig) -> None:
         for image_feats, (_, mask) in zip(feats, batch, strict=True):
             mask = mask.to(device)
             labels, pixels = present_labels(mask)
-            labels, pixels = labels[labels > 0], pixels[labels > 0]  # the sub-cluster regions
+            kept = labels > 0  # the sub-cluster regions, not the background
+            labels, pixels = labels[kept], pixels[kept]
             prototypes, _ = region_prototypes(image_feats, mask, labels)
             embeddings[row] = image_embedding(image_feats[None])[0].cpu().numpy()
             prototypes, labels, pixels = (t.cpu().numpy() for t in (prototypes, labels, pixels))

@@ -33,13 +33,7 @@ from latentfss.config import EvaluateConfig, ProtocolConfig
 from latentfss.datasets.evaluation import QUERY_KEYS, TestEpisodes, TestImages, at_label, collate
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each
-from latentfss.episodes import (
-    IGNORE,
-    EpisodeSampler,
-    binary_mask,
-    novel_classes,
-    sample_test_episodes,
-)
+from latentfss.episodes import EpisodeSampler, binary_mask, novel_classes, sample_test_episodes
 from latentfss.errors import InputError
 from latentfss.fs import atomic_file, identity
 from latentfss.machine import machine
@@ -172,10 +166,9 @@ def evaluate_lists(
         logits = model.match(feats[None].expand(len(rows), -1, -1, -1), fg[rows], bg[rows])
         logits = at_label(logits, item["input_size"], item["covered"], item["label"].shape)
         preds = foreground(logits)
-        label = torch.tensor(item["label"], device=device)
+        label = torch.tensor(item["label"], device=device)[None]
         targets = torch.from_numpy(classes[rows]).to(device)[:, None, None]
-        labels = torch.where(label == IGNORE, IGNORE, (label == targets).byte())  # binary_mask
-        for row, counts in zip(rows, iou_counts(preds, labels).cpu(), strict=True):
+        for row, counts in zip(rows, iou_counts(preds, label, targets).cpu(), strict=True):
             fg_counts[row] = meters[names[row]].add(counts, int(classes[row]))
     work = {
         "episodes": len(episodes),
