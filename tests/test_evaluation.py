@@ -17,7 +17,7 @@ from latentfss import layout, runs
 from latentfss import machine as machine_module
 from latentfss.episodes import IGNORE
 from latentfss.machine import describe_machine, machine
-from latentfss.metrics import IoUMeter
+from latentfss.metrics import IoUMeter, iou_counts
 from latentfss.region_bank import RegionBank, inner_product_index
 
 
@@ -36,6 +36,15 @@ def test_ignored_pixels_count_for_nothing():
     meter = IoUMeter([1])
     meter.update(np.array([[1, 1], [0, 0]]), label, 1)  # wrong only where ignored
     assert meter.miou() == 1.0 and meter.fbiou() == 1.0
+
+
+def test_counts_of_a_class_map_against_each_episodes_class_by_hand():
+    label = torch.tensor([[[3, 3, 5, 0, IGNORE]]])  # one query's classes, two episodes on it
+    preds = torch.tensor([[[1, 0, 1, 0, 1]], [[0, 0, 1, 1, 1]]], dtype=torch.bool)
+    counts = iou_counts(preds, label, torch.tensor([3, 5])[:, None, None])
+    # class 3: fg inter 1, union 3; bg inter 1 (the 0), union 3; the IGNORE pixel in neither
+    # class 5: fg inter 1, union 2; bg inter 2, union 3
+    assert counts.tolist() == [[[1, 3], [1, 3]], [[2, 3], [1, 2]]]
 
 
 def test_accumulation_over_episodes_and_classes_by_hand():
