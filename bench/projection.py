@@ -1,19 +1,31 @@
 """Backs docs/running.md, "What a full run costs": each preset on GPUs, projected.
 
 Each preset's full run projected onto GPUs from what was measured on the CPU: the rehearsals'
-per-stage seconds, memory and disk (`bench/rehearsal.py`: every data-dependent cost at full
-count, with a stand-in encoder), the real encoder's FLOPs (torch's FlopCounterMode on the meta
-device), the training loaders' seconds per sample (timed here on the COCO sample's 640 x 480
-images) and the scratch disk's upper bound (`bench/disk.py`).
+per-stage host seconds, device work, memory and disk (`bench/rehearsal.py`: every
+data-dependent cost at full count, with a stand-in encoder), the real encoder's FLOPs (torch's
+FlopCounterMode on the meta device), the training loaders' seconds per sample (timed here on
+the COCO sample's 640 x 480 images) and the scratch disk's upper bound (`disk_bound`).
 
-    python bench/projection.py [--runs .bench-rehearsal] [--gpu-tflops 100]
+    python bench/projection.py [--runs .bench-rehearsal] [--gpu-tflops 100] [--gpu-tbps 1]
 
 The run: 4 folds, 1- and 5-shot, the presets' 6,000 iterations and 5 test seeds of 1,000
-(PASCAL) or 4,000 (COCO) episodes. A job takes its CPU side as rehearsed plus its encoder FLOPs
-over --gpu-tflops; a training step takes the longer of its GPU work and its loaders'. Wall
-clock: with one GPU, every job in turn; with 8 GPUs (the default profile on one box, or the
-slurm profile with 8 GPUs free), the critical path, the jobs of each DAG level side by side.
-ASSUMED says what each factor rests on.
+(PASCAL) or 4,000 (COCO) episodes. A job takes its host's seconds plus its device's work: the
+rehearsed torch operations' FLOPs and bytes and the real encoder's FLOPs at the assumed rates;
+a training step takes the longer of its GPU work and its loaders'. Wall clock: with one GPU,
+every job in turn; with 8 GPUs (the default profile on one box, or the slurm profile with 8
+GPUs free), the critical path, the jobs of each DAG level side by side. ASSUMED says what each
+factor rests on.
+
+Scratch disk: the artifacts' sizes before compression, from the datasets' counts and the
+presets' shapes (an upper bound: every store is Blosc/Zstd-compressed, and features.zarr, the
+one that matters, compresses by about 6%). Nothing is deleted during a run, so the peak is the
+total at the end (plus a train_state.pt, about 0.1 GB, per running training job). Counts:
+PASCAL voc_sbd 5,953 train images (PFENet's list; trainaug: 10,582), at most 500 x 500, of
+which 4,489 (9,118) have SBD masks converted when built from the official archives; COCO 2014
+train 82,783 images, at most 640 x 640, 123,287 masks converted; ResNet-50 layer3: 1,024
+channels, input 473 -> 60 x 60. Pseudo masks: every fold holds at most every train image,
+padded to the largest; the region bank at most K regions per image; prototypes: one per (image,
+class present), taken as 3 per image.
 
 Writes bench/results/projection.json and .md.
 """
@@ -30,13 +42,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import limits
 import torch
 import train as train_bench
 import yaml
-from limits import count_flops
 from record import artifact, save
-from rehearsal import PER_IMAGE
+from rehearsal import PER_IMAGE, RULES, SETTINGS
 from snakemake.utils import update_config
 
 from latentfss import layout
@@ -52,28 +63,64 @@ RESULTS = REPO / "bench/results"
 SHOTS, FOLDS, GPUS = (1, 5), 4, 8
 SIDES = {"pascal": (375, 500), "coco": (480, 640)}  # the test images, at original resolution
 CUDA_CONTEXT_MB = 1000  # host memory a process's CUDA context adds, about (not measured here)
-REHEARSED_EPISODES = 100  # bench/rehearsal.py pascal: one test seed of 100 episodes
+REHEARSED = SETTINGS["pascal"]["evaluate"]  # as the coco sample: one seed
+REHEARSED_EPISODES, REHEARSED_WORKERS = REHEARSED["episodes"], REHEARSED["workers"]
 ASSUMED = {
-    "GPU rate": "the encoder's bf16 throughput on one H100/H200 assumed to be --gpu-tflops, "
-    "about 10% of the 989 TFLOP/s dense peak (an assumption, not a measurement); "
-    "bench/gpu_check.py measures it (train: s/step, features: images/s) where a GPU is lent",
-    "CPU side": "each job's non-encoder work as rehearsed on 2 cores, the stand-in encoder's "
-    "own compute included; the 6-10 cores a GPU job gets (profiles/slurm set-threads) are not "
-    "counted on, so an upper bound for the stages that use them",
+    "GPU rate": "every FLOP (the encoder's bf16 convolutions, the matrix products of the "
+    "annotation, bank and scoring) at --gpu-tflops, about 10% of an H100's 989 TFLOP/s dense "
+    "peak; every byte a torch operation reads or writes at --gpu-tbps, about 30% of its 3.35 "
+    "TB/s; every operation --launch-us more, as eager PyTorch issues kernels one by one "
+    "(assumptions, not measurements); bench/gpu_check.py measures the encoder's rate (train: "
+    "s/step, features: images/s) and the annotation's stages on the device where a GPU is lent",
+    "host": "each job's host seconds as rehearsed on 2 cores: its seconds less the time inside "
+    "its torch operations (counted by bench/standin/, whose own cost stays on the host's "
+    "side), or its host floor where that is longer (decoding in loader workers hides behind "
+    "the CPU's device work, not behind a GPU's); host and device work added, not overlapped; "
+    "a job's process start-up (startup_s, timed here) counted once, the rest scaled with the "
+    "work",
+    "worker count": "build_bank's and evaluate's host seconds divided by their loader workers "
+    "on the node (the presets' evaluate.workers, 4, on the 6 cores profiles/slurm gives them) "
+    "over the rehearsal's 2, as if all their host work were their loaders' (the main process's "
+    "share does not divide; 'host as rehearsed' gives the totals without this); "
+    "pool_prototypes and write_pseudo_masks run with the 2 threads they ask for, as rehearsed",
+    "encoder": "where a stage encodes, the real ResNet-50's FLOPs are added to the operations "
+    "counted in the rehearsal, whose stand-in encoder's own few stay in the count (its bytes "
+    "stand for part of the real one's activations, which are not counted)",
     "checkpointing": "micro_batches > 1 runs the encoder's forward twice per training step",
     "loaders": "a step's samples spread evenly over its 2 x train.workers loader processes, "
     "each at the single-core rate timed here on COCO's 640 x 480 images (PASCAL's are smaller)",
-    "folds and shots": "fold 0's rehearsal stands for every fold; evaluation's CPU side per "
-    "episode grows with the images it reads (1 + shot)",
-    "COCO's later stages": "train, build_bank and evaluate were rehearsed on PASCAL only: their "
-    "CPU side is scaled by COCO's fold train set (bank) or episodes (evaluate) and by the "
-    "pixel ratio 640 x 480 / 500 x 375; its pixel-bound stages take the larger of the "
-    "1/4-side full count and the COCO-side sample times the count ratio",
+    "folds and shots": "fold 0's rehearsal stands for every fold; evaluation's work per "
+    "episode grows with the images it reads (1 + shot) and with the episodes, though the "
+    "episodes of 5 seeds share their images (an upper bound)",
+    "COCO": "prepare, extract_features and cluster at full count (images at 1/4 of COCO's "
+    "sides); every other stage from the sample at COCO's own sides, times the full count over "
+    "the sample's (images; fold 0's train set for build_bank; episodes for evaluate)",
     "asks": "a rule's mem_mb and runtime from a dry run of the preset; SLURM kills a job past "
     "either: train resumes on its retry (SIGTERM 5 minutes before), every other rule starts over",
     "SLURM": "8 GPU jobs granted at once; queue waits, which no rehearsal can know, come on top "
     "of every level of the critical path",
 }
+
+
+DISK = {  # train images, largest image side, K, masks converted by prepare
+    "pascal (voc_sbd)": (5_953, 500, 5, 4_489),  # from the official archives: SBD's .mat
+    "pascal (trainaug)": (10_582, 500, 5, 9_118),  # masks of images outside VOC2012 train
+    "coco": (82_783, 640, 15, 123_287),
+}
+ENCODER_PARAMETERS = 8.5e6  # ResNet-50 to layer3 (model.pt without the mining head)
+
+
+def disk_bound(images: int, side: int, k: int, converted: int) -> dict[str, float]:
+    """GB of each artifact, uncompressed (1,024 channels on a 60 x 60 grid; 8 models)."""
+    per_feature = 1024 * 4 / 1e9  # a float32 prototype
+    return {
+        "features.zarr": images * 60 * 60 * per_feature / 2,  # float16
+        "prototypes.zarr": (3 * images + images) * per_feature,  # fg + bg
+        "pseudo masks (4 folds)": 4 * images * side * side / 1e9,  # uint8, padded
+        "region banks (8 runs)": 8 * images * (k + 1) * per_feature,
+        "models (8)": 8 * ENCODER_PARAMETERS * 4 / 1e9,
+        "converted masks (PNG, ~10 kB)": converted * 10e3 / 1e9,
+    }
 
 
 def preset_config(preset: str) -> dict:
@@ -105,7 +152,7 @@ def encoder_flops(arch: str, height: int, width: int) -> float:
     """One image's forward through the encoder, counted on the meta device (nothing computed)."""
     with torch.device("meta"), torch.no_grad():
         encoder = build_encoder(EncoderConfig(arch=arch, weights="none"))
-        return count_flops(lambda: encoder(torch.empty(1, 3, height, width)))
+        return limits.count_flops(lambda: encoder(torch.empty(1, 3, height, width)))
 
 
 def step_flops(config: dict, shot: int) -> float:
@@ -148,42 +195,53 @@ def loader_seconds(sample: Path, config: dict, samples: int) -> dict[str, float]
     return seconds
 
 
-def jobs(preset: str, rate: float, flops: dict, loaders: dict) -> list[dict]:
-    """Every job of the preset's run: rule, DAG level, count, GPU or not, seconds, GFLOP, peak
-    RSS and disk (MB, per job)."""
+def jobs(preset: str, gpu: dict, flops: dict, loaders: dict, startup: dict) -> list[dict]:
+    """Every job of the preset's run: rule, DAG level, count, GPU or not, host and device
+    seconds, device GFLOP (the real encoder's included), peak RSS and disk (MB, per job)."""
     config = preset_config(preset)
     t, e = config["train"], config["evaluate"]
-    pascal = json.loads((RESULTS / "rehearsal_pascal.json").read_text())["runs"][-1]
     rehearsal = json.loads((RESULTS / f"rehearsal_{preset}.json").read_text())
-    full = rehearsal["runs"][-1]
+    full = later = rehearsal["runs"][-1]
     images, fold_set = full["images"], full["work"]["fold_train_set"]
-    stages = dict(full["stages"])
-    if preset == "coco":  # the pixel-bound costs, at COCO's sides
-        sample = rehearsal["sample"]
-        ratio = images / sample["images"]
-        for rule in PER_IMAGE:
-            scaled = {k: sample["stages"][rule][k] * ratio for k in ("seconds", "disk_mb")}
-            stages[rule] = stages[rule] | {k: max(v, stages[rule][k]) for k, v in scaled.items()}
-    pixels = np.prod(SIDES[preset]) / np.prod(SIDES["pascal"])
+    stages = {rule: (s, 1) for rule, s in full["stages"].items()}  # rule -> (rehearsed, times)
+    if preset == "coco":  # what scales with pixels, from the sample at COCO's sides
+        later = rehearsal["sample"]
+        ratio = images / later["images"]
+        for rule in PER_IMAGE:  # memory grows with the pixels or the count: the larger
+            rss = max(later["stages"][rule]["peak_rss_mb"], full["stages"][rule]["peak_rss_mb"])
+            stages[rule] = (later["stages"][rule] | {"peak_rss_mb": rss}, ratio)
+        if full["stages"]["prepare"]["host_s"] > ratio * later["stages"]["prepare"]["host_s"]:
+            stages["prepare"] = (full["stages"]["prepare"], 1)  # the JSON's parse, say
     image = encoder_flops(config["encoder"]["arch"], *SIDES[preset])
     at_input = encoder_flops(config["encoder"]["arch"], *(2 * [config["annotation"]["input_size"]]))
     encodes = not config["annotation"]["keep_features"]
-
     asks = rule_resources(preset)
 
-    def job(rule, level, count, gpu, cpu_seconds, flop, measured) -> dict:
-        ask = asks[rule.split()[0]]
+    def job(rule, level, count, on_gpu, stage, times, encoder_flop, host_share=1.0) -> dict:
+        """`stage` as rehearsed, done `times` over, plus `encoder_flop` of the real encoder's;
+        the host's seconds times `host_share`."""
+        flop = stage["gflop"] * 1e9 * times + encoder_flop
+        device = (
+            flop / gpu["flops"]
+            + stage["device_gb"] * 1e9 * times / gpu["bytes"]
+            + stage["device_ops"] * times * gpu["launch_s"]
+        )
+        start = startup.get(rule.split()[0], 0)  # once a job, whatever its work
+        host = start + (max(stage["host_s"], stage.get("host_floor_s", 0)) - start) * times
         return {
             "rule": rule,
             "level": level,
             "count": count,
-            "gpu": gpu,
-            "seconds": cpu_seconds + flop / rate,
+            "gpu": on_gpu,
+            "host_s_rehearsed": host,
+            "host_s": host * host_share,
+            "device_s": device,
+            "seconds": host * host_share + device,
             "gflop": flop / 1e9,
-            "peak_rss_mb": measured["peak_rss_mb"],
-            "disk_mb": measured["disk_mb"],
-            "asks_mem_mb": ask["mem_mb"],
-            "asks_minutes": ask["runtime"],
+            "peak_rss_mb": stage["peak_rss_mb"],
+            "disk_mb": stage["disk_mb"] * times,
+            "asks_mem_mb": asks[rule.split()[0]]["mem_mb"],
+            "asks_minutes": asks[rule.split()[0]]["runtime"],
         }
 
     shared = [  # rule, DAG level, jobs, on a GPU, encoder FLOPs
@@ -194,45 +252,47 @@ def jobs(preset: str, rate: float, flops: dict, loaders: dict) -> list[dict]:
         # every extract-features batch holding a train-set image is encoded whole: about all
         ("write_pseudo_masks", 4, FOLDS, encodes, encodes * images * at_input),
     ]
-    rows = [
-        job(r, level, n, gpu, stages[r]["seconds"], f, stages[r]) for r, level, n, gpu, f in shared
-    ]
-    later = pascal["stages"]
-    bank_seconds = later["build_bank"]["seconds"] * fold_set / pascal["work"]["fold_train_set"]
+    rows = [job(r, level, n, g, *stages[r], f) for r, level, n, g, f in shared]
+    train, bank, evaluate = (later["stages"][r] for r in ("train", "build_bank", "evaluate"))
     episodes = e["episodes"] * len(e["seeds"])
-    per_episode = later["evaluate"]["seconds"] / REHEARSED_EPISODES * pixels
+    workers = REHEARSED_WORKERS / e["workers"]  # build_bank's and evaluate's loaders
     for shot in SHOTS:
         samples = t["batch_episodes"] * loaders[shot] + t["batch_pseudo"] * loaders["pseudo"]
-        loader, gpu_step = samples / (2 * t["workers"]), flops[shot] / rate
+        loader, gpu_step = samples / (2 * t["workers"]), flops[shot] / gpu["flops"]
         waiting = t["iterations"] * max(loader - gpu_step, 0)  # the GPU waits for the loaders
-        train = job(
-            f"train {shot}-shot",
-            5,
-            FOLDS,
-            True,
-            later["train"]["seconds"] + waiting,
-            t["iterations"] * flops[shot],
-            later["train"],
-        )
+        # the rehearsal's few steps stand for none: start-up and the loaders' wait on the host
+        steps = {"host_s": train["host_s"] + waiting, "gflop": 0, "device_gb": 0, "device_ops": 0}
+        read = episodes / REHEARSED_EPISODES * (1 + shot) / 2  # an episode reads 1 + shot images
         rows += [
-            train | {"loader_s_per_step": loader, "gpu_s_per_step": gpu_step},
+            job(
+                f"train {shot}-shot",
+                5,
+                FOLDS,
+                True,
+                train | steps,
+                1,
+                t["iterations"] * flops[shot],
+            )
+            | {"loader_s_per_step": loader, "gpu_s_per_step": gpu_step},
             job(
                 f"build_bank {shot}-shot",
                 6,
                 FOLDS,
                 True,
-                bank_seconds * pixels,
+                bank,
+                fold_set / later["work"]["fold_train_set"],
                 fold_set * image,
-                later["build_bank"],
+                workers,
             ),
             job(
                 f"evaluate {shot}-shot",
                 7,
                 FOLDS,
                 True,
-                per_episode * episodes * (1 + shot) / 2,
+                evaluate,
+                read,
                 episodes * (1 + shot) * image,
-                later["evaluate"],
+                workers,
             ),
         ]
     return rows
@@ -240,7 +300,7 @@ def jobs(preset: str, rate: float, flops: dict, loaders: dict) -> list[dict]:
 
 def summary(rows: list[dict], models_gb: float) -> dict[str, float]:
     """Hours with one GPU (every job in turn) and with 8 (the critical path), GPU-hours, disk
-    (the models' as bench/disk.py counts them: the stand-in's model.pt is a few kB)."""
+    (the models' as `disk_bound` counts them: the stand-in's model.pt is a few kB)."""
     levels = [max(r["seconds"] for r in rows if r["level"] == level) for level in range(5)]
     per_model = max(
         sum(r["seconds"] for r in rows if r["rule"].endswith(f" {shot}-shot")) for shot in SHOTS
@@ -248,6 +308,11 @@ def summary(rows: list[dict], models_gb: float) -> dict[str, float]:
     eight = sum(levels) + per_model
     return {
         "one_gpu_hours": sum(r["count"] * r["seconds"] for r in rows) / 3600,
+        "one_gpu_hours_host_as_rehearsed": sum(
+            r["count"] * (r["seconds"] - r["host_s"] + r["host_s_rehearsed"]) for r in rows
+        )
+        / 3600,
+        "device_hours": sum(r["count"] * r["device_s"] for r in rows) / 3600,
         "gpu_busy_hours": sum(r["count"] * r["seconds"] for r in rows if r["gpu"]) / 3600,
         "eight_gpu_hours": eight / 3600,
         "eight_gpus_held_hours": GPUS * eight / 3600,
@@ -260,21 +325,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=REPO / ".bench-rehearsal")
     parser.add_argument("--gpu-tflops", type=float, default=100.0)
+    parser.add_argument("--gpu-tbps", type=float, default=1.0, help="memory, TB/s")
+    parser.add_argument("--launch-us", type=float, default=20.0, help="per torch operation")
     parser.add_argument("--samples", type=int, default=24, help="loader samples timed")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rate = args.gpu_tflops * 1e12
+    gpu = {"flops": args.gpu_tflops * 1e12, "bytes": args.gpu_tbps * 1e12}
+    gpu["launch_s"] = args.launch_us * 1e-6
     sample = json.loads((RESULTS / "rehearsal_coco.json").read_text())["sample"]
-    bound = json.loads((RESULTS / "disk.json").read_text())["gb"]
-    results = {"gpu_tflops": args.gpu_tflops, "assumed": ASSUMED}
+    bound = {name: disk_bound(*counts) for name, counts in DISK.items()}
+    results = {"gpu": vars(args) | {"runs": None}, "assumed": ASSUMED, "disk_gb": bound}
     loaders = loader_seconds(  # both presets train on 473 crops, with the same rescale
         args.runs / f"coco-1-{sample['input_size']}", preset_config("coco"), args.samples
     )
     results["loader_s_per_sample"] = loaders
+    startup = {rule: limits.startup_seconds(rule.replace("_", "-")) for rule in RULES}
+    results["startup_s"] = startup
     for preset in ("pascal", "coco"):
         config = preset_config(preset)
         flops = {shot: step_flops(config, shot) for shot in SHOTS}
-        rows = jobs(preset, rate, flops, loaders)
+        rows = jobs(preset, gpu, flops, loaders, startup)
         name, keep = ("pascal (voc_sbd)", True) if preset == "pascal" else ("coco", False)
         upper = sum(gb for a, gb in bound[name].items() if keep or a != "features.zarr")
         results[preset] = {
@@ -299,13 +369,15 @@ def short_of_ask(job: dict) -> list[str]:
 
 
 def report(r: dict) -> list[str]:
+    g = r["gpu"]
     lines = [
         "## Each preset's full run on GPUs, projected (`bench/projection.py`)",
         "",
         "4 folds, 1- and 5-shot, 6,000 iterations, 5 test seeds of 1,000 (PASCAL) or 4,000 "
-        f"(COCO) episodes; the encoder at {r['gpu_tflops']:g} TFLOP/s. Per job: the CPU side "
-        "as rehearsed plus the encoder's FLOPs over that rate (hours, per job; peak RSS of the "
-        "host process; disk written by all the rule's jobs).",
+        f"(COCO) episodes; the device at {g['gpu_tflops']:g} TFLOP/s, {g['gpu_tbps']:g} TB/s "
+        f"and {g['launch_us']:g} us an operation. Per job (hours each): its host's seconds as "
+        "rehearsed (over the worker count where it has loaders), its device's work at those "
+        "rates; peak RSS of the host process; disk written by all the rule's jobs.",
     ]
     for preset in ("pascal", "coco"):
         p = r[preset]
@@ -313,12 +385,13 @@ def report(r: dict) -> list[str]:
             "",
             f"**{preset.upper()}**",
             "",
-            "| job | jobs | GPU | hours each | asks h | TFLOP each | peak RSS GB | asks GB | "
-            "disk GB | short of its ask |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+            "| job | jobs | GPU | host h | device h | hours each | asks h | TFLOP each | "
+            "peak RSS GB | asks GB | disk GB | short of its ask |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         lines += [
             f"| {j['rule']} | {j['count']} | {'yes' if j['gpu'] else 'no'} | "
+            f"{j['host_s'] / 3600:.2f} | {j['device_s'] / 3600:.2f} | "
             f"{j['seconds'] / 3600:.2f} | {j['asks_minutes'] / 60:g} | {j['gflop'] / 1e3:,.0f} | "
             f"{j['peak_rss_mb'] / 1024:.1f} | {j['asks_mem_mb'] / 1000:g} | "
             f"{j['count'] * j['disk_mb'] / 1024:,.1f} | {', '.join(short_of_ask(j)) or '-'} |"
@@ -333,15 +406,37 @@ def report(r: dict) -> list[str]:
         )
         lines += [
             "",
-            f"One GPU, every job in turn: **{s['one_gpu_hours']:.1f} h**. Eight GPUs (default "
-            f"profile on one box; slurm with 8 GPUs granted at once, plus its queue waits): "
+            f"One GPU, every job in turn: **{s['one_gpu_hours']:.1f} h** "
+            f"({s['one_gpu_hours_host_as_rehearsed']:.1f} h with the host as rehearsed; the "
+            f"device busy {s['device_hours']:.1f} h). Eight GPUs (default profile on one box; "
+            f"slurm with 8 GPUs granted at once, plus its queue waits): "
             f"**{s['eight_gpu_hours']:.1f} h** wall, {s['eight_gpus_held_hours']:.0f} GPU-hours "
             f"held ({s['gpu_busy_hours']:.1f} busy). Disk: {s['disk_gb']:.0f} GB written as "
-            f"measured ({s['disk_upper_bound_gb']:.0f} GB uncompressed bound, `bench/disk.py`); "
+            f"measured ({s['disk_upper_bound_gb']:.0f} GB uncompressed bound, below); "
             f"host memory at most {s['peak_rss_gb']:.1f} GB a job. Training steps: {steps}.",
         ]
     lines += ["", "What each factor rests on:", ""]
     lines += [f"- {factor}: {why}." for factor, why in r["assumed"].items()]
+    return lines + disk_table(r["disk_gb"])
+
+
+def disk_table(rows: dict[str, dict[str, float]]) -> list[str]:
+    lines = [
+        "",
+        "Scratch disk per preset (GB, uncompressed upper bounds; this script's docstring gives "
+        "the counts and shapes they assume):",
+        "",
+        "| artifact | " + " | ".join(rows) + " |",
+        "|---" * (len(rows) + 1) + "|",
+    ]
+    for name in next(iter(rows.values())):
+        lines.append(f"| {name} | " + " | ".join(f"{r[name]:,.1f}" for r in rows.values()) + " |")
+    for keep in (True, False):
+        total = [
+            sum(v for n, v in r.items() if keep or n != "features.zarr") for r in rows.values()
+        ]
+        label = "total, keep_features: " + ("true" if keep else "false")
+        lines.append(f"| **{label}** | " + " | ".join(f"**{t:,.0f}**" for t in total) + " |")
     return lines
 
 

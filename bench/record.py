@@ -11,7 +11,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,40 +103,3 @@ def run_stage(stage: str, **flags) -> dict:
         raise SystemExit(f"stage failed: {' '.join(command)}\n{done.stderr[-2000:]}")
     seconds, maxrss_kb = done.stdout.split()
     return {"seconds": round(float(seconds), 2), "peak_rss_mb": round(int(maxrss_kb) / 1024)}
-
-
-def tree_memory(command: list[str], every: float = 0.2) -> dict:
-    """Run `command`; poll the summed RSS and PSS of its process tree every `every` s. RSS
-    counts a page shared by forked workers once per process (Snakemake's benchmark max_rss
-    sums it so); PSS splits it among them, as a memory cgroup charges it once."""
-
-    def tree(pid: int) -> list[int]:
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            return []
-        return [pid, *(p for child in children for p in tree(int(child)))]
-
-    def rss_pss(pid: int) -> tuple[int, int]:
-        try:
-            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-        except OSError:
-            return 0, 0
-        kb = {line.split(":")[0]: int(line.split()[1]) for line in lines[1:]}
-        return kb["Rss"], kb["Pss"]
-
-    start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak_rss = peak_pss = 0
-    while child.poll() is None:
-        sampled = [rss_pss(pid) for pid in tree(child.pid)]
-        peak_rss = max(peak_rss, sum(r for r, _ in sampled))
-        peak_pss = max(peak_pss, sum(p for _, p in sampled))
-        time.sleep(every)
-    if child.returncode:
-        raise SystemExit(f"failed ({child.returncode}): {' '.join(command)}")
-    return {
-        "seconds": round(time.perf_counter() - start, 1),
-        "tree_rss_mb": round(peak_rss / 1024),
-        "tree_pss_mb": round(peak_pss / 1024),
-    }

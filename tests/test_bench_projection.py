@@ -4,6 +4,8 @@ coco runs on, and the pieces of the GPU projection that are not read from measur
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,6 +90,32 @@ def test_rule_resources_are_read_from_a_dry_run():
     assert asks["prepare"]["mem_mb"] == 16000  # workflow/rules/data.smk: COCO's JSON
     assert {"train", "build_bank", "evaluate", "cluster"} <= asks.keys()
     assert all(np.isfinite(a["runtime"]) and a["runtime"] > 0 for a in asks.values())
+
+
+STAGE = """
+import torch
+conv = torch.nn.Conv2d(3, 4, 3)
+with torch.inference_mode():
+    conv(torch.ones(2, 3, 8, 8))  # conv2d, decomposed to the convolution FlopCounterMode counts
+product = torch.ones(5, 6) @ torch.ones(6, 7)
+product.view(35)  # moves nothing
+"""
+
+
+def test_the_rehearsal_counts_a_stages_device_work(tmp_path):
+    """bench/standin/ in a process run as `latentfss STAGE`: every torch operation of its main
+    process counted (FLOPs by FlopCounterMode's formulas, bytes read and written), written to
+    STAGE.json at exit."""
+    (tmp_path / "latentfss").write_text(STAGE)
+    env = os.environ | {
+        "PYTHONPATH": str(REPO / "bench/standin"),
+        "LATENTFSS_DEVICE_WORK": str(tmp_path / "work"),
+    }
+    subprocess.run([sys.executable, str(tmp_path / "latentfss"), "evaluate"], env=env, check=True)
+    work = json.loads((tmp_path / "work/evaluate.json").read_text())
+    assert work["flops"] == 2 * (2 * 4 * 3 * 3 * 3 * 6 * 6) + 2 * (5 * 6 * 7)
+    assert work["ops"] >= 6 and work["bytes"] >= 4 * (2 * 3 * 8 * 8 + 2 * 4 * 6 * 6 + 5 * 7)
+    assert 0 < work["seconds"] <= work["inside_s"] and work["dispatch_s"] >= 0
 
 
 @pytest.mark.parametrize("preset", ["pascal", "coco"])

@@ -1,11 +1,20 @@
-"""bench/rehearsal.py's stand-in encoder, for the processes it starts (this folder is on their
-PYTHONPATH and $LATENTFSS_STANDIN is 1): every `Encoder(arch)` is `StandIn(arch)`, the same
-output as the dilated ResNet's layer3 (its channels at stride 8, the same grid sizes) from a
-fixed random projection of 8 x 8 pixel means, so that a rehearsal's data path (Zarr sizes,
-prototypes, K-Means, masks, the bank, evaluation at full resolution) is real and its encoder
-cheap. It never reaches the package: latentfss itself has no such choice."""
+"""bench/rehearsal.py's hooks into the processes it starts (this folder is on their PYTHONPATH).
+
+$LATENTFSS_STANDIN=1: every `Encoder(arch)` is `StandIn(arch)`, the same output as the dilated
+ResNet's layer3 (its channels at stride 8, the same grid sizes) from a fixed random projection
+of 8 x 8 pixel means, so that a rehearsal's data path (Zarr sizes, prototypes, K-Means, masks,
+the bank, evaluation at full resolution) is real and its encoder cheap.
+
+$LATENTFSS_DEVICE_WORK=DIR: a `latentfss STAGE` process counts every torch operation its main
+thread runs (`DeviceWork`), the work a GPU job does on the device, and writes DIR/STAGE.json at
+exit: the operations, their seconds here, their FLOPs (torch's FlopCounterMode formulas: matrix
+products and convolutions) and the bytes they read and write (inputs and outputs, views
+excluded). The rest of the stage's time is the host's.
+
+Neither reaches the package: latentfss itself has no such choice."""
 
 import os
+import sys
 
 if os.environ.get("LATENTFSS_STANDIN") == "1":
     import torch
@@ -32,3 +41,83 @@ if os.environ.get("LATENTFSS_STANDIN") == "1":
             return super().train(mode)
 
     latentfss.encoder.Encoder = StandIn
+
+STAGE = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss") and STAGE:
+    import atexit
+    import json
+    import time
+    from pathlib import Path
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+    from torch.utils._pytree import tree_leaves
+    from torch.utils.flop_counter import flop_registry
+
+    class DeviceWork(TorchDispatchMode):
+        """Sums every operation's seconds, FLOPs and bytes, and the seconds spent in here,
+        counting included."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.pid, self.depth = os.getpid(), 0
+            keys = ("ops", "seconds", "flops", "bytes", "calls", "inside_s")
+            self.work = dict.fromkeys(keys, 0)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            entered, self.depth = time.perf_counter(), self.depth + 1
+            self.work["calls"] += 1
+            try:
+                return self.count(func, args, kwargs)
+            finally:
+                self.depth -= 1
+                if not self.depth:
+                    self.work["inside_s"] += time.perf_counter() - entered
+
+        def count(self, func, args, kwargs):
+            if func.overloadpacket not in flop_registry:  # e.g. conv2d in inference mode:
+                with self:  # its parts (a convolution), as FlopCounterMode counts them
+                    out = func.decompose(*args, **kwargs)
+                if out is not NotImplemented:
+                    return out
+            start = time.perf_counter()
+            out = func(*args, **kwargs)
+            work = self.work
+            work["ops"] += 1
+            work["seconds"] += time.perf_counter() - start
+            if func.overloadpacket in flop_registry:
+                work["flops"] += flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
+            if not func.is_view:
+                tensors = [t for t in tree_leaves((args, kwargs, out)) if torch.is_tensor(t)]
+                work["bytes"] += sum(t.nelement() * t.element_size() for t in tensors)
+            return out
+
+    def dispatch_cost(calls: int = 2000) -> float:
+        """Seconds a call spends reaching the mode and back, outside `inside_s`: a small
+        operation timed with the mode, less its time inside, against the same without."""
+        x, before = torch.zeros(1), dict(MODE.work)
+        start = time.perf_counter()
+        for _ in range(calls):
+            torch.add(x, x)
+        with_mode = time.perf_counter() - start
+        inside, op = (MODE.work[k] - before[k] for k in ("inside_s", "seconds"))
+        with _disable_current_modes():
+            start = time.perf_counter()
+            for _ in range(calls):
+                torch.add(x, x)
+            bare = time.perf_counter() - start
+        return max(with_mode - inside - (bare - op), 0) / calls
+
+    MODE = DeviceWork()
+    MODE.__enter__()
+    os.register_at_fork(after_in_child=lambda: MODE.__exit__(None, None, None))  # workers
+
+    @atexit.register
+    def _write() -> None:
+        if os.getpid() == MODE.pid:
+            work = dict(MODE.work)  # before the calibration's calls
+            work["dispatch_s"] = work["calls"] * dispatch_cost()
+            folder = Path(os.environ["LATENTFSS_DEVICE_WORK"])
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{STAGE}.json").write_text(json.dumps(work))
