@@ -48,9 +48,10 @@ CPU_ENV = "../../envs/latentfss-cpu.yaml"
 GPU_ENV = "../../envs/latentfss-gpu.yaml"
 KEEP_FEATURES = config["annotation"]["keep_features"]
 # runtime factor of the stages whose work grows with the train images or the test episodes:
-# COCO has 14x PASCAL's train images and 4x its episodes, and bench/projection.py projects its
-# pool_prototypes and write_pseudo_masks at 2.9 and 3.8 h, its 5-shot evaluate at 3.8 h on a
-# GPU node (upper bounds). SLURM kills a job at its runtime, and only train resumes.
+# COCO has 14x PASCAL's train images and 4x its episodes. bench/projection.py projects each of
+# these jobs at a quarter of an hour or less on a GPU node, from CPU rehearsals, never yet
+# measured on a GPU: the asks keep a wide margin, as SLURM kills a job at its runtime and only
+# train resumes.
 LONGER = 4 if DATASET == "coco" else 1
 # GPU-type jobs (train, build_bank, evaluate) declare the cores they use: one torch thread, and
 # on a GPU machine their data-loader processes, which then do the CPU's work. Without a GPU the

@@ -48,7 +48,7 @@ rule evaluate:
     threads: lambda w: gpu_job_threads(loaders=ROWS[w.row]["evaluate"]["workers"])
     resources:
         gpu=1,
-        mem_mb=4000,
+        mem_mb=8000,  # the query features it keeps (evaluate.cache_mb) are the host's on a CPU
         runtime=240 * LONGER,
     params:
         out=lambda wildcards, output: Path(output.metrics).parent,
