@@ -1,5 +1,6 @@
-"""bench/coco_archives.py and bench/projection.py: the generated COCO that bench/rehearsal.py
-coco runs on, and the pieces of the GPU projection that are not read from measurements."""
+"""bench/coco_archives.py, bench/rehearsal.py and bench/projection.py: the generated COCO that
+the rehearsal runs on, what it counts and times, and the pieces of the GPU projection that are
+not read from measurements."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import coco_archives  # noqa: E402
+import rehearsal  # noqa: E402
 import train as train_bench  # noqa: E402
 from limits import count_flops  # noqa: E402
 from projection import encoder_flops, rule_resources, short_of_ask  # noqa: E402
@@ -116,6 +118,14 @@ def test_the_rehearsal_counts_a_stages_device_work(tmp_path):
     assert work["flops"] == 2 * (2 * 4 * 3 * 3 * 3 * 6 * 6) + 2 * (5 * 6 * 7)
     assert work["ops"] >= 6 and work["bytes"] >= 4 * (2 * 3 * 8 * 8 + 2 * 4 * 6 * 6 + 5 * 7)
     assert 0 < work["seconds"] <= work["inside_s"] and work["dispatch_s"] >= 0
+
+
+def test_host_floors_time_a_runs_own_inputs_and_outputs(annotated):
+    """The annotation's host floors on the tiny annotated run (features.zarr kept): each stage
+    starts, reads its masks and features and writes its store again in measurable time."""
+    floors = rehearsal.host_floors(annotated, rehearsal.ANNOTATION)
+    assert floors.keys() == {"pool_prototypes", "write_pseudo_masks"}
+    assert all(seconds > 0 for seconds in floors.values())
 
 
 @pytest.mark.parametrize("preset", ["pascal", "coco"])
