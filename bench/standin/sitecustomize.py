@@ -9,7 +9,9 @@ $LATENTFSS_DEVICE_WORK=DIR: a `latentfss STAGE` process counts every torch opera
 thread runs (`DeviceWork`), the work a GPU job does on the device, and writes DIR/STAGE.json at
 exit: the operations, their seconds here, their FLOPs (torch's FlopCounterMode formulas: matrix
 products and convolutions) and the bytes they read and write (inputs and outputs, views
-excluded). The rest of the stage's time is the host's.
+excluded). The rest of the stage's time is the host's. An operation that inference mode leaves
+composite (conv2d, say) is counted as its parts, as FlopCounterMode counts it, which can run
+slower: the seconds here are an upper bound. DataLoader workers forked from it count nothing.
 
 Neither reaches the package: latentfss itself has no such choice."""
 
