@@ -226,6 +226,7 @@ def jobs(preset: str, gpu: dict, flops: dict, loaders: dict, startup: dict) -> l
             + stage["device_gb"] * 1e9 * times / gpu["bytes"]
             + stage["device_ops"] * times * gpu["launch_s"]
         )
+        ask = asks[rule.split()[0]]
         start = startup.get(rule.split()[0], 0)  # once a job, whatever its work
         host = start + (max(stage["host_s"], stage.get("host_floor_s", 0)) - start) * times
         return {
@@ -240,8 +241,8 @@ def jobs(preset: str, gpu: dict, flops: dict, loaders: dict, startup: dict) -> l
             "gflop": flop / 1e9,
             "peak_rss_mb": stage["peak_rss_mb"],
             "disk_mb": stage["disk_mb"] * times,
-            "asks_mem_mb": asks[rule.split()[0]]["mem_mb"],
-            "asks_minutes": asks[rule.split()[0]]["runtime"],
+            "asks_mem_mb": ask["mem_mb"],
+            "asks_minutes": ask["runtime"],
         }
 
     shared = [  # rule, DAG level, jobs, on a GPU, encoder FLOPs

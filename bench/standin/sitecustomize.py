@@ -78,8 +78,9 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
                     self.work["inside_s"] += time.perf_counter() - entered
 
         def count(self, func, args, kwargs):
-            if func.overloadpacket not in flop_registry:  # e.g. conv2d in inference mode:
-                with self:  # its parts (a convolution), as FlopCounterMode counts them
+            flops = flop_registry.get(func.overloadpacket)
+            if flops is None:  # e.g. conv2d in inference mode: its parts (a convolution),
+                with self:  # as FlopCounterMode counts them
                     out = func.decompose(*args, **kwargs)
                 if out is not NotImplemented:
                     return out
@@ -88,8 +89,8 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
             work = self.work
             work["ops"] += 1
             work["seconds"] += time.perf_counter() - start
-            if func.overloadpacket in flop_registry:
-                work["flops"] += flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
+            if flops is not None:
+                work["flops"] += flops(*args, **kwargs, out_val=out)
             if not func.is_view:
                 tensors = [t for t in tree_leaves((args, kwargs, out)) if torch.is_tensor(t)]
                 work["bytes"] += sum(t.nelement() * t.element_size() for t in tensors)
