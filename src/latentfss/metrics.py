@@ -33,21 +33,20 @@ class IoUMeter:
         self.union = dict.fromkeys(self.class_ids, 0)
         self.fb_inter, self.fb_union = np.zeros(2, np.int64), np.zeros(2, np.int64)
 
-    def update(self, pred, label, class_id: int) -> tuple[int, int]:
+    def update(self, pred, label, class_id: int) -> None:
         """pred (H, W) in {0, 1}; label (H, W) in {0, 1, IGNORE}: one episode's query, arrays
-        or tensors. -> its foreground (intersection, union), what the class's IoU sums."""
+        or tensors."""
         pred, label = (torch.as_tensor(x)[None] for x in (pred, label))
-        return self.add(iou_counts(pred, label)[0], class_id)
+        self.add(iou_counts(pred, label).cpu().numpy(), np.array([class_id]))
 
-    def add(self, counts: torch.Tensor, class_id: int) -> tuple[int, int]:
-        """One episode's `iou_counts` -> its foreground (intersection, union)."""
-        counts = counts.cpu().numpy()
-        self.fb_inter += counts[:, 0]
-        self.fb_union += counts[:, 1]
-        inter, union = (int(c) for c in counts[1])
-        self.inter[class_id] += inter
-        self.union[class_id] += union
-        return inter, union
+    def add(self, counts: np.ndarray, class_ids: np.ndarray) -> None:
+        """Episodes' `iou_counts` (N, 2, 2) and their classes (N,)."""
+        self.fb_inter += counts[:, :, 0].sum(axis=0)
+        self.fb_union += counts[:, :, 1].sum(axis=0)
+        for c in np.unique(class_ids).tolist():
+            inter, union = counts[class_ids == c, 1].sum(axis=0).tolist()
+            self.inter[c] += inter
+            self.union[c] += union
 
     def per_class(self) -> dict[int, float]:
         return {

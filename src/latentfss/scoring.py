@@ -140,36 +140,37 @@ def evaluate_lists(
     shot_of = shot_of.reshape(supports.shape)  # (E, K) rows of the shot table
     by_query = episodes.groupby("query").indices
     normalise, channels = Normalise(device), model.encoder.channels
-    table = Shots(*(torch.empty(len(keys), channels, device=device) for _ in range(3)))
+    table_rows = []  # the shot table's rows in order: the support images come sorted, as `keys`
     kept, kept_bytes, budget = [], 0, cfg.cache_mb * 2**20
     for item, feats in encoded(model, np.unique(supports), index, cfg, normalise, "supports"):
         first, last = np.searchsorted(keys, item["image_id"] * stride + np.array([0, stride]))
-        for row in range(first, last):  # one shot at a time, as episode_by_episode computes it
-            mask = torch.from_numpy(binary_mask(item["mask"], keys[row] % stride))
-            for column, value in zip(table, model.shots(feats[None], mask[None]), strict=True):
-                column[row] = value[0]
+        for key in keys[first:last]:  # one shot at a time, as episode_by_episode computes it
+            mask = torch.from_numpy(binary_mask(item["mask"], key % stride))
+            table_rows.append(model.shots(feats[None], mask[None]))
         size = 4 * feats.numel() + item["label"].nbytes
         if item["image_id"] in by_query and kept_bytes + size <= budget:
             kept.append(({k: item[k] for k in QUERY_KEYS}, feats))
             kept_bytes += size
+    table = Shots(*(torch.cat(column) for column in zip(*table_rows, strict=True)))
     fg, bg = (torch.empty(len(episodes), channels, device=device) for _ in range(2))
     for rows in np.array_split(np.arange(len(episodes)), -(-len(episodes) // cfg.batch_size)):
         shots = Shots(*(column[shot_of[rows]] for column in table))
         fg[rows], bg[rows] = model.prototypes(shots, bank)
     rest = sorted(set(by_query) - {item["image_id"] for item, _ in kept})
-    meters = {name: IoUMeter(novel) for name in lists}
-    fg_counts = np.zeros((len(episodes), 2), dtype=np.int64)  # intersection, union
+    counts = torch.empty(len(episodes), 2, 2, dtype=torch.int64, device=device)
     for item, feats in itertools.chain(
         kept, encoded(model, rest, index, cfg, normalise, "queries")
     ):
         rows = by_query[item["image_id"]]
         logits = model.match(feats[None].expand(len(rows), -1, -1, -1), fg[rows], bg[rows])
         logits = at_label(logits, item["input_size"], item["covered"], item["label"].shape)
-        preds = foreground(logits)
         label = torch.tensor(item["label"], device=device)[None]
         targets = torch.from_numpy(classes[rows]).to(device)[:, None, None]
-        for row, counts in zip(rows, iou_counts(preds, label, targets).cpu(), strict=True):
-            fg_counts[row] = meters[names[row]].add(counts, int(classes[row]))
+        counts[rows] = iou_counts(foreground(logits), label, targets)
+    counts = counts.cpu().numpy()  # one copy from the device, at the end
+    meters = {name: IoUMeter(novel) for name in lists}
+    for name, meter in meters.items():
+        meter.add(counts[names == name], classes[names == name])
     work = {
         "episodes": len(episodes),
         "seconds": time.perf_counter() - start,
@@ -181,8 +182,8 @@ def evaluate_lists(
             "list": names,
             "episode": episodes["episode"],
             "class_id": classes,
-            "inter": fg_counts[:, 0],
-            "union": fg_counts[:, 1],
+            "inter": counts[:, 1, 0],  # the foreground's
+            "union": counts[:, 1, 1],
         }
     )
     return meters, scores, work
