@@ -18,10 +18,9 @@ DIR/gpu_check.log holds their output:
 - evaluate: encode-once evaluation at original resolution on 500x375 images (ResNet-50, random
   weights and a random region bank of a PASCAL fold's size), 1- and 5-shot episodes/s against
   the matrix-multiply floor and the paper's 27.8 and 12.8 (Table 7), and episode by episode;
-- features: extract-features images/s at the preset's input size;
-- annotation: pool-prototypes and write-pseudo-masks at COCO's 480 x 640, the features
-  computed again on the device (the COCO preset): images/s;
-- faiss: whether the bank's index went to the GPU (faiss-gpu) or stayed on the CPU.
+  where faiss put the bank's index (faiss-gpu: the GPU);
+- annotation: extract-features, pool-prototypes and write-pseudo-masks at COCO's 480 x 640,
+  the features computed again on the device (the COCO preset): images/s.
 
 With `--device cpu` the device side is the CPU running CUDA's bf16 autocast
 ($LATENTFSS_CPU_BF16), so the comparison is of precision alone.
@@ -62,8 +61,7 @@ PAPER_FPS = {1: 27.8, 5: 12.8}  # Table 7, on the authors' GPU, every episode en
 
 # Seconds each part may take; on one H100 they add up to 9 minutes.
 BUDGETS = {
-    "tests": 100, "pipeline": 110, "train": 90, "evaluate": 100, "features": 45,
-    "annotation": 60, "faiss": 20,
+    "tests": 100, "pipeline": 110, "train": 90, "evaluate": 120, "annotation": 100,
 }  # fmt: skip
 QUICK_BUDGET = 300  # each part, on a loaded 2-core CI machine
 SHAPES = {  # the PASCAL preset's, and the tiny ones of --quick
@@ -275,6 +273,7 @@ def random_bank(count: int, channels: int, device: torch.device, regions: int = 
 def evaluate(args, shapes, work: Path, record) -> None:
     """Encode-once evaluation (the evaluate stage's `evaluate_lists`) and episode by episode on
     the same lists, against the floor of the FLOPs they must do."""
+    import faiss
     import limits
     from inference import Floors
 
@@ -322,47 +321,30 @@ def evaluate(args, shapes, work: Path, record) -> None:
                 rows=rows,
                 matmul=f"{rate[0] / 1e12:.1f} TFLOP/s {rate[1]}",
                 bank_images=shapes["bank_images"],
+                faiss_index=type(bank.index).__name__,
+                faiss_on_gpu=device.type == "cuda" and faiss.get_num_gpus() > 0,
             )
 
 
-def features(args, shapes, work: Path, record) -> None:
-    import limits
-
-    index = sized_images(shapes, work)
-    timed = run_stage(
-        "extract-features",
-        index=index,
-        out=work / "sized_features.zarr",
-        encoder_out=work / "sized_encoder_init.pt",
-        encoder=flags(arch=shapes["arch"], weights="none", calibration_images=16),
-        params=flags(input_size=shapes["crop"], batch_size=16),
-        device=args.device,
-        threads=os.cpu_count(),
-    )
-    startup = limits.startup_seconds("extract-features", repeats=1)
-    count = shapes["train"]
-    record(
-        images=count,
-        **timed,
-        startup_seconds=startup,
-        images_per_s=round(count / timed["seconds"], 1),
-        images_per_s_after_startup=round(count / max(timed["seconds"] - startup, 1e-3), 1),
-    )
-
-
 def annotation(args, shapes, work: Path, record) -> None:
-    """pool-prototypes and write-pseudo-masks at COCO's image sizes with the features computed
-    again on the device (the COCO preset's `keep_features: false`): seconds and images/s."""
+    """extract-features (at the preset's input size), then pool-prototypes and
+    write-pseudo-masks with the features computed again on the device (the COCO preset's
+    `keep_features: false`), at COCO's image sizes: seconds and images/s."""
     import limits
 
     index = sized_images(shapes, work, "coco_size")
     init, params = work / "coco_encoder_init.pt", flags(input_size=shapes["crop"], batch_size=16)
     common = dict(index=index, device=args.device, threads=os.cpu_count())
     encoder = flags(arch=shapes["arch"], weights="none", calibration_images=16)
-    run_stage("extract-features", encoder_out=init, encoder=encoder, params=params, **common)
+    stages = {
+        "extract-features": run_stage(
+            "extract-features", out=work / "coco_features.zarr", encoder_out=init,
+            encoder=encoder, params=params, **common,
+        )
+    }  # fmt: skip
     computed = dict(encoder_init=init, annotation=params, **common)
     prototypes, clusters = work / "coco_prototypes.zarr", work / "coco_clusters.zarr"
-    stages = {"pool-prototypes": run_stage("pool-prototypes", out=prototypes, **computed)}
+    stages["pool-prototypes"] = run_stage("pool-prototypes", out=prototypes, **computed)
     protocol = flags(min_support_pixels=shapes["min_support_pixels"])
     run_stage(
         "cluster", index=index, prototypes=prototypes, fold=0, out=clusters,
@@ -378,23 +360,6 @@ def annotation(args, shapes, work: Path, record) -> None:
         after = max(timed["seconds"] - timed["startup_seconds"], 1e-3)
         timed["images_per_s_after_startup"] = round(count / after, 1)
     record(images=count, size=shapes["coco_size"], stages=stages)
-
-
-def faiss_part(args, shapes, work: Path, record) -> None:
-    import faiss
-
-    device = pick_device(args.device)
-    bank = random_bank(shapes["bank_images"], 1024, device)
-    queries = torch.nn.functional.normalize(torch.randn(1000, 1024)).to(device)
-    start = time.perf_counter()
-    bank.nearest_images(queries)
-    record(
-        faiss=faiss.__version__,
-        gpus_seen_by_faiss=faiss.get_num_gpus(),
-        index=type(bank.index).__name__,
-        on_gpu=device.type == "cuda" and faiss.get_num_gpus() > 0,
-        search_1000_ms=round(1000 * (time.perf_counter() - start), 1),
-    )
 
 
 def tests(args, shapes, work: Path, record) -> None:
@@ -421,9 +386,7 @@ PARTS = {
     "pipeline": pipeline,
     "train": train,
     "evaluate": evaluate,
-    "features": features,
     "annotation": annotation,
-    "faiss": faiss_part,
 }
 
 

@@ -27,7 +27,7 @@ def test_the_gpu_check_runs_on_the_cpu(tmp_path):
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     parts = results["parts"]
     assert {name: part["status"] for name, part in parts.items()} == dict.fromkeys(
-        ("tests", "pipeline", "train", "evaluate", "features", "annotation", "faiss"), "ok"
+        ("tests", "pipeline", "train", "evaluate", "annotation"), "ok"
     )
     assert "skipped" in parts["tests"]["summary"]  # no CUDA here: the gpu tests are skipped
     pipeline = parts["pipeline"]
@@ -45,17 +45,16 @@ def test_the_gpu_check_runs_on_the_cpu(tmp_path):
     variants = [(row["shot"], row["variant"]) for row in parts["evaluate"]["rows"]]
     assert variants == [(s, v) for s in (1, 2) for v in ("encode once", "episode by episode")]
     assert all(row["episodes_per_s"] > 0 for row in parts["evaluate"]["rows"])
-    assert parts["features"]["images_per_s"] > 0
+    assert parts["evaluate"]["faiss_on_gpu"] is False
     stages = parts["annotation"]["stages"]
-    assert list(stages) == ["pool-prototypes", "write-pseudo-masks"]
+    assert list(stages) == ["extract-features", "pool-prototypes", "write-pseudo-masks"]
     assert all(stage["images_per_s_after_startup"] > 0 for stage in stages.values())
-    assert parts["faiss"]["on_gpu"] is False
     text = (tmp_path / "gpu_check.md").read_text()
     assert "| pipeline | ok |" in text and "encode once" in text
 
 
 def test_a_part_out_of_time_is_stopped_and_the_next_runs(tmp_path):
-    done = gpu_check(tmp_path, "--only", "faiss", "features", "--budget", "0.5")
-    assert done.returncode != 0 and "faiss, features did not pass" in done.stderr
+    done = gpu_check(tmp_path, "--only", "train", "annotation", "--budget", "0.5")
+    assert done.returncode != 0 and "train, annotation did not pass" in done.stderr
     parts = json.loads((tmp_path / "gpu_check.json").read_text())["parts"]
     assert [part["status"] for part in parts.values()] == ["out of time after 0.5 s"] * 2
