@@ -1,18 +1,10 @@
 """Backs docs/running.md, "What a full run costs": COCO's archives for the rehearsal.
 
 COCO 2014 generated in its own format at full count, for bench/rehearsal.py coco: no
-download, the real JSON's size and the pixels scaled down to save disk.
+download, the real JSON's size, the pixels scaled down to save disk. The tree is
+{ROOT}/train2014/*.jpg, val2014/*.jpg and annotations/instances_{split}.json.
 
     python bench/coco_archives.py ROOT [--scale 0.25] [--train 82783] [--val 40504]
-
-The tree is {ROOT}/train2014/*.jpg, val2014/*.jpg and annotations/instances_{split}.json, as
-`latentfss prepare` reads it. Per image about 2.9 categories drawn with COCO's own instance
-frequencies (person 31%), about 2.5 instances of each, 7.3 in all (geometric counts; 1% of
-images have none), each a polygon of 8-40 vertices; 1.5% of instances are crowds as
-uncompressed RLE; 1% of the JPEGs are greyscale. Image sides are COCO's common ones (640 x 480,
-640 x 427, 480 x 640, 500 x 375) times --scale; coordinates are in the scaled image, so the
-JSON has COCO's size whatever the scale. `subset` writes a root of the first fraction of each
-split, whose image folders are links to the full root's.
 """
 
 from __future__ import annotations
@@ -26,14 +18,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SPLITS = {"train2014": 82_783, "val2014": 40_504}
-CATEGORY_IDS = [
-    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
-    *range(72, 83), *range(84, 91),
-]  # fmt: skip
-SIDES = [(640, 480), (640, 427), (480, 640), (500, 375)]
+CATEGORY_IDS = [c for c in range(1, 91) if c not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}]
+SIDES = [(640, 480), (640, 427), (480, 640), (500, 375)]  # COCO's common ones, times the scale
 INSTANCES_PER_IMAGE = 7.3  # COCO train2014: 604,907 instances on 82,783 images
-CATEGORIES_PER_IMAGE = 2.9  # distinct categories an image holds, on average
-CROWD, GREY, EMPTY = 0.015, 0.01, 0.01
+CATEGORIES_PER_IMAGE = 2.9  # distinct categories an image holds, on average (geometric counts)
+CROWD, GREY, EMPTY = 0.015, 0.01, 0.01  # shares of instances, JPEGs and images
 INSTANCE_COUNTS = [  # COCO train2017's instances per category, in CATEGORY_IDS order
     262465, 7113, 43867, 8725, 5135, 6069, 4571, 9973, 10759, 12884, 1865, 1983, 1285, 9838,
     10806, 4768, 5508, 6587, 9509, 8147, 5513, 1294, 5303, 5131, 8720, 11431, 12354, 6496, 6192,
@@ -64,7 +53,8 @@ def uncompressed_rle(mask: np.ndarray) -> list[int]:
 
 
 def image_record(task: tuple[Path, str, int, int, float]) -> tuple[dict, list[dict]]:
-    """Write one JPEG; its COCO image entry and annotations (ids filled in by the caller)."""
+    """Write one JPEG; its COCO image entry and annotations (ids filled in by the caller), in
+    the image's coordinates: the JSON has COCO's size whatever the scale."""
     folder, split, image_id, seed, scale = task
     rng = np.random.default_rng(seed)
     width, height = (round(s * scale) for s in SIDES[rng.integers(len(SIDES))])
@@ -77,33 +67,30 @@ def image_record(task: tuple[Path, str, int, int, float]) -> tuple[dict, list[di
     annotations = []
     for category in (int(c) for c in chosen for _ in range(rng.geometric(1 / per_kind))):
         points = polygon(rng, width, height)
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        draw.polygon([tuple(p) for p in points], fill=colour)
+        draw.polygon([tuple(p) for p in points], fill=tuple(rng.integers(0, 256, 3).tolist()))
         x, y = points.min(axis=0)
         w, h = points.max(axis=0) - (x, y)
-        area = 0.5 * abs(
-            np.dot(points[:, 0], np.roll(points[:, 1], 1))
-            - np.dot(points[:, 1], np.roll(points[:, 0], 1))
-        )
-        ann = {"image_id": image_id, "category_id": category, "iscrowd": 0}
-        if rng.random() < CROWD:
-            crowd = np.zeros((height, width), np.uint8)
-            crowd[int(y) : int(y + h) + 1, int(x) : int(x + w) + 1] = 1
-            ann |= {
-                "iscrowd": 1,
-                "segmentation": {"size": [height, width], "counts": uncompressed_rle(crowd)},
-            }
-            area = float(crowd.sum())
+        crowd = rng.random() < CROWD
+        ann = {"image_id": image_id, "category_id": category, "iscrowd": int(crowd)}
+        ann["bbox"] = [round(float(v), 2) for v in (x, y, w, h)]
+        if crowd:  # its bounding box, as uncompressed RLE
+            box = np.zeros((height, width), np.uint8)
+            box[int(y) : int(y + h) + 1, int(x) : int(x + w) + 1] = 1
+            ann["segmentation"] = {"size": [height, width], "counts": uncompressed_rle(box)}
+            ann["area"] = float(box.sum())
         else:
             ann["segmentation"] = [np.round(points, 2).ravel().tolist()]
-        annotations.append(
-            ann
-            | {"area": round(float(area), 2), "bbox": [round(float(v), 2) for v in (x, y, w, h)]}
-        )
+            px, py = points.T  # the shoelace formula
+            ann["area"] = round(float(0.5 * abs(px @ np.roll(py, 1) - py @ np.roll(px, 1))), 2)
+        annotations.append(ann)
     if rng.random() < GREY:
         picture = picture.convert("L")
     picture.save(folder / name, quality=90)
     return {"id": image_id, "file_name": name, "height": height, "width": width}, annotations
+
+
+def instances(root: Path, split: str) -> Path:
+    return root / "annotations" / f"instances_{split}.json"
 
 
 def make_coco(root: Path, counts: dict[str, int], scale: float, threads: int) -> dict:
@@ -122,9 +109,8 @@ def make_coco(root: Path, counts: dict[str, int], scale: float, threads: int) ->
         annotations = [ann for _, anns in records for ann in anns]
         for ann_id, ann in enumerate(annotations, 1):
             ann["id"] = ann_id
-        path = root / "annotations" / f"instances_{split}.json"
         data = {"images": images, "annotations": annotations, "categories": categories}
-        path.write_text(json.dumps(data))
+        instances(root, split).write_text(json.dumps(data))
     return facts(root)
 
 
@@ -133,17 +119,15 @@ def facts(root: Path) -> dict[str, dict]:
     JSON's size."""
     written = {}
     for split in SPLITS:
-        path = root / "annotations" / f"instances_{split}.json"
+        path = instances(root, split)
         data = json.loads(path.read_text())
+        images, annotations = len(data["images"]), data["annotations"]
+        with_person = {a["image_id"] for a in annotations if a["category_id"] == 1}
         written[split] = {
-            "images": len(data["images"]),
-            "instances": len(data["annotations"]),
-            "crowds": sum(a["iscrowd"] for a in data["annotations"]),
-            "with_person": round(
-                len({a["image_id"] for a in data["annotations"] if a["category_id"] == 1})
-                / len(data["images"]),
-                3,
-            ),
+            "images": images,
+            "instances": len(annotations),
+            "crowds": sum(a["iscrowd"] for a in annotations),
+            "with_person": round(len(with_person) / images, 3),
             "json_mb": round(path.stat().st_size / 2**20, 1),
         }
     return written
@@ -153,14 +137,11 @@ def subset(full: Path, root: Path, fraction: float) -> None:
     """A root holding the first `fraction` of each split of `full` (image folders linked)."""
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        data = json.loads((full / "annotations" / f"instances_{split}.json").read_text())
-        images = data["images"][: round(fraction * len(data["images"]))]
-        ids = {image["id"] for image in images}
-        data |= {
-            "images": images,
-            "annotations": [a for a in data["annotations"] if a["image_id"] in ids],
-        }
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+        data = json.loads(instances(full, split).read_text())
+        data["images"] = data["images"][: round(fraction * len(data["images"]))]
+        ids = {image["id"] for image in data["images"]}
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
+        instances(root, split).write_text(json.dumps(data))
         if not (root / split).exists():
             (root / split).symlink_to((full / split).resolve(), target_is_directory=True)
 

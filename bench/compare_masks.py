@@ -1,9 +1,5 @@
 """Backs docs/data.md, "Real data": our PASCAL masks against SegmentationClassAug.
 
-How the masks of a prepared index differ from a SegmentationClassAug folder (the zip the
-references link to): images compared, images that differ, and differing pixels, by where the
-index's mask came from (VOC2012's own, or SBD's converted).
-
     python bench/compare_masks.py results/pascal/dataset /data/VOC2012/SegmentationClassAug
 
 Prints a Markdown table; with --out, also writes it and the counts as JSON there.

@@ -6,24 +6,11 @@ The whole GPU path in one command, on a CUDA machine with a bare PyTorch (no Sna
     PYTHONPATH=src:/tmp/site python bench/gpu_check.py --out DIR       # about 9 minutes
     python bench/gpu_check.py --device cpu --quick --out DIR           # tiny shapes; a test
 
-Parts, each in its own process under its own time budget; DIR/gpu_check.json and .md are
-rewritten as each part ends (a part that fails or runs out of time says so, the rest go on),
-DIR/gpu_check.log holds their output:
-
-- tests: the `gpu`-marked tests;
-- pipeline: the tiny pipeline's stages (prepare ... evaluate) on the device and on the CPU in
-  fp32: how many pseudo-mask labels agree, the metrics' differences;
-- train: one training step at the PASCAL preset's shapes with random weights (ResNet-50, crop
-  473, B = 4, M = 32; 1- and 5-shot; micro_batches 1 and 8): seconds and peak memory;
-- evaluate: encode-once evaluation at original resolution on 500x375 images (ResNet-50, random
-  weights and a random region bank of a PASCAL fold's size), 1- and 5-shot episodes/s against
-  the matrix-multiply floor and the paper's 27.8 and 12.8 (Table 7), and episode by episode;
-  where faiss put the bank's index (faiss-gpu: the GPU);
-- annotation: extract-features, pool-prototypes and write-pseudo-masks at COCO's 480 x 640,
-  the features computed again on the device (the COCO preset): images/s.
-
-With `--device cpu` the device side is the CPU running CUDA's bf16 autocast
-($LATENTFSS_CPU_BF16), so the comparison is of precision alone.
+Its parts (tests, pipeline, train, evaluate, annotation: what each measures is in its
+docstring and bench/gpu_checklist.md) run each in its own process under its own time budget.
+DIR/gpu_check.json and .md are rewritten as each part ends (a part that fails or runs out of
+time says so, the rest go on); DIR/gpu_check.log holds their output. With `--device cpu` the
+device side is the CPU running CUDA's bf16 autocast ($LATENTFSS_CPU_BF16): precision alone.
 """
 
 from __future__ import annotations
@@ -93,7 +80,8 @@ def side_env(side: str, device: str) -> str:
 
 
 def pipeline(args, shapes, work: Path, record) -> None:
-    """The tiny pipeline on each side, then what the two sides' artifacts share."""
+    """The tiny pipeline's stages (prepare ... evaluate) on the device and on the CPU in fp32,
+    then what the two sides share: pseudo-mask labels that agree, the metrics' differences."""
     root = work / "tiny"
     if not root.is_dir():
         generate(TINY, root)
@@ -363,6 +351,7 @@ def annotation(args, shapes, work: Path, record) -> None:
 
 
 def tests(args, shapes, work: Path, record) -> None:
+    """The `gpu`-marked tests (skipped without CUDA)."""
     files = sorted(
         str(p.relative_to(REPO))
         for p in (REPO / "tests").glob("test_*.py")

@@ -1,28 +1,18 @@
 """Backs docs/results.md, "Speed against the machine's limits": evaluation's episodes/s.
 
-Inference benchmark: episodes/s of evaluation 1-shot and 5-shot, rectified, on the models
-and banks of an existing run (fold 0), in one process on the same episode lists:
-
-- encode once: `evaluate_lists` as the evaluate stage runs it, over 5 seeds x 1000 episodes,
-  and over seed 0's list alone;
-- episode by episode: the same path encoding every episode anew (`episode_by_episode`, the
-  paper's Table 7 measure of model speed), over seed 0's list;
-- the authors' loop shape: one episode at a time, fp32 (on CUDA: with TF32 convolutions unless
-  cuDNN's allow_tf32 is off; the table says which), autograd on (no_grad only), NCHW, the
-  query and every support through the encoder in separate calls, over seed 0's list;
-
-and build-bank and evaluate as the workflow runs them. Every figure is set against its floor
-(bench/limits.py).
+Evaluation's episodes/s, 1-shot and 5-shot, on fold 0's models and region banks of an existing
+run, in one process on the same episode lists: encoding each distinct image once (5 seeds, and
+seed 0 alone), encoding every episode anew, and the authors' loop shape; then build-bank and
+evaluate as the workflow runs them. Every figure is set against its floor (bench/limits.py).
 
     python bench/inference.py [--results results/synthetic] [--episodes 1000]
 
-The variants that score seed 0's list must agree on its mIoU; the table shows it. Writes
-bench/results/inference.json (`speedup_vs_per_episode` per shot) and inference.md (assembled
-into docs/benchmarks.md by bench/report.py). On a CUDA machine the same run measures the GPU path.
+Writes bench/results/inference.json and inference.md. On a CUDA machine it measures the GPU path.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -36,7 +26,7 @@ from record import arguments, artifact, describe, run_stage, save, scratch, tabl
 from torch.utils.data import DataLoader
 
 from latentfss import layout
-from latentfss.config import EvaluateConfig, defaults
+from latentfss.config import EvaluateConfig, defaults, from_params
 from latentfss.datasets.evaluation import TestEpisodes, at_label
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise
@@ -48,11 +38,10 @@ from latentfss.runs import BANK_KEYS
 from latentfss.runtime import pick_device, precision
 from latentfss.scoring import episode_by_episode, evaluate_lists
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def authors_loop(model, episodes: pd.DataFrame, index, cfg, bank, device):
-    """(prediction, label, class_id) of each episode in the shape of the authors' test loop."""
+    """(prediction, label, class_id) of each episode in the shape of the authors' test loop:
+    autograd on (no_grad only), fp32, each image through the encoder in its own call."""
     data = TestEpisodes(episodes, index.images, index.num_classes, cfg.resize, cfg.input_size)
     normalise = Normalise(device)
     for episode in DataLoader(data, batch_size=None, num_workers=cfg.workers):
@@ -63,23 +52,30 @@ def authors_loop(model, episodes: pd.DataFrame, index, cfg, bank, device):
                 for s, m in zip(episode["supports"], episode["support_masks"], strict=True)
             ]
             fg, bg = model.prototypes(Shots.stack(shots), bank)
-            logits = at_label(
-                model.match(query, fg, bg),
-                tuple(episode["query"].shape[1:]),
-                episode["covered"],
-                episode["size"],
-            )
+            size = tuple(episode["query"].shape[1:])
+            logits = at_label(model.match(query, fg, bg), size, episode["covered"], episode["size"])
         yield logits[0].argmax(0).cpu().numpy(), episode["label"].numpy(), episode["class_id"]
 
 
+def images(episodes: pd.DataFrame) -> list[int]:
+    """Every episode's query and support image ids."""
+    supports = [int(i) for s in episodes["supports"] for i in str(s).split()]
+    return [*map(int, episodes["query"]), *supports]
+
+
 class Floors:
-    """The least compute of evaluation on this machine's figures: the encoder's FLOPs for each
-    image encoded (FlopCounterMode, counted once per input size) plus the matching's, 2 x C
-    multiply-adds per prototype and feature cell of every query (the rectification, the
-    upsampling and the scoring left out)."""
+    """The least compute of evaluation: the encoder's FLOPs for each image encoded plus the
+    matching's, 2 x C multiply-adds per prototype and feature cell of every query (the
+    rectification, the upsampling and the scoring left out)."""
 
     def __init__(self, model, index, cfg, device) -> None:
-        self.model, self.index, self.cfg, self.device, self.cache = model, index, cfg, device, {}
+        self.model, self.index, self.cfg, self.device = model, index, cfg, device
+        self.size_flops = functools.cache(self._count)  # one count per input size
+
+    def _count(self, size: tuple[int, int]) -> int:
+        image = torch.zeros(1, 3, *size, device=self.device)
+        with torch.inference_mode():
+            return limits.count_flops(lambda: self.model.encoder(image))
 
     def _size(self, image_id) -> tuple[int, int]:
         if self.cfg.resize != "none":
@@ -87,15 +83,8 @@ class Floors:
         height, width = self.index.images.loc[int(image_id), ["height", "width"]]
         return int(height), int(width)
 
-    def _encoder_flops(self, size: tuple[int, int]) -> int:
-        if size not in self.cache:
-            image = torch.zeros(1, 3, *size, device=self.device)
-            with torch.inference_mode():
-                self.cache[size] = limits.count_flops(lambda: self.model.encoder(image))
-        return self.cache[size]
-
     def encoder(self, image_ids) -> int:
-        return sum(self._encoder_flops(self._size(image_id)) for image_id in image_ids)
+        return sum(self.size_flops(self._size(image_id)) for image_id in image_ids)
 
     def matching(self, episodes: pd.DataFrame) -> int:
         cells = [-(-h // 8) * -(-w // 8) for h, w in map(self._size, episodes["query"])]
@@ -103,26 +92,22 @@ class Floors:
 
     def per_episode(self, episodes: pd.DataFrame) -> int:
         """Every episode's query and supports encoded anew."""
-        supports = [int(i) for s in episodes["supports"] for i in str(s).split()]
-        return self.encoder([*episodes["query"], *supports]) + self.matching(episodes)
+        return self.encoder(images(episodes)) + self.matching(episodes)
 
     def encode_once(self, episodes: pd.DataFrame) -> int:
-        supports = {int(i) for s in episodes["supports"] for i in str(s).split()}
-        return self.encoder(sorted(set(episodes["query"]) | supports)) + self.matching(episodes)
+        return self.encoder(set(images(episodes))) + self.matching(episodes)
 
 
 def measure_variants(results: Path, shot: int, episodes: int, config: dict, device) -> list[dict]:
     model, _ = load_model(artifact(results, layout.MODEL, fold=0, shot=shot))
     model = model.to(device).to(memory_format=torch.channels_last)
-    e = config["evaluate"]
-    cfg = EvaluateConfig(**{**e, "seeds": tuple(e["seeds"])})
+    cfg = from_params(EvaluateConfig, config["evaluate"], "evaluate")
     bank = load_bank(artifact(results, layout.BANK, fold=0, shot=shot), cfg.top_n, cfg.beta, device)
     index = read_index(results / layout.INDEX)
     novel = novel_classes(0, index.num_classes, config["protocol"]["class_split"])
     val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
     sampler = EpisodeSampler.from_pixels(val, novel, config["protocol"]["min_support_pixels"], shot)
     lists = {f"seed{seed}": sample_test_episodes(sampler, episodes, seed) for seed in cfg.seeds}
-    seed0 = {"seed0": lists["seed0"]}
     floors = Floors(model, index, cfg, device)
     rows = []
 
@@ -143,10 +128,12 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict, devi
         )
         print(rows[-1], flush=True)
 
+    seed0 = {"seed0": lists["seed0"]}
     for variant, chosen in (("encode once", lists), ("encode once, seed 0 alone", seed0)):
         meters, _, work = evaluate_lists(model, chosen, index, cfg, bank, device, novel)
         flops = floors.encode_once(pd.concat(chosen.values()))
         record(variant, meters, work["seconds"], flops, images=work)
+    # the authors' loop keeps the default memory format (NCHW)
     for variant, loop, memory_format in (
         ("episode by episode", episode_by_episode, torch.channels_last),
         ("authors' loop shape", authors_loop, torch.contiguous_format),
@@ -155,66 +142,55 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict, devi
         meter, start = IoUMeter(novel), time.perf_counter()
         for pred, label, class_id in loop(model, lists["seed0"], index, cfg, bank, device):
             meter.update(pred, label, class_id)
-        record(
-            variant,
-            {"seed0": meter},
-            time.perf_counter() - start,
-            floors.per_episode(lists["seed0"]),
-        )
+        seconds = time.perf_counter() - start
+        record(variant, {"seed0": meter}, seconds, floors.per_episode(lists["seed0"]))
     return rows
 
 
 def measure_stages(results: Path, shot: int, config: dict, threads: int, tmp: Path) -> list[dict]:
-    """build-bank and evaluate (every seed) of fold 0 as the workflow runs them, each in its
-    own process, against their floors (evaluate's: encoding its lists' distinct images once)."""
+    """build-bank and evaluate (every seed) of fold 0, each in its own process, against their
+    floors (evaluate's: encoding its lists' distinct images once)."""
     e = config["evaluate"]
     model_path = artifact(results, layout.MODEL, fold=0, shot=shot)
     masks = artifact(results, layout.PSEUDO_MASKS, fold=0)
-    model, _ = load_model(model_path)
     index = read_index(results / layout.INDEX)
-    floors = Floors(
-        model, index, EvaluateConfig(**{**e, "seeds": tuple(e["seeds"])}), torch.device("cpu")
-    )
-    train_set = zarr.open_group(str(masks), mode="r")["image_id"]
+    cfg = from_params(EvaluateConfig, e, "evaluate")
+    floors = Floors(load_model(model_path)[0], index, cfg, torch.device("cpu"))
+    common = dict(index=results / layout.INDEX, model=model_path, threads=threads)
     bank = run_stage(
         "build-bank",
-        index=results / layout.INDEX,
-        model=model_path,
         pseudo_masks=masks,
         out=tmp / "bank",
         params=json.dumps({k: e[k] for k in BANK_KEYS}),
-        threads=threads,
+        **common,
     )
     evaluate = run_stage(
         "evaluate",
-        index=results / layout.INDEX,
-        model=model_path,
         bank=artifact(results, layout.BANK, fold=0, shot=shot),
         fold=0,
         shot=shot,
         out=tmp / "eval",
         params=json.dumps(e),
         protocol=json.dumps(config["protocol"]),
-        threads=threads,
+        **common,
     )
+    train_set = zarr.open_group(str(masks), mode="r")["image_id"][:]
     lists = pd.concat([pd.read_csv(tmp / f"eval/episodes_seed{seed}.csv") for seed in e["seeds"]])
-    rows = []
-    for name, timed, items, flops in (
-        ("build-bank", bank, train_set.shape[0], floors.encoder(train_set[:])),
-        ("evaluate", evaluate, len(lists), floors.encode_once(lists)),
-    ):
-        rows.append(
-            {
-                "stage": name,
-                "shot": shot,
-                "items": items,
-                **timed,
-                "per_s": round(items / timed["seconds"], 1),
-                "work": {"flops": flops},
-                "startup": limits.startup_seconds(name),
-            }
+    return [
+        {
+            "stage": stage,
+            "shot": shot,
+            "items": items,
+            **timed,
+            "per_s": round(items / timed["seconds"], 1),
+            "work": {"flops": flops},
+            "startup": limits.startup_seconds(stage),
+        }
+        for stage, timed, items, flops in (
+            ("build-bank", bank, len(train_set), floors.encoder(train_set)),
+            ("evaluate", evaluate, len(lists), floors.encode_once(lists)),
         )
-    return rows
+    ]
 
 
 def main() -> None:
@@ -222,12 +198,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000, help="per seed (seeds 0-4)")
     args = parser.parse_args()
     config = defaults()  # the default run's config
-    for shot in (1, 5):
-        if not artifact(args.results, layout.BANK, fold=0, shot=shot).is_dir():
-            raise SystemExit(
-                f"{args.results}: run `snakemake --cores 2` first (needs fold 0's "
-                "models and region banks)"
-            )
+    if not all(artifact(args.results, layout.BANK, fold=0, shot=s).is_dir() for s in (1, 5)):
+        raise SystemExit(
+            f"{args.results}: run `snakemake --cores 2` first (needs fold 0's models and banks)"
+        )
     torch.set_num_threads(args.threads)
     device = pick_device()
     rows, stages = [], []
@@ -240,10 +214,10 @@ def main() -> None:
             rows += measure_variants(args.results, shot, args.episodes, config, device)
         rates = limits.measure(device, tmp, before=rates)
     limits.add_floors(rows + stages, rates)
-    speedup = {}
-    for shot in (1, 5):
-        rate = {row["variant"]: row["episodes_per_s"] for row in rows if row["shot"] == shot}
-        speedup[str(shot)] = round(rate["encode once"] / rate["episode by episode"], 2)
+    rate = {(row["shot"], row["variant"]): row["episodes_per_s"] for row in rows}
+    speedup = {
+        str(s): round(rate[s, "encode once"] / rate[s, "episode by episode"], 2) for s in (1, 5)
+    }
     results = {
         "threads": args.threads,
         "device": str(device),
@@ -263,23 +237,21 @@ def markdown(r: dict) -> list[str]:
     lines = [
         "## Inference (`bench/inference.py`)",
         "",
-        f"Machine: {describe(r['machine'])}; {r['threads']} threads, device {r['device']}. "
-        f"Fold 0, resize {e['resize']}, top-N {e['top_n']}, beta {e['beta']}. "
+        f"Machine: {describe(r['machine'])}. Fold 0, resize {e['resize']}, top-N {e['top_n']}, "
+        f"beta {e['beta']}; the authors' loop shape in {r['fp32']}. "
         f"{limits.describe(r['limits'])}.",
         "",
     ]
+    anew = {
+        run["shot"]: run["episodes_per_s"]
+        for run in r["runs"]
+        if run["variant"] == "episode by episode"
+    }
     runs = []
     for run in r["runs"]:
-        anew = next(
-            a
-            for a in r["runs"]
-            if a["shot"] == run["shot"] and a["variant"] == "episode by episode"
-        )
-        images = run.get("images") or {}
-        encoded = images.get("encoded_images", run["episodes"] * (run["shot"] + 1))
-        runs.append(
-            {**run, "encoded": encoded, "vs": run["episodes_per_s"] / anew["episodes_per_s"]}
-        )
+        # encode-once rows count their images; the others encode every episode's
+        encoded = run.get("images", {}).get("encoded_images", run["episodes"] * (run["shot"] + 1))
+        runs.append({**run, "encoded": encoded, "vs": run["episodes_per_s"] / anew[run["shot"]]})
     lines += table(
         runs,
         {

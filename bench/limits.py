@@ -1,15 +1,13 @@
 """Backs docs/results.md, "Speed against the machine's limits": the floors.
 
-What every stage is measured against: the least work it must do (FLOPs counted by torch's
-FlopCounterMode, or bytes it must read and write) over the rate this machine can do that work
-at (matrix multiplies, memory copies and disk writes, measured here with the benchmark's own
-threads). work / rate is the stage's floor: no implementation on this machine can beat it.
-A data-bound stage's host floor is its host's own work timed alone: its inputs decoded
-(`decoding`) and its outputs encoded and written (`rewriting`).
+A stage's floor is the least work it must do (FLOPs, or bytes read and written) over the rate
+this machine does such work at, measured here with the benchmark's own threads; a data-bound
+stage's host floor is its inputs decoded (`decoding`) and its outputs written (`rewriting`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -25,18 +23,23 @@ from torch.utils.flop_counter import FlopCounterMode
 from latentfss import store
 
 
+def clock(step) -> float:
+    """Seconds one call of `step` takes."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
 def _best_rate(step, work: float, device: torch.device, repeats: int = 10) -> float:
     """work / (fastest of `repeats` timed calls of step), after one untimed warm-up call."""
 
-    def timed() -> float:
-        start = time.perf_counter()
+    def synchronised() -> None:
         step()
-        if device.type == "cuda":
+        if device.type == "cuda":  # wait for the kernels, not only their launch
             torch.cuda.synchronize()
-        return time.perf_counter() - start
 
-    timed()
-    return work / min(timed() for _ in range(repeats))
+    synchronised()
+    return work / min(clock(synchronised) for _ in range(repeats))
 
 
 def matmul_rate(device: torch.device) -> tuple[float, str]:
@@ -70,19 +73,15 @@ def startup_seconds(stage: str, repeats: int = 3) -> float:
     """A stage process's fixed cost: starting Python and importing what the stage imports
     (`latentfss STAGE --help`; the fastest of `repeats`, warm page cache)."""
     command = [sys.executable, "-m", "latentfss.cli", stage, "--help"]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return round(min(times), 2)
+    run = functools.partial(subprocess.run, command, check=True, stdout=subprocess.DEVNULL)
+    return round(min(clock(run) for _ in range(repeats)), 2)
 
 
 def measure(device: torch.device, directory: str, before: dict | None = None) -> dict:
-    """The machine's rates with the current torch thread count: matrix multiplies on `device`
-    (where the encoder runs), memory copies on the host (where the byte-bound stages run).
-    A shared machine's rates dip while its other tenants work, so benchmarks measure them
-    before and after their runs and keep the best (`before`)."""
+    """The machine's rates at the current torch thread count: matrix multiplies on `device`
+    (where the encoder runs), memory copies on the host, disk writes in `directory`. A shared
+    machine's rates dip while its other tenants work, so benchmarks measure them before and
+    after their runs, and keep the higher of each (`before`)."""
     flops, dtype = matmul_rate(device)
     rates = {
         "matmul_flop_per_s": flops,
@@ -91,19 +90,8 @@ def measure(device: torch.device, directory: str, before: dict | None = None) ->
     }
     if before is not None:
         rates = {key: max(rate, before[key]) for key, rate in rates.items()}
-    return {
-        **rates,
-        "matmul_dtype": dtype,
-        "threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-
-
-def clock(step) -> float:
-    """Seconds one call of `step` takes."""
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
+    rates.update(matmul_dtype=dtype, threads=torch.get_num_threads(), device=str(device))
+    return rates
 
 
 def decoding(decode, items, threads: int) -> float:

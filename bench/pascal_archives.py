@@ -1,20 +1,14 @@
 """Backs docs/running.md, "What a full run costs": PASCAL's archives for the rehearsal.
 
 PASCAL-5i laid out as the official VOC2012 and SBD archives, at full size, for
-bench/rehearsal.py pascal (which makes them where --data is absent): no download.
+bench/rehearsal.py pascal: no download.
 
     python bench/pascal_archives.py ROOT [--threads 2]
-
-The tree has the official lists' sizes and overlaps (`official_lists`), 12,031 JPEGs of
-500 x 375 (a smooth random field plus noise, about VOC's file sizes), VOC2012's 2,913 palette
-masks with 255 bands about 5 pixels wide, and SBD's 11,355 class maps as compressed .mat files
-holding GTcls (20 sparse boundary maps, Segmentation, CategoriesPresent) as SBD ships them.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -80,6 +74,7 @@ def edges(mask: np.ndarray) -> np.ndarray:
 
 
 def make_one(task: tuple[Path, str, int, bool, bool]) -> None:
+    """One JPEG (a smooth random field plus noise, about VOC's file sizes) and its masks."""
     root, image_id, seed, voc, sbd = task
     rng = np.random.default_rng(seed)
     field = rng.random((HEIGHT // 25, WIDTH // 25, 3)) * 255
@@ -105,7 +100,8 @@ def save_sbd_mat(path: Path, segmentation: np.ndarray) -> None:
     scipy.io.savemat(path, {"GTcls": gt}, do_compression=True)
 
 
-def make_archives(root: Path, threads: int) -> dict:
+def make_archives(root: Path, threads: int) -> dict[str, int]:
+    """The lists, 12,031 JPEGs, VOC2012's 2,913 masks and SBD's 11,355 .mat files."""
     lists = official_lists()
     write_lists(root, lists)
     for folder in ("JPEGImages", "SegmentationClass"):
@@ -114,22 +110,10 @@ def make_archives(root: Path, threads: int) -> dict:
     voc = set(lists["VOC2012 train"] + lists["VOC2012 val"])
     sbd = set(lists["SBD train"] + lists["SBD val"])
     ids = sorted(voc | sbd)
-    start = time.perf_counter()
     with Pool(threads) as pool:
         tasks = [(root, i, seed, i in voc, i in sbd) for seed, i in enumerate(ids)]
         pool.map(make_one, tasks, chunksize=64)
-    return {
-        "images": len(ids),
-        "voc_masks": len(voc),
-        "sbd_mats": len(sbd),
-        "seconds": round(time.perf_counter() - start, 1),
-        "jpeg_mb": round(folder_bytes(root / pascal.VOC / "JPEGImages") / 1e6),
-        "mat_mb": round(folder_bytes(root / pascal.SBD / "cls") / 1e6),
-    }
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir())
+    return {"images": len(ids), "voc_masks": len(voc), "sbd_mats": len(sbd)}
 
 
 def main() -> None:

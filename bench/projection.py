@@ -1,31 +1,14 @@
 """Backs docs/running.md, "What a full run costs": each preset on GPUs, projected.
 
-Each preset's full run projected onto GPUs from what was measured on the CPU: the rehearsals'
-per-stage host seconds, device work, memory and disk (`bench/rehearsal.py`: every
-data-dependent cost at full count, with a stand-in encoder), the real encoder's FLOPs (torch's
-FlopCounterMode on the meta device), the training loaders' seconds per sample (timed here on
-the COCO sample's 640 x 480 images) and the scratch disk's upper bound (`disk_bound`).
+Each preset's full run (4 folds, 1- and 5-shot, 6,000 iterations, 5 test seeds of 1,000 or
+4,000 episodes) projected onto GPUs from the rehearsals (`bench/rehearsal.py`: each stage's
+host seconds, device work, memory and disk at full count), the real encoder's FLOPs (counted
+on the meta device) and the training loaders' seconds per sample (timed here). A job takes its
+host's seconds plus its device's work at the assumed rates; one GPU runs every job in turn, 8
+GPUs the critical path (docs/running.md, "What the projection assumes"). The scratch disk's
+upper bound (`disk_bound`) counts the artifacts uncompressed, from the datasets' counts (DISK).
 
     python bench/projection.py [--runs .bench-rehearsal] [--gpu-tflops 100] [--gpu-tbps 1]
-
-The run: 4 folds, 1- and 5-shot, the presets' 6,000 iterations and 5 test seeds of 1,000
-(PASCAL) or 4,000 (COCO) episodes. A job takes its host's seconds plus its device's work: the
-rehearsed torch operations' FLOPs and bytes and the real encoder's FLOPs at the assumed rates;
-a training step takes the longer of its GPU work and its loaders'. Wall clock: with one GPU,
-every job in turn; with 8 GPUs (the default profile on one box, or the slurm profile with 8
-GPUs free), the critical path, the jobs of each DAG level side by side. ASSUMED says what each
-factor rests on.
-
-Scratch disk: the artifacts' sizes before compression, from the datasets' counts and the
-presets' shapes (an upper bound: every store is Blosc/Zstd-compressed, and features.zarr, the
-one that matters, compresses by about 6%). Nothing is deleted during a run, so the peak is the
-total at the end (plus a train_state.pt, about 0.1 GB, per running training job). Counts:
-PASCAL voc_sbd 5,953 train images (PFENet's list; trainaug: 10,582), at most 500 x 500, of
-which 4,489 (9,118) have SBD masks converted when built from the official archives; COCO 2014
-train 82,783 images, at most 640 x 640, 123,287 masks converted; ResNet-50 layer3: 1,024
-channels, input 473 -> 60 x 60. Pseudo masks: every fold holds at most every train image,
-padded to the largest; the region bank at most K regions per image; prototypes: one per (image,
-class present), taken as 3 per image.
 
 Writes bench/results/projection.json and .md.
 """
@@ -65,43 +48,6 @@ SIDES = {"pascal": (375, 500), "coco": (480, 640)}  # the test images, at origin
 CUDA_CONTEXT_MB = 1000  # host memory a process's CUDA context adds, about (not measured here)
 REHEARSED = SETTINGS["pascal"]["evaluate"]  # as the coco sample: one seed
 REHEARSED_EPISODES, REHEARSED_WORKERS = REHEARSED["episodes"], REHEARSED["workers"]
-ASSUMED = {
-    "GPU rate": "every FLOP (the encoder's bf16 convolutions, the matrix products of the "
-    "annotation, bank and scoring) at --gpu-tflops, about 10% of an H100's 989 TFLOP/s dense "
-    "peak; every byte a torch operation reads or writes at --gpu-tbps, about 30% of its 3.35 "
-    "TB/s; every operation --launch-us more, as eager PyTorch issues kernels one by one "
-    "(assumptions, not measurements); bench/gpu_check.py measures the encoder's rate (train: "
-    "s/step, features: images/s) and the annotation's stages on the device where a GPU is lent",
-    "host": "each job's host seconds as rehearsed on 2 cores: its seconds less the time inside "
-    "its torch operations (counted by bench/standin/, whose own cost stays on the host's "
-    "side), or its host floor where that is longer (decoding in loader workers hides behind "
-    "the CPU's device work, not behind a GPU's); host and device work added, not overlapped; "
-    "a job's process start-up (startup_s, timed here) counted once, the rest scaled with the "
-    "work",
-    "worker count": "build_bank's and evaluate's host seconds divided by their loader workers "
-    "on the node (the presets' evaluate.workers, 4, on the 6 cores profiles/slurm gives them) "
-    "over the rehearsal's 2, as if all their host work were their loaders' (the main process's "
-    "share does not divide; 'host as rehearsed' gives the totals without this); "
-    "pool_prototypes and write_pseudo_masks run with the 2 threads they ask for, as rehearsed",
-    "encoder": "where a stage encodes, the real ResNet-50's FLOPs are added to the operations "
-    "counted in the rehearsal, whose stand-in encoder's own few stay in the count (its bytes "
-    "stand for part of the real one's activations, which are not counted)",
-    "checkpointing": "micro_batches > 1 runs the encoder's forward twice per training step",
-    "loaders": "a step's samples spread evenly over its 2 x train.workers loader processes, "
-    "each at the single-core rate timed here on COCO's 640 x 480 images (PASCAL's are smaller)",
-    "folds and shots": "fold 0's rehearsal stands for every fold; evaluation's work per "
-    "episode grows with the images it reads (1 + shot) and with the episodes, though the "
-    "episodes of 5 seeds share their images (an upper bound)",
-    "COCO": "prepare, extract_features and cluster at full count (images at 1/4 of COCO's "
-    "sides); every other stage from the sample at COCO's own sides, times the full count over "
-    "the sample's (images; fold 0's train set for build_bank; episodes for evaluate)",
-    "asks": "a rule's mem_mb and runtime from a dry run of the preset; SLURM kills a job past "
-    "either: train resumes on its retry (SIGTERM 5 minutes before), every other rule starts over",
-    "SLURM": "8 GPU jobs granted at once; queue waits, which no rehearsal can know, come on top "
-    "of every level of the critical path",
-}
-
-
 DISK = {  # train images, largest image side, K, masks converted by prepare
     "pascal (voc_sbd)": (5_953, 500, 5, 4_489),  # from the official archives: SBD's .mat
     "pascal (trainaug)": (10_582, 500, 5, 9_118),  # masks of images outside VOC2012 train
@@ -111,7 +57,9 @@ ENCODER_PARAMETERS = 8.5e6  # ResNet-50 to layer3 (model.pt without the mining h
 
 
 def disk_bound(images: int, side: int, k: int, converted: int) -> dict[str, float]:
-    """GB of each artifact, uncompressed (1,024 channels on a 60 x 60 grid; 8 models)."""
+    """GB of each artifact, uncompressed: layer3's 1,024 channels on a 60 x 60 grid (input 473),
+    3 classes an image, every fold's masks padded to the largest side, a bank's K + 1 regions
+    an image at most, 8 models."""
     per_feature = 1024 * 4 / 1e9  # a float32 prototype
     return {
         "features.zarr": images * 60 * 60 * per_feature / 2,  # float16
@@ -264,38 +212,16 @@ def jobs(preset: str, gpu: dict, flops: dict, loaders: dict, startup: dict) -> l
         # the rehearsal's few steps stand for none: start-up and the loaders' wait on the host
         steps = {"host_s": train["host_s"] + waiting, "gflop": 0, "device_gb": 0, "device_ops": 0}
         read = episodes / REHEARSED_EPISODES * (1 + shot) / 2  # an episode reads 1 + shot images
-        rows += [
-            job(
-                f"train {shot}-shot",
-                5,
-                FOLDS,
-                True,
-                train | steps,
-                1,
-                t["iterations"] * flops[shot],
-            )
-            | {"loader_s_per_step": loader, "gpu_s_per_step": gpu_step},
-            job(
-                f"build_bank {shot}-shot",
-                6,
-                FOLDS,
-                True,
-                bank,
-                fold_set / later["work"]["fold_train_set"],
-                fold_set * image,
-                workers,
-            ),
-            job(
-                f"evaluate {shot}-shot",
-                7,
-                FOLDS,
-                True,
-                evaluate,
-                read,
-                episodes * (1 + shot) * image,
-                workers,
-            ),
-        ]
+        trained = job(
+            f"train {shot}-shot", 5, FOLDS, True, train | steps, 1, t["iterations"] * flops[shot]
+        )
+        rows.append(trained | {"loader_s_per_step": loader, "gpu_s_per_step": gpu_step})
+        banked = fold_set / later["work"]["fold_train_set"]
+        rows.append(
+            job(f"build_bank {shot}-shot", 6, FOLDS, True, bank, banked, fold_set * image, workers)
+        )
+        encoded = episodes * (1 + shot) * image
+        rows.append(job(f"evaluate {shot}-shot", 7, FOLDS, True, evaluate, read, encoded, workers))
     return rows
 
 
@@ -335,7 +261,7 @@ def main() -> None:
     gpu["launch_s"] = args.launch_us * 1e-6
     sample = json.loads((RESULTS / "rehearsal_coco.json").read_text())["sample"]
     bound = {name: disk_bound(*counts) for name, counts in DISK.items()}
-    results = {"gpu": vars(args) | {"runs": None}, "assumed": ASSUMED, "disk_gb": bound}
+    results = {"gpu": vars(args) | {"runs": None}, "disk_gb": bound}
     loaders = loader_seconds(  # both presets train on 473 crops, with the same rescale
         args.runs / f"coco-1-{sample['input_size']}", preset_config("coco"), args.samples
     )
@@ -416,16 +342,15 @@ def report(r: dict) -> list[str]:
             f"measured ({s['disk_upper_bound_gb']:.0f} GB uncompressed bound, below); "
             f"host memory at most {s['peak_rss_gb']:.1f} GB a job. Training steps: {steps}.",
         ]
-    lines += ["", "What each factor rests on:", ""]
-    lines += [f"- {factor}: {why}." for factor, why in r["assumed"].items()]
+    lines += ["", "What each factor rests on: docs/running.md, 'What the projection assumes'."]
     return lines + disk_table(r["disk_gb"])
 
 
 def disk_table(rows: dict[str, dict[str, float]]) -> list[str]:
     lines = [
         "",
-        "Scratch disk per preset (GB, uncompressed upper bounds; this script's docstring gives "
-        "the counts and shapes they assume):",
+        "Scratch disk per preset (GB, uncompressed upper bounds: every store is compressed, "
+        "and nothing is deleted during a run; `disk_bound` gives the shapes they assume):",
         "",
         "| artifact | " + " | ".join(rows) + " |",
         "|---" * (len(rows) + 1) + "|",

@@ -1,6 +1,4 @@
-"""Backs docs/benchmarks.md: the plumbing every benchmark shares.
-
-What every benchmark records: the machine it ran on, and its results files."""
+"""Backs docs/benchmarks.md: the plumbing every benchmark shares."""
 
 from __future__ import annotations
 
@@ -21,9 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def arguments(doc: str, *, results: bool = False, threads: bool = False) -> argparse.ArgumentParser:
-    """The command line every benchmark starts from: its docstring as the help, `--out` (the
-    folder of its results files) and, when asked, `--results` (a finished run's folder) and
-    `--threads` (all cores by default)."""
+    """A benchmark's command line: its docstring as the help, `--out` (the folder of its results
+    files) and, when asked, `--results` (a finished run) and `--threads` (default: all cores)."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -70,10 +67,10 @@ def table(rows: list[dict], columns: dict[str, str]) -> list[str]:
 
 
 def save(results: dict, render: Callable[[dict], list[str]], out: Path, name: str) -> None:
-    """bench/results/{name}.json: the results, with the machine they ran on (added when they
-    do not say) and the function that renders them, and {name}.md: its lines (assembled into
-    docs/benchmarks.md; `python bench/report.py --render` renders every file again)."""
-    results = results if "machine" in results else {"machine": machine(), **results}
+    """bench/results/{name}.json: the results, with the machine they ran on and the function
+    that renders them, and {name}.md: its lines (assembled into docs/benchmarks.md; `python
+    bench/report.py --render` renders every file again)."""
+    results = {"machine": machine(), **results}
     script = Path(sys.modules[render.__module__].__file__).stem
     results["rendered_by"] = f"{script}.{render.__name__}"
     text = "\n".join(render(results)) + "\n"

@@ -1,28 +1,12 @@
 """Backs docs/running.md, "What a full run costs": the presets at full data scale.
 
-The PASCAL and COCO presets rehearsed at full data scale on the CPU: the preset's DAG through
-Snakemake on generated data in the official formats, with a stand-in encoder (`bench/standin/`:
-ResNet-50's output, 1,024 channels at stride 8, from a cheap projection), so that every
-data-dependent cost is real.
+Each preset's DAG through Snakemake on the CPU, on archives generated in the official formats
+(made where --data is absent) and with bench/standin/'s encoder, so that every data-dependent
+cost is real; each fraction of the train images is its own run. What runs and what is measured:
+that section.
 
     python bench/rehearsal.py pascal --data DIR [--fractions 0.25 0.5 1]
     python bench/rehearsal.py coco --data DIR [--fractions 0.0625 0.25 1] [--sample 1000]
-
-pascal: the archives of `bench/pascal_archives.py` (12,031 images of 500 x 375, the official
-list counts; generated when DIR is absent). Only the counts that multiply time shrink: fold 0,
-1-shot, `train.iterations` 4, one test seed of 1,000 episodes. The train list is the first
-`fraction` of voc_sbd (5,953 images).
-
-coco: `bench/coco_archives.py`'s COCO 2014 at full count, images at 1/4 of COCO's sides
-(generated when DIR is absent), up to fold 0's pseudo masks, annotation.input_size 121 (the
-grid of 473 on the scaled images); `--sample N` runs the whole DAG as pascal's on N train
-images at COCO's own sides and 473, for the costs that scale with pixels.
-
-Each fraction is its own run. Per stage: wall time and peak RSS (Snakemake's benchmark files),
-disk written, the device's work as `bench/standin/` counts it in the stage's process (torch
-operations, their seconds on this CPU, FLOPs, bytes read and written) and the host's seconds,
-the rest; the work done; across the fractions, each figure's growth exponent in the train
-images (a least-squares slope of log figure on log images).
 
 Writes bench/results/rehearsal_{pascal,coco}.json and .md.
 """
@@ -34,6 +18,7 @@ import os
 import shutil
 import subprocess
 from collections import deque
+from functools import partial
 from pathlib import Path
 
 import coco_archives
@@ -63,33 +48,22 @@ SETTINGS = {  # on top of config.yaml and workflow/presets/{dataset}.yaml
     "coco": {"folds": [0], "shots": [1], "encoder": ENCODER},
 }
 SETTINGS["coco sample"] = SETTINGS["pascal"]
+STAGE_FILES = {  # rule: its Snakemake benchmark file and its outputs (the disk it writes)
+    "prepare": ("prepare", [layout.INDEX]),
+    "extract_features": ("extract_features_main", [layout.FEATURES, layout.ENCODER_INIT]),
+    "pool_prototypes": ("pool_prototypes_main", [layout.PROTOTYPES]),
+    "cluster": ("cluster_main_fold0", [layout.CLUSTERS]),
+    "write_pseudo_masks": ("write_pseudo_masks_main_fold0_train_set", [layout.PSEUDO_MASKS]),
+    "train": ("train_main_train0_fold0_shot1", [layout.MODEL]),
+    "build_bank": ("build_bank_main_train0_fold0_shot1", [layout.BANK]),
+    "evaluate": ("evaluate_main_train0_fold0_shot1", [layout.EVAL]),
+}
 FOLD0 = {"row": "main", "tseed": 0, "fold": 0, "shot": 1, "images": "train_set"}
-OUTPUTS = {  # rule -> its outputs under results/{dataset} (the disk each stage writes)
-    rule: [pattern.format(**FOLD0) for pattern in patterns]
-    for rule, patterns in {
-        "prepare": [layout.INDEX],
-        "extract_features": [layout.FEATURES, layout.ENCODER_INIT],
-        "pool_prototypes": [layout.PROTOTYPES],
-        "cluster": [layout.CLUSTERS],
-        "write_pseudo_masks": [layout.PSEUDO_MASKS],
-        "train": [layout.MODEL],
-        "build_bank": [layout.BANK],
-        "evaluate": [layout.EVAL],
-    }.items()
-}
-BENCH_FILES = {  # rule -> its Snakemake benchmark file under results/{dataset}/benchmarks
-    "prepare": "prepare",
-    "extract_features": "extract_features_main",
-    "pool_prototypes": "pool_prototypes_main",
-    "cluster": "cluster_main_fold0",
-    "write_pseudo_masks": "write_pseudo_masks_main_fold0_train_set",
-    "train": "train_main_train0_fold0_shot1",
-    "build_bank": "build_bank_main_train0_fold0_shot1",
-    "evaluate": "evaluate_main_train0_fold0_shot1",
-}
-RULES = list(OUTPUTS)  # the DAG's rules in order
+OUTPUTS = {rule: [p.format(**FOLD0) for p in paths] for rule, (_, paths) in STAGE_FILES.items()}
+RULES = list(STAGE_FILES)  # the DAG's rules in order
 ANNOTATION = RULES[:5]  # coco at 1/4 of its sides: up to the pseudo masks
 SCALE = 0.25  # coco: the generated images' sides, of COCO's
+INPUT_SIZE = 121  # coco: annotation.input_size on them (the grid of 473 on the scaled images)
 COCO_PRESET = yaml.safe_load((REPO / "workflow/presets/coco.yaml").read_text())
 PER_IMAGE = ["prepare", "pool_prototypes", "write_pseudo_masks"]  # coco: work per image, no
 # fixed part worth the name (extract_features only writes encoder_init.pt, cluster's prototypes
@@ -140,23 +114,17 @@ def host_floors(results: Path, rules: list[str], threads: int = 2) -> dict:
     train_set = store.open_group(results / OUTPUTS["cluster"][0], "cluster")["train_set"][:]
     if features.exists():
         feats = zarr.open_group(str(features), mode="r")["feats"]
-        encoded = limits.clock(
-            lambda: deque((feats[s : s + 64] for s in range(0, len(train), 64)), 0)
-        )
+        blocks = range(0, len(train), 64)
+        encoded = limits.clock(lambda: deque((feats[s : s + 64] for s in blocks), 0))
     else:
         size = yaml.safe_load((results.parents[1] / "rehearsal.yaml").read_text())
         size = size.get("annotation", {}).get("input_size", 473)
         paths = train["image"].tolist()
         encoded = limits.clock(lambda: deque(resized_batches(paths, size, 64, threads), 0))
-
-    def decoding(decode, items) -> float:
-        return limits.decoding(decode, list(items), threads)
-
-    def mask(path: str) -> np.ndarray:
-        return read_mask(path, index.num_classes)
-
+    decoding = partial(limits.decoding, threads=threads)
+    mask = partial(read_mask, num_classes=index.num_classes)
     inputs = {
-        "pool_prototypes": decoding(mask, train["mask"]) + encoded,
+        "pool_prototypes": decoding(mask, train["mask"].tolist()) + encoded,
         "write_pseudo_masks": encoded * len(train_set) / len(train),
     }
     outputs = {rule: results / OUTPUTS[rule][0] for rule in inputs}
@@ -171,7 +139,7 @@ def host_floors(results: Path, rules: list[str], threads: int = 2) -> dict:
         shown = {int(i) for s in episodes["supports"] for i in str(s).split()}
         shown = index.images.loc[sorted(shown | set(episodes["query"]))]
         inputs["evaluate"] = decoding(
-            lambda row: (read_image(row.image), mask(row.mask)), shown.itertuples()
+            lambda row: (read_image(row.image), mask(row.mask)), list(shown.itertuples())
         )
     floors = {}
     for rule, seconds in inputs.items():
@@ -182,22 +150,37 @@ def host_floors(results: Path, rules: list[str], threads: int = 2) -> dict:
     return floors
 
 
+def measured(run: Path, results: Path, rule: str) -> dict:
+    """A stage's seconds and peak RSS (its Snakemake benchmark file), its device work (as
+    bench/standin/ counted it), the host's seconds (the rest) and the disk it wrote."""
+    bench = pd.read_csv(results / layout.BENCHMARKS / f"{STAGE_FILES[rule][0]}.tsv", sep="\t")
+    device = json.loads((run / "device_work" / f"{rule.replace('_', '-')}.json").read_text())
+    seconds = float(bench["s"].iloc[0])
+    return {
+        "seconds": round(seconds, 1),
+        "host_s": round(seconds - device["inside_s"] - device["dispatch_s"], 1),
+        "device_s": round(device["seconds"], 1),
+        "device_ops": device["ops"],
+        "gflop": round(device["flops"] / 1e9, 1),
+        "device_gb": round(device["bytes"] / 1e9, 2),
+        "peak_rss_mb": round(float(bench["max_rss"].iloc[0])),
+        "disk_mb": round(sum(disk_mb(results / o) for o in OUTPUTS[rule]), 1),  # 0 if not kept
+    }
+
+
 def rehearse(dataset: str, run: Path, settings: dict, rules: list[str]) -> dict:
-    """The preset's DAG up to `rules` through Snakemake in `run`: per stage seconds, peak RSS,
-    disk written, the device's work and the host's seconds; the work done. features.zarr is
-    deleted after, for the next run's disk."""
+    """The preset's DAG up to `rules[-1]` through Snakemake in `run`: each stage's figures and
+    host floor, the work done. features.zarr is deleted after, for the next run's disk."""
     run.mkdir(parents=True, exist_ok=True)
     (run / "rehearsal.yaml").write_text(yaml.safe_dump(settings))
     shutil.copy(REPO / "config.yaml", run)  # the Snakefile's configfile, in its workdir
     configs = [REPO / f"workflow/presets/{dataset}.yaml", run / "rehearsal.yaml"]
     env = {
+        "LATENTFSS_DEVICE": "cpu",  # unless the caller's says otherwise
         **os.environ,
         "LATENTFSS_STANDIN": "1",
         "LATENTFSS_DEVICE_WORK": str(run / "device_work"),
-        "PYTHONPATH": os.pathsep.join(
-            [str(REPO / "bench/standin"), os.environ.get("PYTHONPATH", "")]
-        ),
-        "LATENTFSS_DEVICE": os.environ.get("LATENTFSS_DEVICE", "cpu"),
+        "PYTHONPATH": f"{REPO / 'bench/standin'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
     results = run / "results" / dataset
     command = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(run), "--cores", "2"]
@@ -205,26 +188,10 @@ def rehearse(dataset: str, run: Path, settings: dict, rules: list[str]) -> dict:
         command += [str(results.relative_to(run) / o) for o in OUTPUTS[rules[-1]]]
     command += ["--configfile", *map(str, configs)]
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-    stages = {}
-    for rule in rules:
-        bench = pd.read_csv(results / layout.BENCHMARKS / f"{BENCH_FILES[rule]}.tsv", sep="\t")
-        outputs = [results / o for o in OUTPUTS[rule] if (results / o).exists()]
-        device = json.loads((run / "device_work" / f"{rule.replace('_', '-')}.json").read_text())
-        seconds = float(bench["s"].iloc[0])
-        stages[rule] = {
-            "seconds": round(seconds, 1),
-            "host_s": round(seconds - device["inside_s"] - device["dispatch_s"], 1),
-            "device_s": round(device["seconds"], 1),
-            "device_ops": device["ops"],
-            "gflop": round(device["flops"] / 1e9, 1),
-            "device_gb": round(device["bytes"] / 1e9, 2),
-            "peak_rss_mb": round(float(bench["max_rss"].iloc[0])),
-            "disk_mb": round(sum(map(disk_mb, outputs)), 1),
-        }
-    work = work_done(results, "build_bank" in rules)
-    floors = host_floors(results, rules)
-    for rule, seconds in floors.items():
+    stages = {rule: measured(run, results, rule) for rule in rules}
+    for rule, seconds in host_floors(results, rules).items():
         stages[rule]["host_floor_s"] = seconds
+    work = work_done(results, "build_bank" in rules)
     shutil.rmtree(results / OUTPUTS["extract_features"][0], ignore_errors=True)
     return {"stages": stages, "work": work}
 
@@ -242,34 +209,36 @@ def rehearse_pascal(data: Path, fraction: float, runs: Path) -> dict:
     return {"fraction": fraction, "images": len(ids), **rehearse("pascal", run, settings, RULES)}
 
 
-def rehearse_coco(data: Path, fraction: float, input_size: int, scale: float, runs: Path) -> dict:
+def rehearse_coco(data: Path, fraction: float, runs: Path, scale: float = SCALE) -> dict:
     """The first `fraction` of each split of the generated COCO at `data`, whose images have
-    `scale` of COCO's sides: the support threshold scales with their area. At COCO's sides
-    (the sample), the whole DAG as pascal runs it; else up to fold 0's pseudo masks."""
+    `scale` of COCO's sides (the support threshold scales with their area): up to fold 0's
+    pseudo masks, or at COCO's own sides (the sample) the whole DAG as pascal runs it."""
+    sample = scale == 1
+    input_size = COCO_PRESET["annotation"]["input_size"] if sample else INPUT_SIZE
     run = runs / f"coco-{fraction:g}-{input_size}"
     root = data if fraction == 1 else runs / f"coco-data-{fraction:g}"
     if fraction != 1:
         coco_archives.subset(data, root, fraction)
-    images = len(json.loads((root / "annotations/instances_train2014.json").read_text())["images"])
+    images = len(json.loads(coco_archives.instances(root, "train2014").read_text())["images"])
     min_pixels = round(COCO_PRESET["protocol"]["min_support_pixels"] * scale**2)
-    settings = SETTINGS["coco sample" if scale == 1 else "coco"] | {
+    settings = SETTINGS["coco sample" if sample else "coco"] | {
         "dataset": {"name": "coco", "root": str(root)},
         "annotation": {"input_size": input_size},
         "protocol": {"min_support_pixels": min_pixels},
     }
-    result = rehearse("coco", run, settings, RULES if scale == 1 else ANNOTATION)
+    result = rehearse("coco", run, settings, RULES if sample else ANNOTATION)
     facts = {"input_size": input_size, "min_support_pixels": min_pixels}
     return {"fraction": fraction, "images": images, **facts, **result}
 
 
 def coco_sample(count: int, runs: Path) -> dict:
-    """The whole DAG on `count` train images at COCO's own sides and the preset's annotation
-    input size: the per-image cost of what scales with pixels."""
+    """The whole DAG on `count` train images at COCO's own sides: the per-image cost of what
+    scales with pixels."""
     root = runs / f"coco-sample-{count}"
     if not root.exists():
         splits = {"train2014": count, "val2014": count // 2}
         coco_archives.make_coco(root, splits, 1.0, os.cpu_count())
-    return rehearse_coco(root, 1, COCO_PRESET["annotation"]["input_size"], 1.0, runs)
+    return rehearse_coco(root, 1, runs, scale=1.0)
 
 
 def exponents(runs: list[dict]) -> dict[str, dict[str, float]]:
@@ -286,36 +255,12 @@ def exponents(runs: list[dict]) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("dataset", choices=["pascal", "coco"])
-    parser.add_argument(
-        "--data",
-        type=Path,
-        required=True,
-        help="bench/pascal_archives.py's or coco_archives.py's tree (made when absent)",
-    )
+    parser.add_argument("--data", type=Path, required=True, help="the archives (made when absent)")
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5, 1.0])
-    parser.add_argument(
-        "--input-size", type=int, default=121, help="coco: annotation.input_size of the runs"
-    )
-    parser.add_argument(
-        "--sample", type=int, default=0, metavar="N", help="coco: N images at COCO's pixels too"
-    )
+    parser.add_argument("--sample", type=int, default=0, help="coco: N images at COCO's sides")
     parser.add_argument("--runs", type=Path, default=REPO / ".bench-rehearsal")
-    parser.add_argument(
-        "--floors",
-        action="store_true",
-        help="measure only the host floors of the results file's last run (kept under --runs)",
-    )
     args = parser.parse_args()
     results = {"dataset": args.dataset, "settings": SETTINGS[args.dataset]}
-    if args.floors:
-        results = json.loads((args.out / f"rehearsal_{args.dataset}.json").read_text())
-        last = results["runs"][-1]
-        run = args.runs / f"{args.dataset}-{last['fraction']:g}"
-        run = run.with_name(f"{run.name}-{args.input_size}") if args.dataset == "coco" else run
-        rules = list(last["stages"])
-        for rule, seconds in host_floors(run / "results" / args.dataset, rules).items():
-            last["stages"][rule]["host_floor_s"] = seconds
-        return save(results, report, args.out, f"rehearsal_{args.dataset}")
     if args.dataset == "pascal":
         if not args.data.exists():
             pascal_archives.make_archives(args.data, os.cpu_count())
@@ -323,12 +268,10 @@ def main() -> None:
     else:
         if not args.data.exists():
             coco_archives.make_coco(args.data, coco_archives.SPLITS, SCALE, os.cpu_count())
-        runs = [
-            rehearse_coco(args.data, f, args.input_size, SCALE, args.runs) for f in args.fractions
-        ]
+        runs = [rehearse_coco(args.data, f, args.runs) for f in args.fractions]
         results |= {
             "scale": SCALE,
-            "input_size": args.input_size,
+            "input_size": INPUT_SIZE,
             "data": coco_archives.facts(args.data),
             "sample": coco_sample(args.sample, args.runs) if args.sample else None,
         }
@@ -336,48 +279,42 @@ def main() -> None:
     save(results, report, args.out, f"rehearsal_{args.dataset}")
 
 
-def floor(stage: dict) -> dict[str, str]:
-    if "host_floor_s" not in stage:
-        return {"floor": "-"}
-    return {
-        "floor": f"{stage['host_floor_s']:.1f} ({stage['host_s'] / stage['host_floor_s']:.1f}x)"
-    }
+def stage_rows(stages: dict, **extra) -> list[dict]:
+    """The stage table's rows; the host floor with the host's seconds over it, where measured."""
+    rows = []
+    for rule, s in stages.items():
+        floor = s.get("host_floor_s")
+        cell = "-" if floor is None else f"{floor:.1f} ({s['host_s'] / floor:.1f}x)"
+        rows.append({"stage": rule, "floor": cell, **extra, **s})
+    return rows
 
 
 def report(r: dict) -> list[str]:
-    """The figures; what they rest on: this script's docstring and docs/running.md."""
+    """The figures; what they rest on: docs/running.md, "What a full run costs"."""
     coco = r["dataset"] == "coco"
+    shape = f"images at {r['scale']:g} of COCO's sides" if coco else "1-shot"
+    stages = [row for run in r["runs"] for row in stage_rows(run["stages"], images=run["images"])]
     lines = [
         f"## The {r['dataset'].upper()} preset rehearsed at data scale "
         f"(`bench/rehearsal.py {r['dataset']}`)",
         "",
-        f"Machine: {describe(r['machine'])}. Fold 0, the stand-in encoder"
-        + (f", images at {r['scale']:g} of COCO's sides." if coco else ", 1-shot.")
-        + " Host s: the stage's seconds less the time its torch operations took (the device's "
-        "work, here on the CPU) and their counting.",
+        f"Machine: {describe(r['machine'])}. Fold 0, the stand-in encoder, {shape}.",
         "",
+        *table(stages, {"train images": "{images:,}", **STAGE_COLUMNS}),
     ]
-    stages = [
-        {"images": run["images"], "stage": rule, **floor(s), **s}
-        for run in r["runs"]
-        for rule, s in run["stages"].items()
-    ]
-    lines += table(stages, {"train images": "{images:,}", **STAGE_COLUMNS})
     if r["growth"]:
         lines += ["", "Growth exponents in the train images (1 = linear):", ""]
         growth = [{"stage": rule, **g} for rule, g in r["growth"].items()]
         lines += table(growth, {"stage": "{stage}", **{k: f"{{{k}}}" for k in GROWTH}})
     if coco and r["sample"]:
-        sample = r["sample"]
+        sample, episodes = r["sample"], SETTINGS["coco sample"]["evaluate"]["episodes"]
         lines += [
             "",
             f"The whole DAG at COCO's own sides ({sample['images']:,} train images, "
             f"{sample['work']['fold_train_set']:,} in fold 0's train set, "
-            f"{SETTINGS['coco sample']['evaluate']['episodes']:,} test episodes):",
+            f"{episodes:,} test episodes):",
             "",
-            *table(
-                [{"stage": k, **floor(v), **v} for k, v in sample["stages"].items()], STAGE_COLUMNS
-            ),
+            *table(stage_rows(sample["stages"]), STAGE_COLUMNS),
         ]
     return lines
 

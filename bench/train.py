@@ -1,13 +1,12 @@
 """Backs docs/method.md, "Training": iterations/s and distance to the floor.
 
-Training benchmark: iterations/s, peak memory and distance to the floor (bench/limits.py) of
-`latentfss train` at the default config, 1-shot and 5-shot, on the annotation artifacts of an
-existing run (results/synthetic by default).
+`latentfss train` at the default config, 1-shot and 5-shot, each in its own process on fold 0's
+annotation artifacts of an existing run: iterations/s, peak memory and distance to the floor
+(bench/limits.py).
 
     python bench/train.py [--results results/synthetic] [--iterations 40] [--threads 2]
 
-Writes bench/results/train.json and train.md (assembled into docs/benchmarks.md by bench/report.py).
-On a CUDA machine the same run measures the GPU path.
+Writes bench/results/train.json and train.md. On a CUDA machine it measures the GPU path.
 """
 
 from __future__ import annotations
@@ -26,12 +25,10 @@ from latentfss.encoder import load_encoder
 from latentfss.model import MatchingNet
 from latentfss.runtime import pick_device
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def timed_train(results: Path, out: Path, shot: int, params: dict, threads: int) -> dict:
-    """One training run in its own process: wall seconds, steps/s, peak RSS."""
-    run = run_stage(
+    """One training run in its own process: wall seconds and peak RSS."""
+    return run_stage(
         "train",
         index=results / layout.INDEX,
         encoder_init=artifact(results, layout.ENCODER_INIT),
@@ -43,19 +40,11 @@ def timed_train(results: Path, out: Path, shot: int, params: dict, threads: int)
         params=json.dumps(params),
         threads=threads,
     )
-    return {
-        "shot": shot,
-        "iterations": params["iterations"],
-        **run,
-        "iterations_per_s": round(params["iterations"] / run["seconds"], 3),
-    }
 
 
 def iteration_flops(results: Path, config: dict, shot: int) -> int:
-    """FLOPs of one iteration's encoder and mining head, forward and backward, on the batch the
-    training loop builds (B queries, B x shot supports, M pseudo-labelled images); the cosine
-    matching and the losses are left out (by hand, a few MFLOP against the 54 (1-shot)
-    to 100 (5-shot) GFLOP counted here per iteration at the default)."""
+    """FLOPs of one training iteration at `config` (step_flops); the cosine matching and the
+    losses, a few MFLOP by hand, are left out."""
     masks = artifact(results, layout.PSEUDO_MASKS, fold=0)
     k = zarr.open_group(str(masks), mode="r").attrs["K"]
     encoder = load_encoder(artifact(results, layout.ENCODER_INIT))
@@ -65,7 +54,8 @@ def iteration_flops(results: Path, config: dict, shot: int) -> int:
 
 def step_flops(model: MatchingNet, train: dict, shot: int) -> int:
     """FLOPs of `model`'s encoder and mining head, forward and backward, on one step's batch
-    (config section `train`); on the meta device they are counted without computing."""
+    (config section `train`: B queries, B x shot supports, M pseudo-labelled images); on the
+    meta device they are counted without computing."""
     model.train()
     for module in model.encoder.modules():  # frozen BatchNorm, as in training
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -86,34 +76,33 @@ def main() -> None:
     parser = arguments(__doc__, results=True, threads=True)
     parser.add_argument("--iterations", type=int, default=40)
     args = parser.parse_args()
-    config = defaults()  # the default run's config
-    if not artifact(args.results, layout.PSEUDO_MASKS, fold=0).is_dir():
+    config, results, iterations = defaults(), args.results, args.iterations
+    if not artifact(results, layout.PSEUDO_MASKS, fold=0).is_dir():
         raise SystemExit(
-            f"{args.results}: run `snakemake --cores 2` first (needs fold 0's pseudo masks)"
+            f"{results}: run `snakemake --cores 2` first (needs fold 0's pseudo masks)"
         )
-    params = {
-        **config["train"],
-        "iterations": args.iterations,
-        "checkpoint_every": 10 * args.iterations,
-    }
+    params = {**config["train"], "iterations": iterations, "checkpoint_every": 10 * iterations}
     torch.set_num_threads(args.threads)
     startup = limits.startup_seconds("train")
     runs = []
     with scratch() as tmp:
         rates = limits.measure(pick_device(), tmp)
         for shot in (1, 5):
-            run = timed_train(args.results, Path(tmp) / f"shot{shot}", shot, params, args.threads)
-            flops = args.iterations * iteration_flops(args.results, config, shot)
-            runs.append({**run, "work": {"flops": flops}, "startup": startup})
+            run = timed_train(results, Path(tmp) / f"shot{shot}", shot, params, args.threads)
+            runs.append(
+                {
+                    "shot": shot,
+                    "iterations": iterations,
+                    **run,
+                    "iterations_per_s": round(iterations / run["seconds"], 3),
+                    "work": {"flops": iterations * iteration_flops(results, config, shot)},
+                    "startup": startup,
+                }
+            )
         rates = limits.measure(pick_device(), tmp, before=rates)
         limits.add_floors(runs, rates)
-    results = {
-        "threads": args.threads,
-        "limits": rates,
-        "train": config["train"],
-        "runs": runs,
-    }
-    save(results, markdown, args.out, "train")
+    saved = {"threads": args.threads, "limits": rates, "train": config["train"], "runs": runs}
+    save(saved, markdown, args.out, "train")
 
 
 def markdown(r: dict) -> list[str]:
@@ -122,7 +111,7 @@ def markdown(r: dict) -> list[str]:
     lines = [
         "## Training (`bench/train.py`)",
         "",
-        f"Machine: {describe(r['machine'])}; {r['threads']} threads. Fold 0, crop {t['crop']}, "
+        f"Machine: {describe(r['machine'])}. Fold 0, crop {t['crop']}, "
         f"B = {t['batch_episodes']}, M = {t['batch_pseudo']}. {limits.describe(r['limits'])}.",
         "",
     ]

@@ -1,19 +1,13 @@
-"""bench/rehearsal.py's hooks into the processes it starts (this folder is on their PYTHONPATH).
+"""bench/rehearsal.py's hooks into the processes it starts (this folder is on their PYTHONPATH);
+latentfss itself has no such choice.
 
-$LATENTFSS_STANDIN=1: every `Encoder(arch)` is `StandIn(arch)`, the same output as the dilated
-ResNet's layer3 (its channels at stride 8, the same grid sizes) from a fixed random projection
-of 8 x 8 pixel means, so that a rehearsal's data path (Zarr sizes, prototypes, K-Means, masks,
-the bank, evaluation at full resolution) is real and its encoder cheap.
+$LATENTFSS_STANDIN=1: every `Encoder(arch)` is `StandIn(arch)`, the dilated ResNet's layer3
+output (its channels at stride 8) from a fixed random projection of 8 x 8 pixel means, so that
+a rehearsal's data path is real and its encoder cheap.
 
 $LATENTFSS_DEVICE_WORK=DIR: a `latentfss STAGE` process counts every torch operation its main
-thread runs (`DeviceWork`), the work a GPU job does on the device, and writes DIR/STAGE.json at
-exit: the operations, their seconds here, their FLOPs (torch's FlopCounterMode formulas: matrix
-products and convolutions) and the bytes they read and write (inputs and outputs, views
-excluded). The rest of the stage's time is the host's. An operation that inference mode leaves
-composite (conv2d, say) is counted as its parts, as FlopCounterMode counts it, which can run
-slower: the seconds here are an upper bound. DataLoader workers forked from it count nothing.
-
-Neither reaches the package: latentfss itself has no such choice."""
+thread runs (`DeviceWork`: what docs/running.md, "What a full run costs", calls the device's
+work) and writes DIR/STAGE.json at exit."""
 
 import os
 import sys
@@ -39,9 +33,6 @@ if os.environ.get("LATENTFSS_STANDIN") == "1":
             pooled = F.avg_pool2d(images, 8, ceil_mode=True, count_include_pad=False)
             return torch.tanh(self.project(pooled))
 
-        def train(self, mode: bool = True) -> "StandIn":
-            return super().train(mode)
-
     latentfss.encoder.Encoder = StandIn
 
 STAGE = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
@@ -49,6 +40,7 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
     import atexit
     import json
     import time
+    import timeit
     from pathlib import Path
 
     import torch
@@ -63,15 +55,13 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
         def __init__(self) -> None:
             super().__init__()
             self.pid, self.depth = os.getpid(), 0
-            keys = ("ops", "seconds", "flops", "bytes", "calls", "inside_s")
-            self.work = dict.fromkeys(keys, 0)
+            self.work = dict.fromkeys(("ops", "seconds", "flops", "bytes", "calls", "inside_s"), 0)
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
             entered, self.depth = time.perf_counter(), self.depth + 1
             self.work["calls"] += 1
             try:
-                return self.count(func, args, kwargs)
+                return self.count(func, args, kwargs or {})
             finally:
                 self.depth -= 1
                 if not self.depth:
@@ -86,30 +76,23 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
                     return out
             start = time.perf_counter()
             out = func(*args, **kwargs)
-            work = self.work
-            work["ops"] += 1
-            work["seconds"] += time.perf_counter() - start
+            self.work["ops"] += 1
+            self.work["seconds"] += time.perf_counter() - start
             if flops is not None:
-                work["flops"] += flops(*args, **kwargs, out_val=out)
+                self.work["flops"] += flops(*args, **kwargs, out_val=out)
             if not func.is_view:
                 tensors = [t for t in tree_leaves((args, kwargs, out)) if torch.is_tensor(t)]
-                work["bytes"] += sum(t.nelement() * t.element_size() for t in tensors)
+                self.work["bytes"] += sum(t.nelement() * t.element_size() for t in tensors)
             return out
 
     def dispatch_cost(calls: int = 2000) -> float:
         """Seconds a call spends reaching the mode and back, outside `inside_s`: a small
         operation timed with the mode, less its time inside, against the same without."""
         x, before = torch.zeros(1), dict(MODE.work)
-        start = time.perf_counter()
-        for _ in range(calls):
-            torch.add(x, x)
-        with_mode = time.perf_counter() - start
+        with_mode = timeit.timeit(lambda: torch.add(x, x), number=calls)
         inside, op = (MODE.work[k] - before[k] for k in ("inside_s", "seconds"))
         with _disable_current_modes():
-            start = time.perf_counter()
-            for _ in range(calls):
-                torch.add(x, x)
-            bare = time.perf_counter() - start
+            bare = timeit.timeit(lambda: torch.add(x, x), number=calls)
         return max(with_mode - inside - (bare - op), 0) / calls
 
     MODE = DeviceWork()
