@@ -206,13 +206,13 @@ def main() -> None:
     device = pick_device()
     rows, stages = [], []
     with scratch() as tmp:
-        rates = limits.measure(device, tmp)
+        rates = limits.measure(device)
         for shot in (1, 5):
             stages += measure_stages(
                 args.results, shot, config, args.threads, Path(tmp) / str(shot)
             )
             rows += measure_variants(args.results, shot, args.episodes, config, device)
-        rates = limits.measure(device, tmp, before=rates)
+        rates = limits.measure(device, before=rates)
     limits.add_floors(rows + stages, rates)
     rate = {(row["shot"], row["variant"]): row["episodes_per_s"] for row in rows}
     speedup = {

@@ -8,10 +8,8 @@ stage's host floor is its inputs decoded (`decoding`) and its outputs written (`
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,25 +48,6 @@ def matmul_rate(device: torch.device) -> tuple[float, str]:
     return _best_rate(lambda: a @ b, 2 * n**3, device), str(dtype).removeprefix("torch.")
 
 
-def memory_bandwidth(device: torch.device, mib: int = 512) -> float:
-    """Bytes/s of copying a `mib` MiB tensor (counting the bytes read and the bytes written)."""
-    src = torch.empty(mib * 2**18, device=device).fill_(1.0)
-    dst = torch.empty_like(src)
-    return _best_rate(lambda: dst.copy_(src), 2 * src.nbytes, device)
-
-
-def disk_write_rate(directory: str, mib: int = 256) -> float:
-    """Bytes/s of writing `mib` MiB to a file in `directory` and fsync-ing it."""
-    block = os.urandom(2**20)
-    with tempfile.NamedTemporaryFile(dir=directory) as f:
-        start = time.perf_counter()
-        for _ in range(mib):
-            f.write(block)
-        f.flush()
-        os.fsync(f.fileno())
-        return mib * 2**20 / (time.perf_counter() - start)
-
-
 def startup_seconds(stage: str, repeats: int = 3) -> float:
     """A stage process's fixed cost: starting Python and importing what the stage imports
     (`latentfss STAGE --help`; the fastest of `repeats`, warm page cache)."""
@@ -77,21 +56,19 @@ def startup_seconds(stage: str, repeats: int = 3) -> float:
     return round(min(clock(run) for _ in range(repeats)), 2)
 
 
-def measure(device: torch.device, directory: str, before: dict | None = None) -> dict:
-    """The machine's rates at the current torch thread count: matrix multiplies on `device`
-    (where the encoder runs), memory copies on the host, disk writes in `directory`. A shared
-    machine's rates dip while its other tenants work, so benchmarks measure them before and
-    after their runs, and keep the higher of each (`before`)."""
+def measure(device: torch.device, before: dict | None = None) -> dict:
+    """The machine's matrix-multiply rate on `device` (where the encoder runs) at the current
+    torch thread count. A shared machine's rate dips while its other tenants work, so
+    benchmarks measure it before and after their runs and keep the higher (`before`)."""
     flops, dtype = matmul_rate(device)
-    rates = {
-        "matmul_flop_per_s": flops,
-        "memory_bytes_per_s": memory_bandwidth(torch.device("cpu")),
-        "disk_write_bytes_per_s": disk_write_rate(directory),
-    }
     if before is not None:
-        rates = {key: max(rate, before[key]) for key, rate in rates.items()}
-    rates.update(matmul_dtype=dtype, threads=torch.get_num_threads(), device=str(device))
-    return rates
+        flops = max(flops, before["matmul_flop_per_s"])
+    return {
+        "matmul_flop_per_s": flops,
+        "matmul_dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
 
 
 def decoding(decode, items, threads: int) -> float:
@@ -129,31 +106,19 @@ def count_flops(step) -> int:
 def describe(limits: dict) -> str:
     return (
         f"{limits['matmul_flop_per_s'] / 1e9:.0f} GFLOP/s ({limits['matmul_dtype']} "
-        f"matrix multiply), host memory {limits['memory_bytes_per_s'] / 1e9:.1f} GB/s (copy), "
-        f"disk {limits['disk_write_bytes_per_s'] / 1e6:.0f} MB/s (fsync-ed write), "
-        f"{limits['threads']} threads on {limits['device']}"
+        f"matrix multiply), {limits['threads']} threads on {limits['device']}"
     )
 
 
 def add_floors(rows: list[dict], limits: dict) -> None:
-    """Each row's `seconds` against the floor of its `work` ({"flops": F}, {"bytes": B} read
-    and written in memory, or {"disk_bytes": D} written to disk); for a stage run as its own
-    process, also without its `startup` seconds (left out where start-up is, within 0.1 s,
-    all of the time)."""
+    """Each row's `seconds` against the floor of its `work` ({"flops": F}); for a stage run as
+    its own process, also without its `startup` seconds (left out where start-up is, within
+    0.1 s, all of the time)."""
     for row in rows:
         work, seconds, startup = row.pop("work"), row["seconds"], row.pop("startup", None)
-        if "flops" in work:
-            least, bound = work["flops"] / limits["matmul_flop_per_s"], "compute"
-        elif "disk_bytes" in work:
-            least, bound = work["disk_bytes"] / limits["disk_write_bytes_per_s"], "disk"
-        else:
-            least, bound = work["bytes"] / limits["memory_bytes_per_s"], "memory"
-        row.update(
-            work,
-            bound=bound,
-            floor_seconds=round(least, 4),
-            of_limit_pct=round(100 * least / seconds, 2),
-        )
+        least = work["flops"] / limits["matmul_flop_per_s"]
+        row.update(work, floor_seconds=round(least, 4))
+        row["of_limit_pct"] = round(100 * least / seconds, 2)
         if startup is not None:
             after = seconds - startup
             row.update(
@@ -162,13 +127,12 @@ def add_floors(rows: list[dict], limits: dict) -> None:
             )
 
 
-HEADER = "bound | floor s | % of limit | start-up s | % after start-up"
+HEADER = "floor s | % of limit | start-up s | % after start-up"
 
 
 def cells(row: dict) -> str:
     """The HEADER columns of a row that add_floors filled, as Markdown cells."""
     cells = [
-        row["bound"],
         row["floor_seconds"],
         row["of_limit_pct"],
         row.get("startup_seconds"),

@@ -86,7 +86,7 @@ def main() -> None:
     startup = limits.startup_seconds("train")
     runs = []
     with scratch() as tmp:
-        rates = limits.measure(pick_device(), tmp)
+        rates = limits.measure(pick_device())
         for shot in (1, 5):
             run = timed_train(results, Path(tmp) / f"shot{shot}", shot, params, args.threads)
             runs.append(
@@ -99,7 +99,7 @@ def main() -> None:
                     "startup": startup,
                 }
             )
-        rates = limits.measure(pick_device(), tmp, before=rates)
+        rates = limits.measure(pick_device(), before=rates)
         limits.add_floors(runs, rates)
     saved = {"threads": args.threads, "limits": rates, "train": config["train"], "runs": runs}
     save(saved, markdown, args.out, "train")

@@ -21,20 +21,17 @@ def test_flops_of_a_convolution_forward_and_backward_by_hand():
     assert count_flops(lambda: conv(x).sum().backward()) == 2 * forward
 
 
-def test_floors_pick_their_limit_and_leave_start_up_apart():
-    limits = {"matmul_flop_per_s": 1e11, "memory_bytes_per_s": 1e10, "disk_write_bytes_per_s": 1e9}
+def test_floors_leave_start_up_apart():
     rows = [
         {"seconds": 4.0, "work": {"flops": 2e11}, "startup": 2.0},
-        {"seconds": 1.0, "work": {"bytes": 1e8}},
-        {"seconds": 1.0, "work": {"disk_bytes": 1e8}, "startup": 0.95},
+        {"seconds": 1.0, "work": {"flops": 1e10}},
+        {"seconds": 1.0, "work": {"flops": 1e10}, "startup": 0.95},
     ]
-    add_floors(rows, limits)
-    compute, memory, disk = rows
-    columns = ("bound", "floor_seconds", "of_limit_pct")
-    assert [compute[c] for c in columns] == ["compute", 2, 50]
-    assert compute["of_limit_after_startup_pct"] == 100  # 2 s of floor in 4 - 2 s
-    assert [memory[c] for c in columns] == ["memory", 0.01, 1]
-    assert "work" not in memory and "startup_seconds" not in memory
-    assert disk["bound"] == "disk" and disk["of_limit_after_startup_pct"] is None  # all start-up
-    assert cells(disk) == "disk | 0.1 | 10.0 | 0.95 | -"
-    assert cells(memory).endswith("| - | -")
+    add_floors(rows, {"matmul_flop_per_s": 1e11})
+    timed, alone, started = rows
+    assert [timed[c] for c in ("floor_seconds", "of_limit_pct")] == [2, 50]
+    assert timed["of_limit_after_startup_pct"] == 100  # 2 s of floor in 4 - 2 s
+    assert "work" not in alone and "startup_seconds" not in alone and alone["flops"] == 1e10
+    assert started["of_limit_after_startup_pct"] is None  # all of it start-up
+    assert cells(started) == "0.1 | 10.0 | 0.95 | -"
+    assert cells(alone).endswith("| - | -")
