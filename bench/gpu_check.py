@@ -261,7 +261,6 @@ def random_bank(count: int, channels: int, device: torch.device, regions: int = 
 def evaluate(args, shapes, work: Path, record) -> None:
     """Encode-once evaluation (the evaluate stage's `evaluate_lists`) and episode by episode on
     the same lists, against the floor of the FLOPs they must do."""
-    import faiss
     import limits
     from inference import Floors
 
@@ -310,14 +309,14 @@ def evaluate(args, shapes, work: Path, record) -> None:
                 matmul=f"{rate[0] / 1e12:.1f} TFLOP/s {rate[1]}",
                 bank_images=shapes["bank_images"],
                 faiss_index=type(bank.index).__name__,
-                faiss_on_gpu=device.type == "cuda" and faiss.get_num_gpus() > 0,
+                faiss_on_gpu=type(bank.index).__name__.startswith("Gpu"),  # where it went
             )
 
 
 def annotation(args, shapes, work: Path, record) -> None:
-    """extract-features (at the preset's input size), then pool-prototypes and
-    write-pseudo-masks with the features computed again on the device (the COCO preset's
-    `keep_features: false`), at COCO's image sizes: seconds and images/s."""
+    """At COCO's image sizes: extract-features (the encoder's images/s at the preset's input
+    size; the COCO preset itself keeps no features), then pool-prototypes and write-pseudo-masks
+    with the features computed again on the device (`keep_features: false`): seconds, images/s."""
     import limits
 
     index = sized_images(shapes, work, "coco_size")

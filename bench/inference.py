@@ -57,7 +57,7 @@ def authors_loop(model, episodes: pd.DataFrame, index, cfg, bank, device):
         yield logits[0].argmax(0).cpu().numpy(), episode["label"].numpy(), episode["class_id"]
 
 
-def images(episodes: pd.DataFrame) -> list[int]:
+def episode_images(episodes: pd.DataFrame) -> list[int]:
     """Every episode's query and support image ids."""
     supports = [int(i) for s in episodes["supports"] for i in str(s).split()]
     return [*map(int, episodes["query"]), *supports]
@@ -92,10 +92,10 @@ class Floors:
 
     def per_episode(self, episodes: pd.DataFrame) -> int:
         """Every episode's query and supports encoded anew."""
-        return self.encoder(images(episodes)) + self.matching(episodes)
+        return self.encoder(episode_images(episodes)) + self.matching(episodes)
 
     def encode_once(self, episodes: pd.DataFrame) -> int:
-        return self.encoder(set(images(episodes))) + self.matching(episodes)
+        return self.encoder(set(episode_images(episodes))) + self.matching(episodes)
 
 
 def measure_variants(results: Path, shot: int, episodes: int, config: dict, device) -> list[dict]:

@@ -1,8 +1,8 @@
 """Backs docs/results.md, "Speed against the machine's limits": the floors.
 
-A stage's floor is the least work it must do (FLOPs, or bytes read and written) over the rate
-this machine does such work at, measured here with the benchmark's own threads; a data-bound
-stage's host floor is its inputs decoded (`decoding`) and its outputs written (`rewriting`).
+A stage's floor is the least work it must do (FLOPs) over the rate this machine does such
+work at, measured here with the benchmark's own threads; a data-bound stage's host floor is its
+inputs decoded (`decoding`) and its outputs written (`rewriting`).
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def loader_seconds(sample: Path, config: dict, samples: int) -> dict[str, float]
 
 def jobs(preset: str, gpu: dict, flops: dict, loaders: dict, startup: dict) -> list[dict]:
     """Every job of the preset's run: rule, DAG level, count, GPU or not, host and device
-    seconds, device GFLOP (the real encoder's included), peak RSS and disk (MB, per job)."""
+    seconds, device GFLOP (the real encoder's included), peak memory and disk (MB, per job)."""
     config = preset_config(preset)
     t, e = config["train"], config["evaluate"]
     rehearsal = json.loads((RESULTS / f"rehearsal_{preset}.json").read_text())
@@ -156,8 +156,8 @@ def jobs(preset: str, gpu: dict, flops: dict, loaders: dict, startup: dict) -> l
         later = rehearsal["sample"]
         ratio = images / later["images"]
         for rule in PER_IMAGE:  # memory grows with the pixels or the count: the larger
-            rss = max(later["stages"][rule]["peak_rss_mb"], full["stages"][rule]["peak_rss_mb"])
-            stages[rule] = (later["stages"][rule] | {"peak_rss_mb": rss}, ratio)
+            peak = max(later["stages"][rule]["peak_mb"], full["stages"][rule]["peak_mb"])
+            stages[rule] = (later["stages"][rule] | {"peak_mb": peak}, ratio)
         if full["stages"]["prepare"]["host_s"] > ratio * later["stages"]["prepare"]["host_s"]:
             stages["prepare"] = (full["stages"]["prepare"], 1)  # the JSON's parse, say
     image = encoder_flops(config["encoder"]["arch"], *SIDES[preset])
@@ -187,7 +187,7 @@ def jobs(preset: str, gpu: dict, flops: dict, loaders: dict, startup: dict) -> l
             "device_s": device,
             "seconds": host * host_share + device,
             "gflop": flop / 1e9,
-            "peak_rss_mb": stage["peak_rss_mb"],
+            "peak_mb": stage["peak_mb"],
             "disk_mb": stage["disk_mb"] * times,
             "asks_mem_mb": ask["mem_mb"],
             "asks_minutes": ask["runtime"],
@@ -244,7 +244,7 @@ def summary(rows: list[dict], models_gb: float) -> dict[str, float]:
         "eight_gpu_hours": eight / 3600,
         "eight_gpus_held_hours": GPUS * eight / 3600,
         "disk_gb": sum(r["count"] * r["disk_mb"] for r in rows) / 1024 + models_gb,
-        "peak_rss_gb": max(r["peak_rss_mb"] for r in rows) / 1024,
+        "peak_gb": max(r["peak_mb"] for r in rows) / 1024,
     }
 
 
@@ -283,8 +283,8 @@ def main() -> None:
 
 def short_of_ask(job: dict) -> list[str]:
     """What a job would be killed for under SLURM: its projected time over its runtime, or its
-    peak RSS (plus a CUDA context's host memory on a GPU job) over its mem_mb."""
-    memory = job["peak_rss_mb"] + CUDA_CONTEXT_MB * job["gpu"]
+    peak memory (plus a CUDA context's host memory on a GPU job) over its mem_mb."""
+    memory = job["peak_mb"] + CUDA_CONTEXT_MB * job["gpu"]
     return [
         what
         for what, over in (
@@ -304,7 +304,7 @@ def report(r: dict) -> list[str]:
         f"(COCO) episodes; the device at {g['gpu_tflops']:g} TFLOP/s, {g['gpu_tbps']:g} TB/s "
         f"and {g['launch_us']:g} us an operation. Per job (hours each): its host's seconds as "
         "rehearsed (over the worker count where it has loaders), its device's work at those "
-        "rates; peak RSS of the host process; disk written by all the rule's jobs.",
+        "rates; peak memory (PSS) of its host processes; disk written by all the rule's jobs.",
     ]
     for preset in ("pascal", "coco"):
         p = r[preset]
@@ -313,14 +313,14 @@ def report(r: dict) -> list[str]:
             f"**{preset.upper()}**",
             "",
             "| job | jobs | GPU | host h | device h | hours each | asks h | TFLOP each | "
-            "peak RSS GB | asks GB | disk GB | short of its ask |",
+            "peak GB | asks GB | disk GB | short of its ask |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         lines += [
             f"| {j['rule']} | {j['count']} | {'yes' if j['gpu'] else 'no'} | "
             f"{j['host_s'] / 3600:.2f} | {j['device_s'] / 3600:.2f} | "
             f"{j['seconds'] / 3600:.2f} | {j['asks_minutes'] / 60:g} | {j['gflop'] / 1e3:,.0f} | "
-            f"{j['peak_rss_mb'] / 1024:.1f} | {j['asks_mem_mb'] / 1000:g} | "
+            f"{j['peak_mb'] / 1024:.1f} | {j['asks_mem_mb'] / 1000:g} | "
             f"{j['count'] * j['disk_mb'] / 1024:,.1f} | {', '.join(short_of_ask(j)) or '-'} |"
             for j in p["jobs"]
         ]
@@ -340,9 +340,10 @@ def report(r: dict) -> list[str]:
             f"**{s['eight_gpu_hours']:.1f} h** wall, {s['eight_gpus_held_hours']:.0f} GPU-hours "
             f"held ({s['gpu_busy_hours']:.1f} busy). Disk: {s['disk_gb']:.0f} GB written as "
             f"measured ({s['disk_upper_bound_gb']:.0f} GB uncompressed bound, below); "
-            f"host memory at most {s['peak_rss_gb']:.1f} GB a job. Training steps: {steps}.",
+            f"host memory at most {s['peak_gb']:.1f} GB a job. Training steps: {steps}.",
         ]
-    lines += ["", "What each factor rests on: docs/running.md, 'What the projection assumes'."]
+    assumed = "[running.md](running.md#what-the-projection-assumes)"
+    lines += ["", f"What each factor rests on: {assumed}."]
     return lines + disk_table(r["disk_gb"])
 
 

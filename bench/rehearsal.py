@@ -3,10 +3,10 @@
 Each preset's DAG through Snakemake on the CPU, on archives generated in the official formats
 (made where --data is absent) and with bench/standin/'s encoder, so that every data-dependent
 cost is real; each fraction of the train images is its own run. What runs and what is measured:
-that section.
+its subsection "What the rehearsal runs".
 
-    python bench/rehearsal.py pascal --data DIR [--fractions 0.25 0.5 1]
-    python bench/rehearsal.py coco --data DIR [--fractions 0.0625 0.25 1] [--sample 1000]
+    python bench/rehearsal.py pascal --data DIR [--fractions 0.25 1]
+    python bench/rehearsal.py coco --data DIR [--fractions 0.0625 1] [--sample 1000]
 
 Writes bench/results/rehearsal_{pascal,coco}.json and .md.
 """
@@ -76,10 +76,10 @@ STAGE_COLUMNS = {
     "device GFLOP": "{gflop:,.0f}",
     "device GB moved": "{device_gb:,.1f}",
     "host floor s (host / floor)": "{floor}",
-    "peak RSS MB": "{peak_rss_mb:.0f}",
+    "peak memory MB (PSS)": "{peak_mb:.0f}",
     "disk MB": "{disk_mb:,.1f}",
 }
-GROWTH = ("seconds", "host_s", "peak_rss_mb", "disk_mb")
+GROWTH = ("seconds", "host_s", "peak_mb", "disk_mb")
 
 
 def disk_mb(path: Path) -> float:
@@ -151,7 +151,9 @@ def host_floors(results: Path, rules: list[str], threads: int = 2) -> dict:
 
 
 def measured(run: Path, results: Path, rule: str) -> dict:
-    """A stage's seconds and peak RSS (its Snakemake benchmark file), its device work (as
+    """A stage's seconds and peak memory (its Snakemake benchmark file's PSS: the job's
+    processes' proportional set sizes summed, so that the pages a forked loader worker shares
+    with its parent count once, where the RSS sum counts them in each), its device work (as
     bench/standin/ counted it), the host's seconds (the rest) and the disk it wrote."""
     bench = pd.read_csv(results / layout.BENCHMARKS / f"{STAGE_FILES[rule][0]}.tsv", sep="\t")
     device = json.loads((run / "device_work" / f"{rule.replace('_', '-')}.json").read_text())
@@ -163,7 +165,7 @@ def measured(run: Path, results: Path, rule: str) -> dict:
         "device_ops": device["ops"],
         "gflop": round(device["flops"] / 1e9, 1),
         "device_gb": round(device["bytes"] / 1e9, 2),
-        "peak_rss_mb": round(float(bench["max_rss"].iloc[0])),
+        "peak_mb": round(float(bench["max_pss"].iloc[0])),
         "disk_mb": round(sum(disk_mb(results / o) for o in OUTPUTS[rule]), 1),  # 0 if not kept
     }
 

@@ -26,15 +26,23 @@ def main_rows(results: Path) -> pd.DataFrame:
     """Row main's lines of summary.csv, with each one's number of test seeds and the machine
     its model was trained on."""
     rows = pd.read_csv(results / layout.SUMMARY_CSV).query("row == 'main'")
-    evaluations = (  # of the first training seed: a run may train with seed 1 alone
-        sorted(results.glob(layout.EVAL.format(row="main", tseed="*", fold=r.fold, shot=r.shot)))[0]
+    metrics = [
+        json.loads((first_seed(results, r.fold, r.shot) / layout.METRICS).read_text())
         for r in rows.itertuples()
-    )
-    metrics = [json.loads((e / layout.METRICS).read_text()) for e in evaluations]
+    ]
     return rows.assign(
         seeds=[len(m["runs"]) for m in metrics],
         machine=[describe_machine(m["machine"]["train"]) for m in metrics],
     )
+
+
+def first_seed(results: Path, fold: int, shot: int) -> Path:
+    """Row main's evaluation of the run's lowest training seed (a run may train seed 1 alone)."""
+    found = results.glob(layout.EVAL.format(row="main", tseed="*", fold=fold, shot=shot))
+    seeds = {int(p.relative_to(results).parts[1].removeprefix("train")): p for p in found}
+    if not seeds:
+        raise SystemExit(f"{results}: no evaluation of row main, fold {fold}, {shot}-shot")
+    return seeds[min(seeds)]
 
 
 def shot_summary(rows: pd.DataFrame) -> dict:
@@ -96,12 +104,17 @@ def main() -> None:
     save(results, markdown, args.out, "table1")
 
 
-# each fold's mIoU, a column each
-FOLDS = {"fold0 | fold1 | fold2 | fold3": " | ".join(f"{{folds[{f}]:.1f}}" for f in range(4))}
-
-
 def outside(inside: dict[str, bool]) -> str:
     return ", ".join(label for label, yes in inside.items() if not yes) or "none"
+
+
+def fold_columns(count: int) -> dict[str, str]:
+    """Each fold's mIoU, a column each."""
+    return {
+        " | ".join(f"fold{f}" for f in range(count)): " | ".join(
+            f"{{folds[{f}]:.1f}}" for f in range(count)
+        )
+    }
 
 
 def markdown(r: dict) -> list[str]:
@@ -117,7 +130,7 @@ def markdown(r: dict) -> list[str]:
         {
             "run": "{label}",
             "shot": "{shot}",
-            **FOLDS,
+            **fold_columns(len(rows[0]["folds"])),
             "mean +- se": "{mean:.1f} +- {se:.2f}",
             "difference": "{difference:+.1f} +- {interval95:.1f}",
             "FB-IoU": "{fbiou:.1f}",
@@ -133,7 +146,7 @@ def markdown(r: dict) -> list[str]:
             spread,
             {
                 "shot": "{shot}",
-                **FOLDS,
+                **fold_columns(len(spread[0]["folds"])),
                 "mean": "{mean:.1f}",
                 "sd between runs": "{sd:.2f}",
                 "test-seed se": "{test_se:.2f}",

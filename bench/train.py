@@ -76,10 +76,10 @@ def main() -> None:
     parser = arguments(__doc__, results=True, threads=True)
     parser.add_argument("--iterations", type=int, default=40)
     args = parser.parse_args()
-    config, results, iterations = defaults(), args.results, args.iterations
-    if not artifact(results, layout.PSEUDO_MASKS, fold=0).is_dir():
+    config, iterations = defaults(), args.iterations
+    if not artifact(args.results, layout.PSEUDO_MASKS, fold=0).is_dir():
         raise SystemExit(
-            f"{results}: run `snakemake --cores 2` first (needs fold 0's pseudo masks)"
+            f"{args.results}: run `snakemake --cores 2` first (needs fold 0's pseudo masks)"
         )
     params = {**config["train"], "iterations": iterations, "checkpoint_every": 10 * iterations}
     torch.set_num_threads(args.threads)
@@ -88,21 +88,23 @@ def main() -> None:
     with scratch() as tmp:
         rates = limits.measure(pick_device())
         for shot in (1, 5):
-            run = timed_train(results, Path(tmp) / f"shot{shot}", shot, params, args.threads)
+            out = Path(tmp) / f"shot{shot}"
+            run = timed_train(args.results, out, shot, params, args.threads)
+            flops = iterations * iteration_flops(args.results, config, shot)
             runs.append(
                 {
                     "shot": shot,
                     "iterations": iterations,
                     **run,
                     "iterations_per_s": round(iterations / run["seconds"], 3),
-                    "work": {"flops": iterations * iteration_flops(results, config, shot)},
+                    "work": {"flops": flops},
                     "startup": startup,
                 }
             )
         rates = limits.measure(pick_device(), before=rates)
         limits.add_floors(runs, rates)
-    saved = {"threads": args.threads, "limits": rates, "train": config["train"], "runs": runs}
-    save(saved, markdown, args.out, "train")
+    results = {"threads": args.threads, "limits": rates, "train": config["train"], "runs": runs}
+    save(results, markdown, args.out, "train")
 
 
 def markdown(r: dict) -> list[str]:

@@ -81,7 +81,7 @@ def test_a_training_steps_flops_on_meta_equal_a_real_steps():
 
 
 def test_a_job_past_its_ask_is_flagged():
-    job = {"seconds": 3 * 3600, "asks_minutes": 120, "peak_rss_mb": 3500, "asks_mem_mb": 4000}
+    job = {"seconds": 3 * 3600, "asks_minutes": 120, "peak_mb": 3500, "asks_mem_mb": 4000}
     assert short_of_ask(job | {"gpu": False}) == ["time"]
     assert short_of_ask(job | {"gpu": True}) == ["time", "memory"]  # a CUDA context's host memory
     assert short_of_ask(job | {"gpu": False, "seconds": 60}) == []

@@ -100,7 +100,10 @@ def episode_by_episode(
 def encoded(
     model: MatchingNet, image_ids, index, cfg: EvaluateConfig, normalise: Normalise, what: str
 ) -> Iterator[tuple[dict, torch.Tensor]]:
-    """(`TestImages` item, its float32 features (C, h, w)) of each image, loaded in workers."""
+    """(`TestImages` item, its float32 features (C, h, w)) of each image, loaded in workers
+    (none for no images: forking them would copy the page tables of the features kept)."""
+    if not len(image_ids):
+        return
     data = TestImages(image_ids, index.images, index.num_classes, cfg.resize, cfg.input_size)
     loader = DataLoader(
         data, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate
@@ -158,6 +161,7 @@ def evaluate_lists(
         fg[rows], bg[rows] = model.prototypes(shots, bank)
     rest = sorted(set(by_query) - {item["image_id"] for item, _ in kept})
     counts = torch.empty(len(episodes), 2, 2, dtype=torch.int64, device=device)
+    targets = torch.from_numpy(classes).to(device)[:, None, None]  # each episode's class
     for item, feats in itertools.chain(
         kept, encoded(model, rest, index, cfg, normalise, "queries")
     ):
@@ -165,12 +169,12 @@ def evaluate_lists(
         logits = model.match(feats[None].expand(len(rows), -1, -1, -1), fg[rows], bg[rows])
         logits = at_label(logits, item["input_size"], item["covered"], item["label"].shape)
         label = torch.tensor(item["label"], device=device)[None]
-        targets = torch.from_numpy(classes[rows]).to(device)[:, None, None]
-        counts[rows] = iou_counts(foreground(logits), label, targets)
+        counts[rows] = iou_counts(foreground(logits), label, targets[rows])
     counts = counts.cpu().numpy()  # one copy from the device, at the end
     meters = {name: IoUMeter(novel) for name in lists}
     for name, meter in meters.items():
-        meter.add(counts[names == name], classes[names == name])
+        mine = names == name
+        meter.add(counts[mine], classes[mine])
     work = {
         "episodes": len(episodes),
         "seconds": time.perf_counter() - start,
