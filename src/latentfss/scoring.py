@@ -161,7 +161,7 @@ def evaluate_lists(
         fg[rows], bg[rows] = model.prototypes(shots, bank)
     rest = sorted(set(by_query) - {item["image_id"] for item, _ in kept})
     counts = torch.empty(len(episodes), 2, 2, dtype=torch.int64, device=device)
-    targets = torch.from_numpy(classes).to(device)[:, None, None]  # each episode's class
+    targets = torch.tensor(classes, device=device)[:, None, None]  # each episode's class
     for item, feats in itertools.chain(
         kept, encoded(model, rest, index, cfg, normalise, "queries")
     ):
