@@ -47,6 +47,15 @@ def test_counts_of_a_class_map_against_each_episodes_class_by_hand():
     assert counts.tolist() == [[[1, 3], [1, 3]], [[2, 3], [1, 2]]]
 
 
+def test_many_episodes_added_at_once_sum_as_one_by_one_by_hand():
+    # (episode, bg/fg, inter/union): classes 1, 2, 1
+    counts = np.array([[[1, 3], [2, 4]], [[1, 3], [0, 2]], [[2, 2], [1, 1]]])
+    meter = IoUMeter([1, 2])
+    meter.add(counts, np.array([1, 2, 1]))
+    assert (meter.inter, meter.union) == ({1: 3, 2: 0}, {1: 5, 2: 2})
+    assert meter.fb_inter.tolist() == [4, 3] and meter.fb_union.tolist() == [8, 7]
+
+
 def test_accumulation_over_episodes_and_classes_by_hand():
     meter = IoUMeter([1, 2])
     # class 1, episode a: fg inter 2, union 4; bg inter 1, union 3
