@@ -1,16 +1,13 @@
 """Backs docs/running.md, "GPUs": the whole GPU path checked in one command.
 
-The whole GPU path in one command, on a CUDA machine with a bare PyTorch (no Snakemake):
-
     pip install --no-index --no-deps --target /tmp/site wheels/*.whl   # bench/gpu_wheels.txt
     PYTHONPATH=src:/tmp/site python bench/gpu_check.py --out DIR       # about 9 minutes
     python bench/gpu_check.py --device cpu --quick --out DIR           # tiny shapes; a test
 
-Its parts (tests, pipeline, train, evaluate, annotation: what each measures is in its
-docstring and bench/gpu_checklist.md) run each in its own process under its own time budget.
-DIR/gpu_check.json and .md are rewritten as each part ends (a part that fails or runs out of
-time says so, the rest go on); DIR/gpu_check.log holds their output. With `--device cpu` the
-device side is the CPU running CUDA's bf16 autocast ($LATENTFSS_CPU_BF16): precision alone.
+Each part (what it measures: its docstring, bench/gpu_checklist.md) runs in its own process
+under its own time budget; DIR/gpu_check.json and .md are rewritten as each part ends, and
+DIR/gpu_check.log holds their output. With `--device cpu` the device side is the CPU running
+CUDA's bf16 autocast ($LATENTFSS_CPU_BF16): precision alone.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from record import describe, machine, run_stage, scratch
+from record import describe, machine, run_stage, scratch, table
 
 from latentfss import store
 from latentfss.config import EvaluateConfig, ModelConfig, SyntheticConfig, TrainConfig
@@ -72,105 +69,74 @@ def flags(**section) -> str:
     return json.dumps(section)
 
 
-def side_env(side: str, device: str) -> str:
-    """Set up the environment of one side of a comparison; -> its --device."""
-    on_device = side == "device"
-    os.environ[CPU_BF16] = "1" if on_device and device == "cpu" else "0"
-    return device if on_device else "cpu"
+def annotate(out: Path, on: dict, encoder: str, params: str, cluster: dict, keep: bool) -> dict:
+    """extract-features, pool-prototypes, cluster and write-pseudo-masks into `out` (`on`: the
+    index, device and threads), the last two reading the features kept or, without `keep`,
+    computing them again on the device (`keep_features: false`): each stage's run_stage."""
+    init, features, prototypes = out / "encoder_init.pt", out / "features.zarr", out / "protos.zarr"
+    run = {}
+    run["extract-features"] = run_stage(
+        "extract-features", out=features, encoder_out=init, encoder=encoder, params=params, **on
+    )
+    inputs = dict(index=on["index"], features=features)
+    if not keep:
+        inputs = dict(on, encoder_init=init, annotation=params)
+    run["pool-prototypes"] = run_stage("pool-prototypes", out=prototypes, **inputs)
+    clusters = out / "clusters.zarr"
+    run["cluster"] = run_stage(
+        "cluster", index=on["index"], prototypes=prototypes, fold=0, out=clusters, **cluster
+    )
+    run["write-pseudo-masks"] = run_stage(
+        "write-pseudo-masks", clusters=clusters, out=out / "pseudo_masks.zarr", **inputs
+    )
+    return run
 
 
 def pipeline(args, shapes, work: Path, record) -> None:
     """The tiny pipeline's stages (prepare ... evaluate) on the device and on the CPU in fp32,
     then what the two sides share: pseudo-mask labels that agree, the metrics' differences."""
-    root = work / "tiny"
+    root, index, protocol = work / "tiny", work / "tiny_index", flags(min_support_pixels=30)
     if not root.is_dir():
         generate(TINY, root)
-    run_stage("prepare", out=work / "tiny_index", params=flags(root=str(root)))
-    index, protocol = work / "tiny_index", flags(min_support_pixels=30)
+    run_stage("prepare", out=index, params=flags(root=str(root)))
+    encoder = flags(arch="resnet18", weights="none", calibration_images=8)
+    cluster = dict(params=flags(k=3, nredo=2), protocol=protocol)
+    task = dict(fold=0, shot=1, protocol=protocol)
     for side in SIDES:
-        device, out, threads = side_env(side, args.device), work / side, os.cpu_count()
-        run = {}
-        run["extract-features"] = run_stage(
-            "extract-features",
-            index=index,
-            out=out / "features.zarr",
-            encoder_out=out / "encoder_init.pt",
-            encoder=flags(arch="resnet18", weights="none", calibration_images=8),
-            params=flags(input_size=64, batch_size=5),
-            device=device,
-            threads=threads,
-        )
-        run["pool-prototypes"] = run_stage(
-            "pool-prototypes", index=index, features=out / "features.zarr", out=out / "protos.zarr"
-        )
-        run["cluster"] = run_stage(
-            "cluster",
-            index=index,
-            prototypes=out / "protos.zarr",
-            fold=0,
-            out=out / "clusters.zarr",
-            params=flags(k=3, nredo=2),
-            protocol=protocol,
-        )
-        run["write-pseudo-masks"] = run_stage(
-            "write-pseudo-masks",
-            index=index,
-            features=out / "features.zarr",
-            clusters=out / "clusters.zarr",
-            out=out / "pseudo_masks.zarr",
-        )
-        common = dict(index=index, model=out / "model.pt", device=device, threads=threads)
+        os.environ[CPU_BF16] = "1" if side == "device" and args.device == "cpu" else "0"
+        device, out = args.device if side == "device" else "cpu", work / side
+        on = dict(index=index, device=device, threads=os.cpu_count())
+        run = annotate(out, on, encoder, flags(input_size=64, batch_size=5), cluster, keep=True)
+        model, masks, bank = out / "model.pt", out / "pseudo_masks.zarr", out / "bank"
+        params = flags(iterations=6, batch_episodes=2, batch_pseudo=2, crop=48, workers=0)
         run["train"] = run_stage(
             "train",
-            index=index,
             encoder_init=out / "encoder_init.pt",
-            pseudo_masks=out / "pseudo_masks.zarr",
-            fold=0,
-            shot=1,
-            out=out / "model.pt",
+            pseudo_masks=masks,
+            out=model,
             log_csv=out / "train.csv",
-            protocol=protocol,
-            params=flags(iterations=6, batch_episodes=2, batch_pseudo=2, crop=48, workers=0),
-            device=device,
-            threads=threads,
+            params=params,
+            **task,
+            **on,
         )
+        params = flags(input_size=64)
         run["build-bank"] = run_stage(
-            "build-bank",
-            **common,
-            pseudo_masks=out / "pseudo_masks.zarr",
-            out=out / "bank",
-            params=flags(input_size=64),
+            "build-bank", model=model, pseudo_masks=masks, out=bank, params=params, **on
         )
+        params = flags(episodes=24, seeds=[0, 1], input_size=64, workers=0)
         run["evaluate"] = run_stage(
-            "evaluate",
-            **common,
-            bank=out / "bank",
-            fold=0,
-            shot=1,
-            out=out / "eval",
-            protocol=protocol,
-            params=flags(episodes=24, seeds=[0, 1], input_size=64, workers=0),
+            "evaluate", model=model, bank=bank, out=out / "eval", params=params, **task, **on
         )
         metrics = json.loads((out / "eval/metrics.json").read_text())
-        losses = pd.read_csv(out / "train.csv")[["loss_gt", "loss_pseudo"]]
-        record(
-            **{
-                side: {
-                    "device": device,
-                    "stage_seconds": {k: v["seconds"] for k, v in run.items()},
-                    "miou": round(100 * metrics["miou"], 2),
-                    "fbiou": round(100 * metrics["fbiou"], 2),
-                    "losses_finite": bool(np.isfinite(losses.to_numpy()).all()),
-                }
-            }
-        )
+        losses = pd.read_csv(out / "train.csv")[["loss_gt", "loss_pseudo"]].to_numpy()
+        result = {"device": device, "stage_seconds": {k: v["seconds"] for k, v in run.items()}}
+        result |= {metric: round(100 * metrics[metric], 2) for metric in ("miou", "fbiou")}
+        record(**{side: result | {"losses_finite": bool(np.isfinite(losses).all())}})
     masks = [store.open_group(work / s / "pseudo_masks.zarr", "")["masks"][:] for s in SIDES]
-    labelled = masks[1] != IGNORE
-    agree = float((masks[0] == masks[1])[labelled].mean())
+    agree = float((masks[0] == masks[1])[masks[1] != IGNORE].mean())
     result = record(pseudo_mask_agreement_pct=round(100 * agree, 4))
-    for metric in ("miou", "fbiou"):
-        difference = result["device"][metric] - result["cpu"][metric]
-        result = record(**{f"{metric}_difference": round(difference, 2)})
+    differences = {m: result["device"][m] - result["cpu"][m] for m in ("miou", "fbiou")}
+    record(**{f"{m}_difference": round(d, 2) for m, d in differences.items()})
 
 
 def train(args, shapes, work: Path, record) -> None:
@@ -277,17 +243,21 @@ def evaluate(args, shapes, work: Path, record) -> None:
     novel = novel_classes(0, index.num_classes, "consecutive")
     val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
     floors, rate = Floors(model, index, cfg, device), limits.matmul_rate(device)
-    rows = []
+    facts = dict(
+        matmul=f"{rate[0] / 1e12:.1f} TFLOP/s {rate[1]}",
+        bank_images=shapes["bank_images"],
+        faiss_index=type(bank.index).__name__,
+        faiss_on_gpu=type(bank.index).__name__.startswith("Gpu"),  # where it went
+    )
+    common, rows = (index, cfg, bank, device), []
     for shot in shapes["shots"]:
         sampler = EpisodeSampler.from_pixels(val, novel, shapes["min_support_pixels"], shot)
         episodes = sample_test_episodes(sampler, shapes["test_episodes"], 0)
-        evaluate_lists(model, {"warm-up": episodes[:8]}, index, cfg, bank, device, novel)
-        _, _, work_done = evaluate_lists(
-            model, {"seed0": episodes}, index, cfg, bank, device, novel
-        )
+        evaluate_lists(model, {"warm-up": episodes[:8]}, *common, novel)
+        _, _, work_done = evaluate_lists(model, {"seed0": episodes}, *common, novel)
         few, meter = episodes[: shapes["one_by_one"]], IoUMeter(novel)
         start = time.perf_counter()
-        for pred, label, class_id in episode_by_episode(model, few, index, cfg, bank, device):
+        for pred, label, class_id in episode_by_episode(model, few, *common):
             meter.update(pred, label, class_id)
         one_by_one = time.perf_counter() - start
         for variant, count, seconds, flops in (
@@ -304,13 +274,7 @@ def evaluate(args, shapes, work: Path, record) -> None:
                     "paper_episodes_per_s": PAPER_FPS.get(shot),
                 }
             )
-            record(
-                rows=rows,
-                matmul=f"{rate[0] / 1e12:.1f} TFLOP/s {rate[1]}",
-                bank_images=shapes["bank_images"],
-                faiss_index=type(bank.index).__name__,
-                faiss_on_gpu=type(bank.index).__name__.startswith("Gpu"),  # where it went
-            )
+        record(rows=rows, **facts)
 
 
 def annotation(args, shapes, work: Path, record) -> None:
@@ -320,27 +284,13 @@ def annotation(args, shapes, work: Path, record) -> None:
     import limits
 
     index = sized_images(shapes, work, "coco_size")
-    init, params = work / "coco_encoder_init.pt", flags(input_size=shapes["crop"], batch_size=16)
-    common = dict(index=index, device=args.device, threads=os.cpu_count())
+    on = dict(index=index, device=args.device, threads=os.cpu_count())
     encoder = flags(arch=shapes["arch"], weights="none", calibration_images=16)
-    stages = {
-        "extract-features": run_stage(
-            "extract-features", out=work / "coco_features.zarr", encoder_out=init,
-            encoder=encoder, params=params, **common,
-        )
-    }  # fmt: skip
-    computed = dict(encoder_init=init, annotation=params, **common)
-    prototypes, clusters = work / "coco_prototypes.zarr", work / "coco_clusters.zarr"
-    stages["pool-prototypes"] = run_stage("pool-prototypes", out=prototypes, **computed)
+    params = flags(input_size=shapes["crop"], batch_size=16)
     protocol = flags(min_support_pixels=shapes["min_support_pixels"])
-    run_stage(
-        "cluster", index=index, prototypes=prototypes, fold=0, out=clusters,
-        params=flags(k=shapes["k"]), protocol=protocol,
-    )  # fmt: skip
-    out = work / "coco_pseudo_masks.zarr"
-    stages["write-pseudo-masks"] = run_stage(
-        "write-pseudo-masks", clusters=clusters, out=out, **computed
-    )
+    cluster = dict(params=flags(k=shapes["k"]), protocol=protocol)
+    stages = annotate(work / "coco", on, encoder, params, cluster, keep=False)
+    del stages["cluster"]
     count = shapes["train"]
     for stage, timed in stages.items():
         timed["startup_seconds"] = limits.startup_seconds(stage, repeats=1)
@@ -356,12 +306,8 @@ def tests(args, shapes, work: Path, record) -> None:
         for p in (REPO / "tests").glob("test_*.py")
         if "mark.gpu" in p.read_text()
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"]
+    done = subprocess.run([*command, *files], cwd=REPO, capture_output=True, text=True)
     print(done.stdout[-4000:], done.stderr[-2000:])
     lines = done.stdout.strip().splitlines()
     record(files=files, summary=lines[-1] if lines else "", exit_code=done.returncode)
@@ -369,13 +315,7 @@ def tests(args, shapes, work: Path, record) -> None:
         raise SystemExit(f"gpu tests failed: {lines[-1] if lines else done.stderr[-500:]}")
 
 
-PARTS = {
-    "tests": tests,
-    "pipeline": pipeline,
-    "train": train,
-    "evaluate": evaluate,
-    "annotation": annotation,
-}
+PARTS = {part.__name__: part for part in (tests, pipeline, train, evaluate, annotation)}
 
 
 class Partial:
@@ -396,12 +336,8 @@ def run_part(name: str, budget: float, args, log) -> dict:
     start = time.perf_counter()
     log.write(f"\n===== {name} (budget {budget:g} s)\n")
     log.flush()
-    child = subprocess.Popen(
-        argv + ["--quick"] * args.quick,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    argv += ["--quick"] * args.quick
+    child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         status = "ok" if child.wait(timeout=budget) == 0 else f"failed (exit {child.returncode})"
     except subprocess.TimeoutExpired:
@@ -414,24 +350,24 @@ def run_part(name: str, budget: float, args, log) -> dict:
 
 
 def report(results: dict) -> str:
+    quick = " --quick" if results["quick"] else ""
     lines = [
-        f"## GPU check (`bench/gpu_check.py --device {results['device']}"
-        f"{' --quick' if results['quick'] else ''}`)",
+        f"## GPU check (`bench/gpu_check.py --device {results['device']}{quick}`)",
         "",
         f"Machine: {describe(results['machine'])}. Shapes: {results['shapes']}. The device "
         "side runs bf16 autocast (on the CPU through $LATENTFSS_CPU_BF16), the CPU side fp32.",
         "",
-        "| part | status | seconds | results |",
-        "|---|---|---:|---|",
     ]
-    for name, part in results["parts"].items():
-        rest = {k: v for k, v in part.items() if k not in ("status", "seconds", "rows")}
-        lines.append(f"| {name} | {part['status']} | {part['seconds']} | `{json.dumps(rest)}` |")
-    for name, part in results["parts"].items():
+    parts, shown = results["parts"], ("status", "seconds", "rows")
+    rest = {n: json.dumps({k: v for k, v in p.items() if k not in shown}) for n, p in parts.items()}
+    lines += table(
+        [{"name": name, **part, "rest": rest[name]} for name, part in parts.items()],
+        {"part": "{name}", "status": "{status}", "seconds": "{seconds}", "results": "`{rest}`"},
+    )
+    for name, part in parts.items():
         if part.get("rows"):
-            keys = list(part["rows"][0])
-            lines += ["", f"{name}:", "", " | ".join(keys), " | ".join("---" for _ in keys)]
-            lines += [" | ".join(str(row.get(k, "")) for k in keys) for row in part["rows"]]
+            columns = {key: f"{{{key}}}" for key in part["rows"][0]}
+            lines += ["", f"{name}:", "", *table(part["rows"], columns)]
     return "\n".join(lines) + "\n"
 
 
@@ -448,20 +384,13 @@ def main() -> None:
     shapes = SHAPES[args.quick]
     if args.part:  # the parent's child: one part
         os.environ[CPU_BF16] = "1" if args.device == "cpu" else "0"
-        PARTS[args.part](
-            args, shapes, Path(args.work), Partial(Path(args.work) / f"{args.part}.json")
-        )
+        work = Path(args.work)
+        PARTS[args.part](args, shapes, work, Partial(work / f"{args.part}.json"))
         return
     paths = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths)  # the parts run from other folders
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "machine": machine(),
-        "device": args.device,
-        "quick": args.quick,
-        "shapes": {k: v for k, v in shapes.items()},
-        "parts": {},
-    }
+    results = dict(machine=machine(), device=args.device, quick=args.quick, shapes=shapes, parts={})
     with scratch() as work, open(args.out / "gpu_check.log", "w") as log:
         args.work = work
         for name in args.only:
