@@ -261,8 +261,8 @@ def evaluate(args, shapes, work: Path, record) -> None:
             meter.update(pred, label, class_id)
         one_by_one = time.perf_counter() - start
         for variant, count, seconds, flops in (
-            ("encode once", len(episodes), work_done["seconds"], floors.encode_once(episodes)),
-            ("episode by episode", len(few), one_by_one, floors.per_episode(few)),
+            ("encode once", len(episodes), work_done["seconds"], floors(episodes, once=True)),
+            ("episode by episode", len(few), one_by_one, floors(few, once=False)),
         ):
             rows.append(
                 {

@@ -1,9 +1,8 @@
 """Backs docs/results.md, "Speed against the machine's limits": evaluation's episodes/s.
 
-Evaluation's episodes/s, 1-shot and 5-shot, on fold 0's models and region banks of an existing
-run, in one process on the same episode lists: encoding each distinct image once (5 seeds, and
-seed 0 alone), encoding every episode anew, and the authors' loop shape; then build-bank and
-evaluate as the workflow runs them. Every figure is set against its floor (bench/limits.py).
+Evaluation's episodes/s, 1-shot and 5-shot, on fold 0 of an existing run, in one process on the
+same episode lists: encoding each distinct image once, every episode anew and the authors' loop
+shape; then build-bank and evaluate as the workflow runs them, each against its floor.
 
     python bench/inference.py [--results results/synthetic] [--episodes 1000]
 
@@ -57,12 +56,6 @@ def authors_loop(model, episodes: pd.DataFrame, index, cfg, bank, device):
         yield logits[0].argmax(0).cpu().numpy(), episode["label"].numpy(), episode["class_id"]
 
 
-def episode_images(episodes: pd.DataFrame) -> list[int]:
-    """Every episode's query and support image ids."""
-    supports = [int(i) for s in episodes["supports"] for i in str(s).split()]
-    return [*map(int, episodes["query"]), *supports]
-
-
 class Floors:
     """The least compute of evaluation: the encoder's FLOPs for each image encoded plus the
     matching's, 2 x C multiply-adds per prototype and feature cell of every query (the
@@ -90,12 +83,11 @@ class Floors:
         cells = [-(-h // 8) * -(-w // 8) for h, w in map(self._size, episodes["query"])]
         return 2 * 2 * self.model.encoder.channels * sum(cells)
 
-    def per_episode(self, episodes: pd.DataFrame) -> int:
-        """Every episode's query and supports encoded anew."""
-        return self.encoder(episode_images(episodes)) + self.matching(episodes)
-
-    def encode_once(self, episodes: pd.DataFrame) -> int:
-        return self.encoder(set(episode_images(episodes))) + self.matching(episodes)
+    def __call__(self, episodes: pd.DataFrame, once: bool) -> int:
+        """The episodes' images encoded each once (`once`) or, every episode's, anew."""
+        supports = [int(i) for s in episodes["supports"] for i in str(s).split()]
+        images = [*map(int, episodes["query"]), *supports]
+        return self.encoder(set(images) if once else images) + self.matching(episodes)
 
 
 def measure_variants(results: Path, shot: int, episodes: int, config: dict, device) -> list[dict]:
@@ -131,7 +123,7 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict, devi
     seed0 = {"seed0": lists["seed0"]}
     for variant, chosen in (("encode once", lists), ("encode once, seed 0 alone", seed0)):
         meters, _, work = evaluate_lists(model, chosen, index, cfg, bank, device, novel)
-        flops = floors.encode_once(pd.concat(chosen.values()))
+        flops = floors(pd.concat(chosen.values()), once=True)
         record(variant, meters, work["seconds"], flops, images=work)
     # the authors' loop keeps the default memory format (NCHW)
     for variant, loop, memory_format in (
@@ -143,37 +135,24 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict, devi
         for pred, label, class_id in loop(model, lists["seed0"], index, cfg, bank, device):
             meter.update(pred, label, class_id)
         seconds = time.perf_counter() - start
-        record(variant, {"seed0": meter}, seconds, floors.per_episode(lists["seed0"]))
+        record(variant, {"seed0": meter}, seconds, floors(lists["seed0"], once=False))
     return rows
 
 
 def measure_stages(results: Path, shot: int, config: dict, threads: int, tmp: Path) -> list[dict]:
     """build-bank and evaluate (every seed) of fold 0, each in its own process, against their
     floors (evaluate's: encoding its lists' distinct images once)."""
-    e = config["evaluate"]
-    model_path = artifact(results, layout.MODEL, fold=0, shot=shot)
+    e, index, task = config["evaluate"], results / layout.INDEX, dict(fold=0, shot=shot)
+    model = artifact(results, layout.MODEL, **task)
     masks = artifact(results, layout.PSEUDO_MASKS, fold=0)
-    index = read_index(results / layout.INDEX)
     cfg = from_params(EvaluateConfig, e, "evaluate")
-    floors = Floors(load_model(model_path)[0], index, cfg, torch.device("cpu"))
-    common = dict(index=results / layout.INDEX, model=model_path, threads=threads)
-    bank = run_stage(
-        "build-bank",
-        pseudo_masks=masks,
-        out=tmp / "bank",
-        params=json.dumps({k: e[k] for k in BANK_KEYS}),
-        **common,
-    )
-    evaluate = run_stage(
-        "evaluate",
-        bank=artifact(results, layout.BANK, fold=0, shot=shot),
-        fold=0,
-        shot=shot,
-        out=tmp / "eval",
-        params=json.dumps(e),
-        protocol=json.dumps(config["protocol"]),
-        **common,
-    )
+    floors = Floors(load_model(model)[0], read_index(index), cfg, torch.device("cpu"))
+    common = dict(index=index, model=model, threads=threads)
+    params = json.dumps({k: e[k] for k in BANK_KEYS})
+    bank = run_stage("build-bank", pseudo_masks=masks, out=tmp / "bank", params=params, **common)
+    flags = dict(params=json.dumps(e), protocol=json.dumps(config["protocol"]), **task, **common)
+    banked = artifact(results, layout.BANK, **task)
+    evaluate = run_stage("evaluate", bank=banked, out=tmp / "eval", **flags)
     train_set = zarr.open_group(str(masks), mode="r")["image_id"][:]
     lists = pd.concat([pd.read_csv(tmp / f"eval/episodes_seed{seed}.csv") for seed in e["seeds"]])
     return [
@@ -188,7 +167,7 @@ def measure_stages(results: Path, shot: int, config: dict, threads: int, tmp: Pa
         }
         for stage, timed, items, flops in (
             ("build-bank", bank, len(train_set), floors.encoder(train_set)),
-            ("evaluate", evaluate, len(lists), floors.encode_once(lists)),
+            ("evaluate", evaluate, len(lists), floors(lists, once=True)),
         )
     ]
 
@@ -208,9 +187,7 @@ def main() -> None:
     with scratch() as tmp:
         rates = limits.measure(device)
         for shot in (1, 5):
-            stages += measure_stages(
-                args.results, shot, config, args.threads, Path(tmp) / str(shot)
-            )
+            stages += measure_stages(args.results, shot, config, args.threads, Path(tmp, str(shot)))
             rows += measure_variants(args.results, shot, args.episodes, config, device)
         rates = limits.measure(device, before=rates)
     limits.add_floors(rows + stages, rates)

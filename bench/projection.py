@@ -1,12 +1,8 @@
 """Backs docs/running.md, "What a full run costs": each preset on GPUs, projected.
 
-Each preset's full run (4 folds, 1- and 5-shot, 6,000 iterations, 5 test seeds of 1,000 or
-4,000 episodes) projected onto GPUs from the rehearsals (`bench/rehearsal.py`: each stage's
-host seconds, device work, memory and disk at full count), the real encoder's FLOPs (counted
-on the meta device) and the training loaders' seconds per sample (timed here). A job takes its
-host's seconds plus its device's work at the assumed rates; one GPU runs every job in turn, 8
-GPUs the critical path (docs/running.md, "What the projection assumes"). The scratch disk's
-upper bound (`disk_bound`) counts the artifacts uncompressed, from the datasets' counts (DISK).
+Each preset's full run projected onto GPUs from the rehearsals (`bench/rehearsal.py`), the real
+encoder's FLOPs (counted on the meta device) and the training loaders' seconds per sample (timed
+here); every factor and its assumption: docs/running.md, "What the projection assumes".
 
     python bench/projection.py [--runs .bench-rehearsal] [--gpu-tflops 100] [--gpu-tbps 1]
 
@@ -47,7 +43,6 @@ SHOTS, FOLDS, GPUS = (1, 5), 4, 8
 SIDES = {"pascal": (375, 500), "coco": (480, 640)}  # the test images, at original resolution
 CUDA_CONTEXT_MB = 1000  # host memory a process's CUDA context adds, about (not measured here)
 REHEARSED = SETTINGS["pascal"]["evaluate"]  # as the coco sample: one seed
-REHEARSED_EPISODES, REHEARSED_WORKERS = REHEARSED["episodes"], REHEARSED["workers"]
 DISK = {  # train images, largest image side, K, masks converted by prepare
     "pascal (voc_sbd)": (5_953, 500, 5, 4_489),  # from the official archives: SBD's .mat
     "pascal (trainaug)": (10_582, 500, 5, 9_118),  # masks of images outside VOC2012 train
@@ -57,9 +52,7 @@ ENCODER_PARAMETERS = 8.5e6  # ResNet-50 to layer3 (model.pt without the mining h
 
 
 def disk_bound(images: int, side: int, k: int, converted: int) -> dict[str, float]:
-    """GB of each artifact, uncompressed: layer3's 1,024 channels on a 60 x 60 grid (input 473),
-    3 classes an image, every fold's masks padded to the largest side, a bank's K + 1 regions
-    an image at most, 8 models."""
+    """GB of each artifact, uncompressed (its shape: docs/running.md, "Scratch disk")."""
     per_feature = 1024 * 4 / 1e9  # a float32 prototype
     return {
         "features.zarr": images * 60 * 60 * per_feature / 2,  # float16
@@ -143,11 +136,12 @@ def loader_seconds(sample: Path, config: dict, samples: int) -> dict[str, float]
     return seconds
 
 
-def jobs(preset: str, gpu: dict, flops: dict, loaders: dict, startup: dict) -> list[dict]:
+def jobs(preset: str, gpu: dict, loaders: dict, startup: dict) -> list[dict]:
     """Every job of the preset's run: rule, DAG level, count, GPU or not, host and device
     seconds, device GFLOP (the real encoder's included), peak memory and disk (MB, per job)."""
     config = preset_config(preset)
     t, e = config["train"], config["evaluate"]
+    flops = {shot: step_flops(config, shot) for shot in SHOTS}
     rehearsal = json.loads((RESULTS / f"rehearsal_{preset}.json").read_text())
     full = later = rehearsal["runs"][-1]
     images, fold_set = full["images"], full["work"]["fold_train_set"]
@@ -204,14 +198,14 @@ def jobs(preset: str, gpu: dict, flops: dict, loaders: dict, startup: dict) -> l
     rows = [job(r, level, n, g, *stages[r], f) for r, level, n, g, f in shared]
     train, bank, evaluate = (later["stages"][r] for r in ("train", "build_bank", "evaluate"))
     episodes = e["episodes"] * len(e["seeds"])
-    workers = REHEARSED_WORKERS / e["workers"]  # build_bank's and evaluate's loaders
+    workers = REHEARSED["workers"] / e["workers"]  # build_bank's and evaluate's loaders
     for shot in SHOTS:
         samples = t["batch_episodes"] * loaders[shot] + t["batch_pseudo"] * loaders["pseudo"]
         loader, gpu_step = samples / (2 * t["workers"]), flops[shot] / gpu["flops"]
         waiting = t["iterations"] * max(loader - gpu_step, 0)  # the GPU waits for the loaders
         # the rehearsal's few steps stand for none: start-up and the loaders' wait on the host
         steps = {"host_s": train["host_s"] + waiting, "gflop": 0, "device_gb": 0, "device_ops": 0}
-        read = episodes / REHEARSED_EPISODES * (1 + shot) / 2  # an episode reads 1 + shot images
+        read = episodes / REHEARSED["episodes"] * (1 + shot) / 2  # an episode reads 1 + shot images
         trained = job(
             f"train {shot}-shot", 5, FOLDS, True, train | steps, 1, t["iterations"] * flops[shot]
         )
@@ -269,9 +263,7 @@ def main() -> None:
     startup = {rule: limits.startup_seconds(rule.replace("_", "-")) for rule in RULES}
     results["startup_s"] = startup
     for preset in ("pascal", "coco"):
-        config = preset_config(preset)
-        flops = {shot: step_flops(config, shot) for shot in SHOTS}
-        rows = jobs(preset, gpu, flops, loaders, startup)
+        rows = jobs(preset, gpu, loaders, startup)
         name, keep = ("pascal (voc_sbd)", True) if preset == "pascal" else ("coco", False)
         upper = sum(gb for a, gb in bound[name].items() if keep or a != "features.zarr")
         results[preset] = {
@@ -284,14 +276,10 @@ def main() -> None:
 def short_of_ask(job: dict) -> list[str]:
     """What a job would be killed for under SLURM: its projected time over its runtime, or its
     peak memory (plus a CUDA context's host memory on a GPU job) over its mem_mb."""
+    late = job["seconds"] > 60 * job["asks_minutes"]
     memory = job["peak_mb"] + CUDA_CONTEXT_MB * job["gpu"]
     return [
-        what
-        for what, over in (
-            ("time", job["seconds"] > 60 * job["asks_minutes"]),
-            ("memory", memory > job["asks_mem_mb"]),
-        )
-        if over
+        what for what, over in (("time", late), ("memory", memory > job["asks_mem_mb"])) if over
     ]
 
 

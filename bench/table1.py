@@ -104,10 +104,6 @@ def main() -> None:
     save(results, markdown, args.out, "table1")
 
 
-def outside(inside: dict[str, bool]) -> str:
-    return ", ".join(label for label, yes in inside.items() if not yes) or "none"
-
-
 def fold_columns(count: int) -> dict[str, str]:
     """Each fold's mIoU, a column each."""
     return {
@@ -138,9 +134,10 @@ def markdown(r: dict) -> list[str]:
     )
     lines += ["", *(f"- {label}: {'; '.join(m)}" for label, m in r["machines"].items())]
     if "spread" in r:
-        spread = [
-            {"shot": shot, **s, "outside": outside(s["inside"])} for shot, s in r["spread"].items()
-        ]
+        spread = [{"shot": shot, **s} for shot, s in r["spread"].items()]
+        for s in spread:
+            outside = [label for label, inside in s["inside"].items() if not inside]
+            s["outside"] = ", ".join(outside) or "none"
         lines += ["", f"Between the runs {', '.join(spread[0]['labels'])}:", ""]
         lines += table(
             spread,

@@ -1,8 +1,7 @@
 """Backs docs/method.md, "Training": iterations/s and distance to the floor.
 
 `latentfss train` at the default config, 1-shot and 5-shot, each in its own process on fold 0's
-annotation artifacts of an existing run: iterations/s, peak memory and distance to the floor
-(bench/limits.py).
+annotation artifacts of an existing run: iterations/s, peak memory and distance to the floor.
 
     python bench/train.py [--results results/synthetic] [--iterations 40] [--threads 2]
 
@@ -24,22 +23,6 @@ from latentfss.config import ModelConfig, defaults
 from latentfss.encoder import load_encoder
 from latentfss.model import MatchingNet
 from latentfss.runtime import pick_device
-
-
-def timed_train(results: Path, out: Path, shot: int, params: dict, threads: int) -> dict:
-    """One training run in its own process: wall seconds and peak RSS."""
-    return run_stage(
-        "train",
-        index=results / layout.INDEX,
-        encoder_init=artifact(results, layout.ENCODER_INIT),
-        pseudo_masks=artifact(results, layout.PSEUDO_MASKS, fold=0),
-        fold=0,
-        shot=shot,
-        out=out / "model.pt",
-        log_csv=out / "train.csv",
-        params=json.dumps(params),
-        threads=threads,
-    )
 
 
 def iteration_flops(results: Path, config: dict, shot: int) -> int:
@@ -82,6 +65,14 @@ def main() -> None:
             f"{args.results}: run `snakemake --cores 2` first (needs fold 0's pseudo masks)"
         )
     params = {**config["train"], "iterations": iterations, "checkpoint_every": 10 * iterations}
+    inputs = dict(
+        index=args.results / layout.INDEX,
+        encoder_init=artifact(args.results, layout.ENCODER_INIT),
+        pseudo_masks=artifact(args.results, layout.PSEUDO_MASKS, fold=0),
+        fold=0,
+        params=json.dumps(params),
+        threads=args.threads,
+    )
     torch.set_num_threads(args.threads)
     startup = limits.startup_seconds("train")
     runs = []
@@ -89,7 +80,9 @@ def main() -> None:
         rates = limits.measure(pick_device())
         for shot in (1, 5):
             out = Path(tmp) / f"shot{shot}"
-            run = timed_train(args.results, out, shot, params, args.threads)
+            run = run_stage(
+                "train", shot=shot, out=out / "model.pt", log_csv=out / "train.csv", **inputs
+            )
             flops = iterations * iteration_flops(args.results, config, shot)
             runs.append(
                 {
