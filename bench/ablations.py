@@ -20,16 +20,6 @@ from latentfss import layout
 from latentfss.stages import summarize
 
 
-def evaluations(results: Path, rows: list[str]) -> list[str]:
-    """`ROW=METRICS` of every evaluation of `rows`, in their order."""
-    pattern = f"{layout.EVAL}/{layout.METRICS}"
-    return [
-        f"{row}={path}"
-        for row in rows
-        for path in sorted(results.glob(pattern.format(row=row, tseed="*", fold="*", shot="*")))
-    ]
-
-
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("results", type=Path, help="a run's results/{dataset} folder")
@@ -39,7 +29,13 @@ def main() -> None:
     parser.add_argument("--name", default="ablations", help="the results files' name")
     args = parser.parse_args()
     rows = args.rows or sorted(p.name for p in args.results.iterdir() if p.is_dir())
-    runs = summarize.read_metrics(evaluations(args.results, rows))
+    run, pattern = args.results, f"{layout.EVAL}/{layout.METRICS}"
+    evaluations = [  # ROW=METRICS of every evaluation of the rows, in their order
+        f"{row}={path}"
+        for row in rows
+        for path in sorted(run.glob(pattern.format(row=row, tseed="*", fold="*", shot="*")))
+    ]
+    runs = summarize.read_metrics(evaluations)
     runs = runs[runs["shot"] == args.shot]
     diffs = summarize.differences(runs, args.reference).reset_index()
     diffs["half_width"] = (diffs["high"] - diffs["low"]) / 2

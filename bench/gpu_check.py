@@ -4,10 +4,8 @@
     PYTHONPATH=src:/tmp/site python bench/gpu_check.py --out DIR       # about 9 minutes
     python bench/gpu_check.py --device cpu --quick --out DIR           # tiny shapes; a test
 
-Each part (what it measures: its docstring, bench/gpu_checklist.md) runs in its own process
-under its own time budget; DIR/gpu_check.json and .md are rewritten as each part ends, and
-DIR/gpu_check.log holds their output. With `--device cpu` the device side is the CPU running
-CUDA's bf16 autocast ($LATENTFSS_CPU_BF16): precision alone.
+Each part (bench/gpu_checklist.md) runs in its own process under a time budget, its results
+written to DIR/gpu_check.json and .md as it ends. `--device cpu`: the device side in bf16.
 """
 
 from __future__ import annotations
@@ -23,9 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+import limits
 import numpy as np
 import pandas as pd
 import torch
+from inference import Floors
 from PIL import Image
 from record import describe, machine, run_stage, scratch, table
 
@@ -33,20 +33,21 @@ from latentfss import store
 from latentfss.config import EvaluateConfig, ModelConfig, SyntheticConfig, TrainConfig
 from latentfss.datasets import images, voc
 from latentfss.datasets.index import read_index
-from latentfss.encoder import Encoder
+from latentfss.encoder import Encoder, Normalise
 from latentfss.episodes import IGNORE, EpisodeSampler, novel_classes, sample_test_episodes
+from latentfss.metrics import IoUMeter
 from latentfss.model import MatchingNet
 from latentfss.region_bank import RegionBank, inner_product_index, on_device
 from latentfss.runtime import CPU_BF16, pick_device
+from latentfss.scoring import episode_by_episode, evaluate_lists
 from latentfss.stages.make_synthetic import generate
+from latentfss.trainer import sgd, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_FPS = {1: 27.8, 5: 12.8}  # Table 7, on the authors' GPU, every episode encoded anew
 
 # Seconds each part may take; on one H100 they add up to 9 minutes.
-BUDGETS = {
-    "tests": 100, "pipeline": 110, "train": 90, "evaluate": 120, "annotation": 100,
-}  # fmt: skip
+BUDGETS = dict(tests=100, pipeline=110, train=90, evaluate=120, annotation=100)
 QUICK_BUDGET = 300  # each part, on a loaded 2-core CI machine
 SHAPES = {  # the PASCAL preset's, and the tiny ones of --quick
     False: dict(
@@ -70,9 +71,8 @@ def flags(**section) -> str:
 
 
 def annotate(out: Path, on: dict, encoder: str, params: str, cluster: dict, keep: bool) -> dict:
-    """extract-features, pool-prototypes, cluster and write-pseudo-masks into `out` (`on`: the
-    index, device and threads), the last two reading the features kept or, without `keep`,
-    computing them again on the device (`keep_features: false`): each stage's run_stage."""
+    """extract-features .. write-pseudo-masks into `out` (`on`: index, device, threads), the
+    features kept or, without `keep`, computed again on the device: each stage's run_stage."""
     init, features, prototypes = out / "encoder_init.pt", out / "features.zarr", out / "protos.zarr"
     run = {}
     run["extract-features"] = run_stage(
@@ -143,9 +143,6 @@ def train(args, shapes, work: Path, record) -> None:
     """Two training steps (the stage's train_step, SGD with BatchNorm frozen, random weights
     and data) per shot and micro-batch count: the second step's seconds and the peak memory
     (CUDA: torch's peak allocation for that shape; CPU: the process's peak RSS so far)."""
-    from latentfss.encoder import Normalise
-    from latentfss.trainer import sgd, train_step
-
     device, crop, count = pick_device(args.device), shapes["crop"], shapes["episodes"]
     normalise, rows = Normalise(device), []
     for shot, micro in ((s, m) for s in shapes["shots"] for m in shapes["micro"]):
@@ -189,8 +186,7 @@ def train(args, shapes, work: Path, record) -> None:
 
 
 def sized_images(shapes, work: Path, key: str = "size") -> Path:
-    """A synthetic VOC root whose images are all height x width (shapes[key]: PASCAL's usual
-    375 x 500, or COCO's 480 x 640), made once for the parts that need it, and its index."""
+    """The index of synthetic images all of shapes[key] (height, width), made once."""
     root, index = work / key, work / f"{key}_index"
     if not index.is_dir():
         height, width = shapes[key]
@@ -211,41 +207,29 @@ def sized_images(shapes, work: Path, key: str = "size") -> Path:
     return index
 
 
-def random_bank(count: int, channels: int, device: torch.device, regions: int = 4) -> RegionBank:
-    """A bank of `count` train images with `regions` regions each, random unit vectors."""
-    generator = torch.Generator().manual_seed(0)
-
-    def unit(n: int) -> torch.Tensor:
-        return torch.nn.functional.normalize(torch.randn(n, channels, generator=generator))
-
-    index = on_device(inner_product_index(unit(count).numpy()), device)
-    offsets = torch.arange(0, count * regions + 1, regions, device=device)
-    cfg = EvaluateConfig()
-    return RegionBank(index, unit(count * regions).to(device), offsets, cfg.top_n, cfg.beta)
-
-
 def evaluate(args, shapes, work: Path, record) -> None:
     """Encode-once evaluation (the evaluate stage's `evaluate_lists`) and episode by episode on
     the same lists, against the floor of the FLOPs they must do."""
-    import limits
-    from inference import Floors
-
-    from latentfss.metrics import IoUMeter
-    from latentfss.scoring import episode_by_episode, evaluate_lists
-
     device = pick_device(args.device)
     index = read_index(sized_images(shapes, work))
     torch.manual_seed(0)
     model = MatchingNet(Encoder(shapes["arch"]), ModelConfig(), pseudo_classes=None)
     model = model.to(device).eval().to(memory_format=torch.channels_last)
-    bank = random_bank(shapes["bank_images"], model.encoder.channels, device)
     cfg = EvaluateConfig(resize="none", batch_size=8, cache_mb=16384, workers=shapes["workers"])
+    count, generator = shapes["bank_images"], torch.Generator().manual_seed(0)
+    per_image, per_region = (  # the bank: random unit vectors, 4 regions an image
+        torch.nn.functional.normalize(torch.randn(n, model.encoder.channels, generator=generator))
+        for n in (count, 4 * count)
+    )
+    nearest = on_device(inner_product_index(per_image.numpy()), device)
+    offsets = torch.arange(0, 4 * count + 1, 4, device=device)
+    bank = RegionBank(nearest, per_region.to(device), offsets, cfg.top_n, cfg.beta)
     novel = novel_classes(0, index.num_classes, "consecutive")
     val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
     floors, rate = Floors(model, index, cfg, device), limits.matmul_rate(device)
     facts = dict(
         matmul=f"{rate[0] / 1e12:.1f} TFLOP/s {rate[1]}",
-        bank_images=shapes["bank_images"],
+        bank_images=count,
         faiss_index=type(bank.index).__name__,
         faiss_on_gpu=type(bank.index).__name__.startswith("Gpu"),  # where it went
     )
@@ -278,11 +262,8 @@ def evaluate(args, shapes, work: Path, record) -> None:
 
 
 def annotation(args, shapes, work: Path, record) -> None:
-    """At COCO's image sizes: extract-features (the encoder's images/s at the preset's input
-    size; the COCO preset itself keeps no features), then pool-prototypes and write-pseudo-masks
-    with the features computed again on the device (`keep_features: false`): seconds, images/s."""
-    import limits
-
+    """The COCO preset's annotation (features computed again on the device) at COCO's image
+    sizes: each stage's seconds and images/s."""
     index = sized_images(shapes, work, "coco_size")
     on = dict(index=index, device=args.device, threads=os.cpu_count())
     encoder = flags(arch=shapes["arch"], weights="none", calibration_images=16)
@@ -301,11 +282,8 @@ def annotation(args, shapes, work: Path, record) -> None:
 
 def tests(args, shapes, work: Path, record) -> None:
     """The `gpu`-marked tests (skipped without CUDA)."""
-    files = sorted(
-        str(p.relative_to(REPO))
-        for p in (REPO / "tests").glob("test_*.py")
-        if "mark.gpu" in p.read_text()
-    )
+    found = REPO.glob("tests/test_*.py")
+    files = sorted(str(p.relative_to(REPO)) for p in found if "mark.gpu" in p.read_text())
     command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"]
     done = subprocess.run([*command, *files], cwd=REPO, capture_output=True, text=True)
     print(done.stdout[-4000:], done.stderr[-2000:])
@@ -316,18 +294,6 @@ def tests(args, shapes, work: Path, record) -> None:
 
 
 PARTS = {part.__name__: part for part in (tests, pipeline, train, evaluate, annotation)}
-
-
-class Partial:
-    """A part's results, written to its JSON file each time it records something."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.values = path, {}
-
-    def __call__(self, **values) -> dict:
-        self.values.update(values)
-        self.path.write_text(json.dumps(self.values, indent=2) + "\n")
-        return self.values
 
 
 def run_part(name: str, budget: float, args, log) -> dict:
@@ -382,10 +348,16 @@ def main() -> None:
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     shapes = SHAPES[args.quick]
-    if args.part:  # the parent's child: one part
+    if args.part:  # the parent's child: one part, its results rewritten each time it records
         os.environ[CPU_BF16] = "1" if args.device == "cpu" else "0"
-        work = Path(args.work)
-        PARTS[args.part](args, shapes, work, Partial(work / f"{args.part}.json"))
+        work, results = Path(args.work), {}
+
+        def record(**values) -> dict:
+            results.update(values)
+            (work / f"{args.part}.json").write_text(json.dumps(results, indent=2) + "\n")
+            return results
+
+        PARTS[args.part](args, shapes, work, record)
         return
     paths = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths)  # the parts run from other folders

@@ -1,7 +1,6 @@
 """Backs docs/running.md, "What a full run costs": PASCAL's archives for the rehearsal.
 
-PASCAL-5i laid out as the official VOC2012 and SBD archives, at full size, for
-bench/rehearsal.py pascal: no download.
+PASCAL-5i as the official VOC2012 and SBD archives at full size, for bench/rehearsal.py pascal.
 
     python bench/pascal_archives.py ROOT [--threads 2]
 """
@@ -32,10 +31,8 @@ LIST_FILES = {
 
 
 def official_lists() -> dict[str, list[str]]:
-    """Lists of the official sizes, overlapping as VOC2012 and SBD do: 2,237 of VOC2012's 2,913
-    segmentation images are in SBD (676 are not: 12,031 in all, as trainaug + val imply), some
-    of VOC2012 val is in SBD train, and train_noval (SBD train without VOC2012 val) shares
-    1,134 images with VOC2012 train (the duplicates PFENet's merge removed)."""
+    """Lists of the official sizes, overlapping as VOC2012 and SBD do: 12,031 images in all,
+    train_noval sharing 1,134 with VOC2012 train (the duplicates PFENet's merge removed)."""
     t = [f"2007_{i:06d}" for i in range(1_464)]  # VOC2012 train
     v = [f"2008_{i:06d}" for i in range(1_449)]  # VOC2012 val
     s = [f"2010_{i:06d}" for i in range(9_118)]  # in SBD only
@@ -104,9 +101,8 @@ def make_archives(root: Path, threads: int) -> dict[str, int]:
     """The lists, 12,031 JPEGs, VOC2012's 2,913 masks and SBD's 11,355 .mat files."""
     lists = official_lists()
     write_lists(root, lists)
-    for folder in ("JPEGImages", "SegmentationClass"):
-        (root / pascal.VOC / folder).mkdir(parents=True)
-    (root / pascal.SBD / "cls").mkdir(parents=True)
+    for folder in (pascal.VOC / "JPEGImages", pascal.VOC / "SegmentationClass", pascal.SBD / "cls"):
+        (root / folder).mkdir(parents=True)
     voc = set(lists["VOC2012 train"] + lists["VOC2012 val"])
     sbd = set(lists["SBD train"] + lists["SBD val"])
     ids = sorted(voc | sbd)

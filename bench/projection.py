@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import limits
@@ -118,22 +117,17 @@ def loader_seconds(sample: Path, config: dict, samples: int) -> dict[str, float]
     pixels = index.pixels[index.pixels["image_id"].isin(index.split("train").index)]
     t, min_pixels = config["train"], config["protocol"]["min_support_pixels"]
     crop, scale = t["crop"], tuple(t["scale"])
-    data = {
-        "pseudo": PseudoSamples(
-            [artifact(results, layout.PSEUDO_MASKS, fold=0)], index.images, crop, scale, 0
-        )
-    }
+    masks = [artifact(results, layout.PSEUDO_MASKS, fold=0)]
+    data = {"pseudo": PseudoSamples(masks, index.images, crop, scale, 0)}
     for shot in SHOTS:
         sampler = EpisodeSampler.from_pixels(pixels, base_classes(0, 80), min_pixels, shot)
         data[shot] = EpisodeSamples(index.images, sampler, 80, crop, scale, 0)
-    seconds = {}
-    for name, dataset in data.items():
+
+    def per_sample(dataset) -> float:
         dataset[0]  # opens its stores
-        start = time.perf_counter()
-        for k in range(1, samples + 1):
-            dataset[k]
-        seconds[name] = (time.perf_counter() - start) / samples
-    return seconds
+        return limits.clock(lambda: [dataset[k] for k in range(1, samples + 1)]) / samples
+
+    return {name: per_sample(dataset) for name, dataset in data.items()}
 
 
 def jobs(preset: str, gpu: dict, loaders: dict, startup: dict) -> list[dict]:
@@ -331,12 +325,10 @@ def report(r: dict) -> list[str]:
             f"host memory at most {s['peak_gb']:.1f} GB a job. Training steps: {steps}.",
         ]
     assumed = "[running.md](running.md#what-the-projection-assumes)"
-    lines += ["", f"What each factor rests on: {assumed}."]
-    return lines + disk_table(r["disk_gb"])
-
-
-def disk_table(rows: dict[str, dict[str, float]]) -> list[str]:
-    lines = [
+    rows = r["disk_gb"]
+    lines += [
+        "",
+        f"What each factor rests on: {assumed}.",
         "",
         "Scratch disk per preset (GB, uncompressed upper bounds: every store is compressed, "
         "and nothing is deleted during a run; `disk_bound` gives the shapes they assume):",
@@ -345,10 +337,10 @@ def disk_table(rows: dict[str, dict[str, float]]) -> list[str]:
         "|---" * (len(rows) + 1) + "|",
     ]
     for name in next(iter(rows.values())):
-        lines.append(f"| {name} | " + " | ".join(f"{r[name]:,.1f}" for r in rows.values()) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{d[name]:,.1f}" for d in rows.values()) + " |")
     for keep in (True, False):
         total = [
-            sum(v for n, v in r.items() if keep or n != "features.zarr") for r in rows.values()
+            sum(v for n, v in d.items() if keep or n != "features.zarr") for d in rows.values()
         ]
         label = "total, keep_features: " + ("true" if keep else "false")
         lines.append(f"| **{label}** | " + " | ".join(f"**{t:,.0f}**" for t in total) + " |")

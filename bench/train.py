@@ -25,20 +25,11 @@ from latentfss.model import MatchingNet
 from latentfss.runtime import pick_device
 
 
-def iteration_flops(results: Path, config: dict, shot: int) -> int:
-    """FLOPs of one training iteration at `config` (step_flops); the cosine matching and the
-    losses, a few MFLOP by hand, are left out."""
-    masks = artifact(results, layout.PSEUDO_MASKS, fold=0)
-    k = zarr.open_group(str(masks), mode="r").attrs["K"]
-    encoder = load_encoder(artifact(results, layout.ENCODER_INIT))
-    model = MatchingNet(encoder, ModelConfig(**config["model"]), k + 1)
-    return step_flops(model, config["train"], shot)
-
-
 def step_flops(model: MatchingNet, train: dict, shot: int) -> int:
     """FLOPs of `model`'s encoder and mining head, forward and backward, on one step's batch
     (config section `train`: B queries, B x shot supports, M pseudo-labelled images); on the
-    meta device they are counted without computing."""
+    meta device they are counted without computing. The cosine matching and the losses, a few
+    MFLOP by hand, are left out."""
     model.train()
     for module in model.encoder.modules():  # frozen BatchNorm, as in training
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -60,19 +51,22 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=40)
     args = parser.parse_args()
     config, iterations = defaults(), args.iterations
-    if not artifact(args.results, layout.PSEUDO_MASKS, fold=0).is_dir():
+    init = artifact(args.results, layout.ENCODER_INIT)
+    masks = artifact(args.results, layout.PSEUDO_MASKS, fold=0)
+    if not masks.is_dir():
         raise SystemExit(
             f"{args.results}: run `snakemake --cores 2` first (needs fold 0's pseudo masks)"
         )
     params = {**config["train"], "iterations": iterations, "checkpoint_every": 10 * iterations}
     inputs = dict(
         index=args.results / layout.INDEX,
-        encoder_init=artifact(args.results, layout.ENCODER_INIT),
-        pseudo_masks=artifact(args.results, layout.PSEUDO_MASKS, fold=0),
+        encoder_init=init,
+        pseudo_masks=masks,
         fold=0,
         params=json.dumps(params),
         threads=args.threads,
     )
+    pseudo_classes = zarr.open_group(str(masks), mode="r").attrs["K"] + 1
     torch.set_num_threads(args.threads)
     startup = limits.startup_seconds("train")
     runs = []
@@ -83,7 +77,8 @@ def main() -> None:
             run = run_stage(
                 "train", shot=shot, out=out / "model.pt", log_csv=out / "train.csv", **inputs
             )
-            flops = iterations * iteration_flops(args.results, config, shot)
+            model = MatchingNet(load_encoder(init), ModelConfig(**config["model"]), pseudo_classes)
+            flops = iterations * step_flops(model, config["train"], shot)
             runs.append(
                 {
                     "shot": shot,
