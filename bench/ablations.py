@@ -3,9 +3,8 @@
     python bench/ablations.py results/synthetic --reference none [--rows none fg ...]
         [--shot 1] [--name table5]
 
-A run's rows: summarize's table, each row's paired difference to --reference with its 95%
-interval, its mean per training seed, and the run's job time. Writes bench/results/{name}.json
-and .md (default name: ablations).
+A run's rows against --reference and per training seed, and its job time. Writes
+bench/results/{name}.json and .md (default name: ablations).
 """
 
 from __future__ import annotations

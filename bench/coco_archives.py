@@ -1,7 +1,6 @@
 """Backs docs/running.md, "What a full run costs": COCO's archives for the rehearsal.
 
-COCO 2014 generated in its own format at full count, for bench/rehearsal.py coco: no
-download, the real JSON's size, the pixels scaled down to save disk. The tree is
+COCO 2014 in its own format at full count, the pixels scaled down, for bench/rehearsal.py coco:
 {ROOT}/train2014/*.jpg, val2014/*.jpg and annotations/instances_{split}.json.
 
     python bench/coco_archives.py ROOT [--scale 0.25] [--train 82783] [--val 40504]
@@ -96,9 +95,7 @@ def instances(root: Path, split: str) -> Path:
 def make_coco(root: Path, counts: dict[str, int], scale: float, threads: int) -> dict:
     """Every split's JPEGs and instances JSON under `root`; returns their `facts`."""
     (root / "annotations").mkdir(parents=True, exist_ok=True)
-    categories = [
-        {"id": c, "name": f"category {c}", "supercategory": "thing"} for c in CATEGORY_IDS
-    ]
+    kinds = [{"id": c, "name": f"category {c}", "supercategory": "thing"} for c in CATEGORY_IDS]
     for offset, (split, count) in enumerate(counts.items()):
         folder = root / split
         folder.mkdir(exist_ok=True)
@@ -109,14 +106,13 @@ def make_coco(root: Path, counts: dict[str, int], scale: float, threads: int) ->
         annotations = [ann for _, anns in records for ann in anns]
         for ann_id, ann in enumerate(annotations, 1):
             ann["id"] = ann_id
-        data = {"images": images, "annotations": annotations, "categories": categories}
+        data = {"images": images, "annotations": annotations, "categories": kinds}
         instances(root, split).write_text(json.dumps(data))
     return facts(root)
 
 
 def facts(root: Path) -> dict[str, dict]:
-    """Per split: images, instances, crowds, the share of images holding a person and the
-    JSON's size."""
+    """Per split: images, instances, crowds, share of images with a person, the JSON's size."""
     written = {}
     for split in SPLITS:
         path = instances(root, split)

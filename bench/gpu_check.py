@@ -140,9 +140,8 @@ def pipeline(args, shapes, work: Path, record) -> None:
 
 
 def train(args, shapes, work: Path, record) -> None:
-    """Two training steps (the stage's train_step, SGD with BatchNorm frozen, random weights
-    and data) per shot and micro-batch count: the second step's seconds and the peak memory
-    (CUDA: torch's peak allocation for that shape; CPU: the process's peak RSS so far)."""
+    """Two training steps (train_step, random weights and data) per shot and micro-batch count:
+    the second's seconds and the peak memory (CUDA: torch's peak allocation; CPU: peak RSS)."""
     device, crop, count = pick_device(args.device), shapes["crop"], shapes["episodes"]
     normalise, rows = Normalise(device), []
     for shot, micro in ((s, m) for s in shapes["shots"] for m in shapes["micro"]):
@@ -208,8 +207,7 @@ def sized_images(shapes, work: Path, key: str = "size") -> Path:
 
 
 def evaluate(args, shapes, work: Path, record) -> None:
-    """Encode-once evaluation (the evaluate stage's `evaluate_lists`) and episode by episode on
-    the same lists, against the floor of the FLOPs they must do."""
+    """Encode-once evaluation and episode by episode on the same lists, against their floors."""
     device = pick_device(args.device)
     index = read_index(sized_images(shapes, work))
     torch.manual_seed(0)
@@ -227,12 +225,8 @@ def evaluate(args, shapes, work: Path, record) -> None:
     novel = novel_classes(0, index.num_classes, "consecutive")
     val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
     floors, rate = Floors(model, index, cfg, device), limits.matmul_rate(device)
-    facts = dict(
-        matmul=f"{rate[0] / 1e12:.1f} TFLOP/s {rate[1]}",
-        bank_images=count,
-        faiss_index=type(bank.index).__name__,
-        faiss_on_gpu=type(bank.index).__name__.startswith("Gpu"),  # where it went
-    )
+    kind = type(bank.index).__name__  # where faiss put the bank's index
+    facts = dict(bank_images=count, faiss_index=kind, faiss_on_gpu=kind.startswith("Gpu"))
     common, rows = (index, cfg, bank, device), []
     for shot in shapes["shots"]:
         sampler = EpisodeSampler.from_pixels(val, novel, shapes["min_support_pixels"], shot)
@@ -258,7 +252,7 @@ def evaluate(args, shapes, work: Path, record) -> None:
                     "paper_episodes_per_s": PAPER_FPS.get(shot),
                 }
             )
-        record(rows=rows, **facts)
+        record(rows=rows, matmul=f"{rate[0] / 1e12:.1f} TFLOP/s {rate[1]}", **facts)
 
 
 def annotation(args, shapes, work: Path, record) -> None:
@@ -371,8 +365,7 @@ def main() -> None:
             print(f"{name}: {part['status']} in {part['seconds']} s", flush=True)
             (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
             (args.out / "gpu_check.md").write_text(report(results))
-    failed = [name for name, part in results["parts"].items() if part["status"] != "ok"]
-    if failed:
+    if failed := [name for name, part in results["parts"].items() if part["status"] != "ok"]:
         raise SystemExit(
             f"gpu check: {', '.join(failed)} did not pass; see {args.out}/gpu_check.log"
         )

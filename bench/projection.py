@@ -70,8 +70,7 @@ def preset_config(preset: str) -> dict:
 
 
 def rule_resources(preset: str) -> dict[str, dict[str, int]]:
-    """What each rule asks the scheduler for (mem_mb, runtime in minutes), from a dry run of
-    the preset's DAG: the limits SLURM kills a job at."""
+    """Each rule's mem_mb and runtime (minutes), from a dry run of the preset's DAG."""
     with tempfile.TemporaryDirectory() as work:
         shutil.copy(REPO / "config.yaml", work)
         dataset = f"dataset={{name: {preset}, root: {work}}}"
@@ -96,8 +95,7 @@ def encoder_flops(arch: str, height: int, width: int) -> float:
 
 
 def step_flops(config: dict, shot: int) -> float:
-    """One training step's encoder and mining head, forward and backward (bench/train.py's
-    count, on the meta device), plus the checkpointed micro-batches' second forward."""
+    """A training step's FLOPs (bench/train.py's, on meta) with micro-batches' second forward."""
     arch, t = config["encoder"]["arch"], config["train"]
     with torch.device("meta"):
         encoder = build_encoder(EncoderConfig(arch=arch, weights="none"))
@@ -110,8 +108,8 @@ def step_flops(config: dict, shot: int) -> float:
 
 
 def loader_seconds(sample: Path, config: dict, samples: int) -> dict[str, float]:
-    """Seconds per training sample on one core (read, label, rescale, crop, flip): an episode
-    of each shot (1 + shot images) and a pseudo-labelled image, on the COCO sample's images."""
+    """Seconds per training sample (an episode of each shot, a pseudo-labelled image) on one
+    core, on the COCO sample's images."""
     results = sample / "results/coco"
     index = read_index(results / layout.INDEX)
     pixels = index.pixels[index.pixels["image_id"].isin(index.split("train").index)]
@@ -131,8 +129,7 @@ def loader_seconds(sample: Path, config: dict, samples: int) -> dict[str, float]
 
 
 def jobs(preset: str, gpu: dict, loaders: dict, startup: dict) -> list[dict]:
-    """Every job of the preset's run: rule, DAG level, count, GPU or not, host and device
-    seconds, device GFLOP (the real encoder's included), peak memory and disk (MB, per job)."""
+    """Every job of the preset's run, projected (docs/running.md, "What the projection assumes")."""
     config = preset_config(preset)
     t, e = config["train"], config["evaluate"]
     flops = {shot: step_flops(config, shot) for shot in SHOTS}
@@ -154,8 +151,7 @@ def jobs(preset: str, gpu: dict, loaders: dict, startup: dict) -> list[dict]:
     asks = rule_resources(preset)
 
     def job(rule, level, count, on_gpu, stage, times, encoder_flop, host_share=1.0) -> dict:
-        """`stage` as rehearsed, done `times` over, plus `encoder_flop` of the real encoder's;
-        the host's seconds times `host_share`."""
+        """`stage` done `times` over plus `encoder_flop`; the host's seconds times `host_share`."""
         flop = stage["gflop"] * 1e9 * times + encoder_flop
         device = (
             flop / gpu["flops"]

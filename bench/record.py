@@ -33,8 +33,7 @@ def arguments(doc: str, *, results: bool = False, threads: bool = False) -> argp
 
 
 def machine() -> dict:
-    """The pipeline's record of the machine (CPU, vector extensions, torch, oneDNN) with the
-    cores and Python."""
+    """The pipeline's record of the machine with the cores and Python."""
     return {
         **latentfss.machine.machine(),
         "cores": os.cpu_count(),
@@ -53,8 +52,7 @@ def describe(m: dict) -> str:
 
 
 def scratch() -> tempfile.TemporaryDirectory:
-    """A scratch folder in the checkout, on the disk the pipeline writes to; git ignores its
-    name (.bench-*), so one left behind by a killed run is never committed."""
+    """A scratch folder in the checkout; git ignores .bench-*, so a left-over is never committed."""
     return tempfile.TemporaryDirectory(dir=REPO, prefix=".bench-")
 
 
@@ -67,9 +65,8 @@ def table(rows: list[dict], columns: dict[str, str]) -> list[str]:
 
 
 def save(results: dict, render: Callable[[dict], list[str]], out: Path, name: str) -> None:
-    """bench/results/{name}.json: the results, with the machine they ran on and the function
-    that renders them, and {name}.md: its lines (assembled into docs/benchmarks.md; `python
-    bench/report.py --render` renders every file again)."""
+    """{name}.json: the results, their machine and the function that renders them (`python
+    bench/report.py --render`), and {name}.md: its lines, assembled into docs/benchmarks.md."""
     results = {"machine": machine(), **results}
     script = Path(sys.modules[render.__module__].__file__).stem
     results["rendered_by"] = f"{script}.{render.__name__}"

@@ -23,8 +23,7 @@ from latentfss.machine import describe_machine
 
 
 def main_rows(results: Path) -> pd.DataFrame:
-    """Row main's lines of summary.csv, with each one's number of test seeds and the machine
-    its model was trained on."""
+    """Row main's lines of summary.csv, with their test seeds' count and training machine."""
     rows = pd.read_csv(results / layout.SUMMARY_CSV).query("row == 'main'")
     metrics = [
         json.loads((first_seed(results, r.fold, r.shot) / layout.METRICS).read_text())
@@ -106,11 +105,8 @@ def main() -> None:
 
 def fold_columns(count: int) -> dict[str, str]:
     """Each fold's mIoU, a column each."""
-    return {
-        " | ".join(f"fold{f}" for f in range(count)): " | ".join(
-            f"{{folds[{f}]:.1f}}" for f in range(count)
-        )
-    }
+    folds = range(count)
+    return {" | ".join(f"fold{f}" for f in folds): " | ".join(f"{{folds[{f}]:.1f}}" for f in folds)}
 
 
 def markdown(r: dict) -> list[str]:

@@ -27,9 +27,7 @@ from latentfss.runtime import pick_device
 
 def step_flops(model: MatchingNet, train: dict, shot: int) -> int:
     """FLOPs of `model`'s encoder and mining head, forward and backward, on one step's batch
-    (config section `train`: B queries, B x shot supports, M pseudo-labelled images); on the
-    meta device they are counted without computing. The cosine matching and the losses, a few
-    MFLOP by hand, are left out."""
+    (section `train`) without the matching and losses' few MFLOP; on meta, none computed."""
     model.train()
     for module in model.encoder.modules():  # frozen BatchNorm, as in training
         if isinstance(module, torch.nn.BatchNorm2d):
