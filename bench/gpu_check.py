@@ -143,7 +143,7 @@ def train(args, shapes, work: Path, record) -> None:
     """Two training steps (train_step, random weights and data) per shot and micro-batch count:
     the second's seconds and the peak memory (CUDA: torch's peak allocation; CPU: peak RSS)."""
     device, crop, count = pick_device(args.device), shapes["crop"], shapes["episodes"]
-    normalise, rows = Normalise(device), []
+    normalise, rows, cuda = Normalise(device), [], device.type == "cuda"
     for shot, micro in ((s, m) for s in shapes["shots"] for m in shapes["micro"]):
         torch.manual_seed(0)
         model = MatchingNet(Encoder(shapes["arch"]), ModelConfig(), PSEUDO_CLASSES)
@@ -159,18 +159,15 @@ def train(args, shapes, work: Path, record) -> None:
         pixels = torch.randint(0, 255, (shapes["pseudo"], 3, crop, crop), dtype=torch.uint8)
         labels = torch.randint(0, PSEUDO_CLASSES, (shapes["pseudo"], crop, crop))
         mining = (normalise(normalise.unit(pixels)), labels)
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
         for _ in range(2):  # the first allocates the momenta and warms the kernels up
             start = time.perf_counter()
             train_step(model, episode, mining, optimizer, normalise, 1.0, micro)
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
-        peak = (
-            torch.cuda.max_memory_allocated()
-            if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        )
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's, so far
+        peak = torch.cuda.max_memory_allocated() if cuda else rss
         rows.append(
             {
                 "shot": shot,
@@ -233,8 +230,7 @@ def evaluate(args, shapes, work: Path, record) -> None:
         episodes = sample_test_episodes(sampler, shapes["test_episodes"], 0)
         evaluate_lists(model, {"warm-up": episodes[:8]}, *common, novel)
         _, _, work_done = evaluate_lists(model, {"seed0": episodes}, *common, novel)
-        few, meter = episodes[: shapes["one_by_one"]], IoUMeter(novel)
-        start = time.perf_counter()
+        few, meter, start = episodes[: shapes["one_by_one"]], IoUMeter(novel), time.perf_counter()
         for pred, label, class_id in episode_by_episode(model, few, *common):
             meter.update(pred, label, class_id)
         one_by_one = time.perf_counter() - start
@@ -256,8 +252,7 @@ def evaluate(args, shapes, work: Path, record) -> None:
 
 
 def annotation(args, shapes, work: Path, record) -> None:
-    """The COCO preset's annotation (features computed again on the device) at COCO's image
-    sizes: each stage's seconds and images/s."""
+    """The COCO preset's annotation at COCO's image sizes (features computed again): images/s."""
     index = sized_images(shapes, work, "coco_size")
     on = dict(index=index, device=args.device, threads=os.cpu_count())
     encoder = flags(arch=shapes["arch"], weights="none", calibration_images=16)
@@ -266,12 +261,11 @@ def annotation(args, shapes, work: Path, record) -> None:
     cluster = dict(params=flags(k=shapes["k"]), protocol=protocol)
     stages = annotate(work / "coco", on, encoder, params, cluster, keep=False)
     del stages["cluster"]
-    count = shapes["train"]
     for stage, timed in stages.items():
         timed["startup_seconds"] = limits.startup_seconds(stage, repeats=1)
         after = max(timed["seconds"] - timed["startup_seconds"], 1e-3)
-        timed["images_per_s_after_startup"] = round(count / after, 1)
-    record(images=count, size=shapes["coco_size"], stages=stages)
+        timed["images_per_s_after_startup"] = round(shapes["train"] / after, 1)
+    record(images=shapes["train"], size=shapes["coco_size"], stages=stages)
 
 
 def tests(args, shapes, work: Path, record) -> None:
@@ -281,10 +275,10 @@ def tests(args, shapes, work: Path, record) -> None:
     command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"]
     done = subprocess.run([*command, *files], cwd=REPO, capture_output=True, text=True)
     print(done.stdout[-4000:], done.stderr[-2000:])
-    lines = done.stdout.strip().splitlines()
-    record(files=files, summary=lines[-1] if lines else "", exit_code=done.returncode)
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    record(files=files, summary=last, exit_code=done.returncode)
     if done.returncode not in (0, 5):  # 5: nothing collected (no CUDA: every one skipped)
-        raise SystemExit(f"gpu tests failed: {lines[-1] if lines else done.stderr[-500:]}")
+        raise SystemExit(f"gpu tests failed: {last or done.stderr[-500:]}")
 
 
 PARTS = {part.__name__: part for part in (tests, pipeline, train, evaluate, annotation)}

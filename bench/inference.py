@@ -57,8 +57,7 @@ def authors_loop(model, episodes: pd.DataFrame, index, cfg, bank, device):
 
 class Floors:
     """The least compute of evaluation: the encoder's FLOPs for each image encoded plus the
-    matching's, 2 x C multiply-adds per prototype and feature cell of every query (the
-    rectification, the upsampling and the scoring left out)."""
+    matching's 2 x C multiply-adds per prototype and query feature cell (nothing else)."""
 
     def __init__(self, model, index, cfg, device) -> None:
         self.model, self.index, self.cfg, self.device = model, index, cfg, device
@@ -99,8 +98,7 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict, devi
     val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
     sampler = EpisodeSampler.from_pixels(val, novel, config["protocol"]["min_support_pixels"], shot)
     lists = {f"seed{seed}": sample_test_episodes(sampler, episodes, seed) for seed in cfg.seeds}
-    floors = Floors(model, index, cfg, device)
-    rows = []
+    floors, rows = Floors(model, index, cfg, device), []
 
     def record(variant: str, meters: dict, seconds: float, flops: int, **extra) -> None:
         count = sum(len(lists[name]) for name in meters)
@@ -124,10 +122,9 @@ def measure_variants(results: Path, shot: int, episodes: int, config: dict, devi
         meters, _, work = evaluate_lists(model, chosen, index, cfg, bank, device, novel)
         flops = floors(pd.concat(chosen.values()), once=True)
         record(variant, meters, work["seconds"], flops, images=work)
-    # the authors' loop keeps the default memory format (NCHW)
     for variant, loop, memory_format in (
         ("episode by episode", episode_by_episode, torch.channels_last),
-        ("authors' loop shape", authors_loop, torch.contiguous_format),
+        ("authors' loop shape", authors_loop, torch.contiguous_format),  # as theirs, NCHW
     ):
         model = model.to(memory_format=memory_format)
         meter, start = IoUMeter(novel), time.perf_counter()
@@ -180,8 +177,7 @@ def main() -> None:
             f"{args.results}: run `snakemake --cores 2` first (needs fold 0's models and banks)"
         )
     torch.set_num_threads(args.threads)
-    device = pick_device()
-    rows, stages = [], []
+    device, rows, stages = pick_device(), [], []
     with scratch() as tmp:
         rates = limits.measure(device)
         for shot in (1, 5):

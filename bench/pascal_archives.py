@@ -21,13 +21,6 @@ from latentfss.datasets import pascal
 from latentfss.datasets.images import write_mask
 
 HEIGHT, WIDTH = 375, 500
-LIST_FILES = {
-    "VOC2012 train": pascal.VOC / "ImageSets/Segmentation/train.txt",
-    "VOC2012 val": pascal.VOC / "ImageSets/Segmentation/val.txt",
-    "SBD train": pascal.SBD / "train.txt",
-    "SBD val": pascal.SBD / "val.txt",
-    "SBD train_noval": pascal.SBD / "train_noval.txt",
-}
 
 
 def official_lists() -> dict[str, list[str]]:
@@ -46,10 +39,11 @@ def official_lists() -> dict[str, list[str]]:
 
 
 def write_lists(root: Path, lists: dict[str, list[str]]) -> None:
-    for name, ids in lists.items():
-        path = root / LIST_FILES[name]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{i}\n" for i in ids))
+    folders = {"VOC2012": pascal.VOC / "ImageSets/Segmentation", "SBD": pascal.SBD}
+    for name, ids in lists.items():  # "SBD train_noval" -> SBD's train_noval.txt
+        dataset, split = name.split()
+        (root / folders[dataset]).mkdir(parents=True, exist_ok=True)
+        (root / folders[dataset] / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
 
 
 def objects(rng: np.random.Generator) -> np.ndarray:

@@ -5,8 +5,6 @@ encoder's FLOPs (counted on the meta device) and the training loaders' seconds p
 here); every factor and its assumption: docs/running.md, "What the projection assumes".
 
     python bench/projection.py [--runs .bench-rehearsal] [--gpu-tflops 100] [--gpu-tbps 1]
-
-Writes bench/results/projection.json and .md.
 """
 
 from __future__ import annotations
@@ -138,8 +136,7 @@ def jobs(preset: str, gpu: dict, loaders: dict, startup: dict) -> list[dict]:
     images, fold_set = full["images"], full["work"]["fold_train_set"]
     stages = {rule: (s, 1) for rule, s in full["stages"].items()}  # rule -> (rehearsed, times)
     if preset == "coco":  # what scales with pixels, from the sample at COCO's sides
-        later = rehearsal["sample"]
-        ratio = images / later["images"]
+        later, ratio = rehearsal["sample"], images / rehearsal["sample"]["images"]
         for rule in PER_IMAGE:  # memory grows with the pixels or the count: the larger
             peak = max(later["stages"][rule]["peak_mb"], full["stages"][rule]["peak_mb"])
             stages[rule] = (later["stages"][rule] | {"peak_mb": peak}, ratio)

@@ -34,11 +34,7 @@ def arguments(doc: str, *, results: bool = False, threads: bool = False) -> argp
 
 def machine() -> dict:
     """The pipeline's record of the machine with the cores and Python."""
-    return {
-        **latentfss.machine.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-    }
+    return dict(latentfss.machine.machine(), cores=os.cpu_count(), python=platform.python_version())
 
 
 def describe(m: dict) -> str:

@@ -66,8 +66,7 @@ def main() -> None:
     )
     pseudo_classes = zarr.open_group(str(masks), mode="r").attrs["K"] + 1
     torch.set_num_threads(args.threads)
-    startup = limits.startup_seconds("train")
-    runs = []
+    startup, runs = limits.startup_seconds("train"), []
     with scratch() as tmp:
         rates = limits.measure(pick_device())
         for shot in (1, 5):
