@@ -211,19 +211,19 @@ def evaluate(args, shapes, work: Path, record) -> None:
     model = MatchingNet(Encoder(shapes["arch"]), ModelConfig(), pseudo_classes=None)
     model = model.to(device).eval().to(memory_format=torch.channels_last)
     cfg = EvaluateConfig(resize="none", batch_size=8, cache_mb=16384, workers=shapes["workers"])
-    count, generator = shapes["bank_images"], torch.Generator().manual_seed(0)
+    bank_images, generator = shapes["bank_images"], torch.Generator().manual_seed(0)
     per_image, per_region = (  # the bank: random unit vectors, 4 regions an image
         torch.nn.functional.normalize(torch.randn(n, model.encoder.channels, generator=generator))
-        for n in (count, 4 * count)
+        for n in (bank_images, 4 * bank_images)
     )
     nearest = on_device(inner_product_index(per_image.numpy()), device)
-    offsets = torch.arange(0, 4 * count + 1, 4, device=device)
+    offsets = torch.arange(0, 4 * bank_images + 1, 4, device=device)
     bank = RegionBank(nearest, per_region.to(device), offsets, cfg.top_n, cfg.beta)
     novel = novel_classes(0, index.num_classes, "consecutive")
     val = index.pixels[index.pixels["image_id"].isin(index.split("val").index)]
     floors, rate = Floors(model, index, cfg, device), limits.matmul_rate(device)
     kind = type(bank.index).__name__  # where faiss put the bank's index
-    facts = dict(bank_images=count, faiss_index=kind, faiss_on_gpu=kind.startswith("Gpu"))
+    facts = dict(bank_images=bank_images, faiss_index=kind, faiss_on_gpu=kind.startswith("Gpu"))
     common, rows = (index, cfg, bank, device), []
     for shot in shapes["shots"]:
         sampler = EpisodeSampler.from_pixels(val, novel, shapes["min_support_pixels"], shot)
