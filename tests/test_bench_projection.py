@@ -99,6 +99,7 @@ import torch
 conv = torch.nn.Conv2d(3, 4, 3)
 with torch.inference_mode():
     conv(torch.ones(2, 3, 8, 8))  # conv2d, decomposed to the convolution FlopCounterMode counts
+    torch.nn.functional.interpolate(torch.ones(1, 1, 8, 8), (64, 64), mode="bilinear")
 product = torch.ones(5, 6) @ torch.ones(6, 7)
 product.view(35)  # moves nothing
 """
@@ -116,7 +117,9 @@ def test_the_rehearsal_counts_a_stages_device_work(tmp_path):
     subprocess.run([sys.executable, str(tmp_path / "latentfss"), "evaluate"], env=env, check=True)
     work = json.loads((tmp_path / "work/evaluate.json").read_text())
     assert work["flops"] == 2 * (2 * 4 * 3 * 3 * 3 * 6 * 6) + 2 * (5 * 6 * 7)
-    assert work["ops"] >= 6 and work["bytes"] >= 4 * (2 * 3 * 8 * 8 + 2 * 4 * 6 * 6 + 5 * 7)
+    least = 4 * (2 * 3 * 8 * 8 + 2 * 4 * 6 * 6 + 8 * 8 + 64 * 64 + 5 * 7)  # inputs, outputs
+    # the upsampling as its own kernel: a Python decomposition's index arithmetic moved 20x
+    assert work["ops"] >= 7 and least <= work["bytes"] < 2 * least
     assert 0 < work["seconds"] <= work["inside_s"] and work["dispatch_s"] >= 0
 
 

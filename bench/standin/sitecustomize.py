@@ -48,6 +48,9 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
     from torch.utils._pytree import tree_leaves
     from torch.utils.flop_counter import flop_registry
 
+    COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+
     class DeviceWork(TorchDispatchMode):
         """Sums every operation's seconds, FLOPs and bytes, and the seconds spent in here,
         counting included."""
@@ -69,11 +72,10 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
 
         def count(self, func, args, kwargs):
             flops = flop_registry.get(func.overloadpacket)
-            if flops is None:  # e.g. conv2d in inference mode: its parts (a convolution),
-                with self:  # as FlopCounterMode counts them
-                    out = func.decompose(*args, **kwargs)
-                if out is not NotImplemented:
-                    return out
+            if flops is None and has_kernel(func.name(), COMPOSITE):
+                with self:  # e.g. conv2d in inference mode: its ATen parts (a convolution), as
+                    # FlopCounterMode counts them; not a Python decomposition's slower ones
+                    return func._op_dk(COMPOSITE, *args, **kwargs)
             start = time.perf_counter()
             out = func(*args, **kwargs)
             self.work["ops"] += 1

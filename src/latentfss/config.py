@@ -257,7 +257,7 @@ class EvaluateConfig:
     # original size in every mode
     resize: str = "none"
     input_size: int = 128  # pfenet and square: the side of the network's input
-    batch_size: int = 16  # images loaded and encoded together; episodes rectified together
+    batch_size: int = 16  # images loaded and encoded together
     # each distinct image is encoded once per job: the features of query images that are
     # supports too are kept this far (device memory), the rest encoded a second time
     cache_mb: int = 2048

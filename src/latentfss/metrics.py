@@ -14,11 +14,11 @@ def iou_counts(pred: torch.Tensor, label: torch.Tensor, target=1) -> torch.Tenso
     foreground, IGNORE pixels nothing and every other pixel the background -> (B, 2, 2) int64:
     for background (0) and foreground (1), each episode's intersection and union."""
     valid = label != IGNORE
-    truth, predicted = label == target, pred == 1
-    counts = []
-    for p, t in ((~predicted & valid, ~truth & valid), (predicted & valid, truth & valid)):
-        counts.append(torch.stack([(p & t).flatten(1).sum(1), (p | t).flatten(1).sum(1)], dim=-1))
-    return torch.stack(counts, dim=1)
+    truth, predicted = label == target, (pred == 1) & valid  # the truth is valid: not IGNORE
+    sums = (m.flatten(1).sum(1) for m in (valid, truth, predicted, predicted & truth))
+    valid, truth, predicted, both = torch.broadcast_tensors(*sums)
+    union = predicted + truth - both
+    return torch.stack([valid - union, valid - both, both, union], dim=-1).view(-1, 2, 2)
 
 
 class IoUMeter:

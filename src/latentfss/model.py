@@ -99,11 +99,11 @@ class MatchingNet(nn.Module):
         self.register_buffer("bg_seen", torch.tensor(0))
 
     def shots(self, feats: torch.Tensor, masks: torch.Tensor) -> Shots:
-        """Each shot's Eq. 2 prototypes and image embedding: feats (N, C, h, w), binary masks
-        (N, H, W) -> Shots of (N, C)."""
+        """Each shot's Eq. 2 prototypes and image embedding: feats (N or 1, C, h, w), binary
+        masks (N, H, W) -> Shots of (N, C)."""
         weights = mask_weights(masks.to(feats.device), tuple(feats.shape[-2:]))
         fg, bg = masked_average(feats, weights).unbind(dim=1)
-        return Shots(fg, bg, image_embedding(feats))
+        return Shots(fg, bg, image_embedding(feats).expand_as(fg))
 
     def prototypes(
         self, shots: Shots, bank: RegionBank | None = None

@@ -105,10 +105,10 @@ class TestImages(Dataset):
         return {
             "image_id": self.image_ids[i],
             "image": image,
-            "mask": mask.numpy(),
+            "mask": mask,  # tensors: they reach the main process through shared memory
             "covered": covered,
             "input_size": tuple(image.shape[1:]),
-            "label": label,
+            "label": mask if self.resize == "none" else torch.tensor(label),
         }
 
 
