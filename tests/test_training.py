@@ -75,6 +75,32 @@ def test_matching_logits_are_sigma_times_cosine():
     torch.testing.assert_close(logits[1, 1, 2, 3], expected)
 
 
+def test_one_query_against_many_episodes_broadcasts_eq5():
+    """evaluate_lists matches a query image's features (1, C, h, w) against all its episodes'
+    prototypes (B, 2, C) at once: each episode's logits are its own sigma * cosine."""
+    feats, protos = torch.randn(1, 8, 3, 4), torch.randn(3, 2, 8)
+    logits = cosine_logits(feats, protos, sigma=20)
+    assert logits.shape == (3, 2, 3, 4)
+    f = feats[0, :, 1, 2]
+    expected = 20 * torch.nn.functional.cosine_similarity(f, protos[2, 0], dim=0)
+    torch.testing.assert_close(logits[2, 0, 1, 2], expected)
+
+
+def test_one_images_shots_pooled_together_are_eq2_by_hand():
+    """evaluate_lists pools all of a support image's (image, class) shots in one call: its
+    features (1, C, h, w) against N masks at 2x the grid, each cell the mean of a 2 x 2 block."""
+    feats = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[10.0, 20.0], [30.0, 40.0]]])[None]
+    masks = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    masks[0, :2, :2] = 1  # the top-left cell is the class, the other three background
+    masks[1, :, 0] = 1  # half of the left cells the class; half of the right ones ignored
+    masks[1, :, 3] = IGNORE
+    shots = small_model().shots(feats, masks)
+    torch.testing.assert_close(shots.fg, torch.tensor([[1.0, 10.0], [2.0, 20.0]]))
+    torch.testing.assert_close(shots.bg, torch.tensor([[3.0, 30.0], [2.5, 25.0]]))
+    unit = F.normalize(torch.tensor([2.5, 25.0]), dim=0)
+    torch.testing.assert_close(shots.embedding, unit.expand(2, 2))
+
+
 def test_k_shot_prototypes_of_shots_of_different_sizes_average_their_eq2_prototypes():
     model = small_model()
     feats = [torch.randn(1, 256, 4, 4), torch.randn(1, 256, 2, 3)]
