@@ -34,6 +34,7 @@ from latentfss import layout, store
 from latentfss.datasets import pascal
 from latentfss.datasets.images import read_image, read_mask, resized_batches
 from latentfss.datasets.index import read_index
+from latentfss.scoring import SPEED_EPISODES
 
 REPO = Path(__file__).resolve().parents[1]
 ENCODER = {"arch": "resnet50", "weights": "none", "calibration_images": 64}
@@ -136,10 +137,14 @@ def host_floors(results: Path, rules: list[str], threads: int = 2) -> dict:
         )
         outputs["build_bank"] = results / OUTPUTS["build_bank"][0] / "regions.zarr"
         episodes = pd.read_csv(results / OUTPUTS["evaluate"][0] / "episodes_seed0.csv")
-        shown = {int(i) for s in episodes["supports"] for i in str(s).split()}
-        shown = index.images.loc[sorted(shown | set(episodes["query"]))]
+        queries = episodes["query"].tolist()
+        shots = [[int(i) for i in str(s).split()] for s in episodes["supports"]]
+        shown = sorted(set(queries).union(*shots))
+        for query, supports in zip(queries[:SPEED_EPISODES], shots, strict=False):
+            shown += [query, *supports]  # read again, one episode at a time: Table 7's speed
         inputs["evaluate"] = decoding(
-            lambda row: (read_image(row.image), mask(row.mask)), list(shown.itertuples())
+            lambda row: (read_image(row.image), mask(row.mask)),
+            list(index.images.loc[shown].itertuples()),
         )
     floors = {}
     for rule, seconds in inputs.items():
@@ -160,7 +165,7 @@ def measured(run: Path, results: Path, rule: str) -> dict:
     seconds = float(bench["s"].iloc[0])
     return {
         "seconds": round(seconds, 1),
-        "host_s": round(seconds - device["inside_s"] - device["dispatch_s"], 1),
+        "host_s": round(seconds - sum(device[k] for k in ("inside_s", "dispatch_s", "own_s")), 1),
         "device_s": round(device["seconds"], 1),
         "device_ops": device["ops"],
         "gflop": round(device["flops"] / 1e9, 1),

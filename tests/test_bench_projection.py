@@ -95,7 +95,9 @@ def test_rule_resources_are_read_from_a_dry_run():
 
 
 STAGE = """
+import sys
 import torch
+assert "torch._dynamo" in sys.modules  # the counter's set-up imported it, not the stage's first op
 conv = torch.nn.Conv2d(3, 4, 3)
 with torch.inference_mode():
     conv(torch.ones(2, 3, 8, 8))  # conv2d, decomposed to the convolution FlopCounterMode counts
@@ -121,6 +123,7 @@ def test_the_rehearsal_counts_a_stages_device_work(tmp_path):
     # the upsampling as its own kernel: a Python decomposition's index arithmetic moved 20x
     assert work["ops"] >= 7 and least <= work["bytes"] < 2 * least
     assert 0 < work["seconds"] <= work["inside_s"] and work["dispatch_s"] >= 0
+    assert work["own_s"] > 0  # its set-up and calibration, on neither side
 
 
 def test_host_floors_time_a_runs_own_inputs_and_outputs(annotated):

@@ -7,7 +7,7 @@ a rehearsal's data path is real and its encoder cheap.
 
 $LATENTFSS_DEVICE_WORK=DIR: a `latentfss STAGE` process counts every torch operation its main
 thread runs (`DeviceWork`: what docs/running.md, "What a full run costs", calls the device's
-work) and writes DIR/STAGE.json at exit."""
+work) and writes DIR/STAGE.json at exit, with the seconds it spent on itself outside them."""
 
 import os
 import sys
@@ -43,7 +43,10 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
     import timeit
     from pathlib import Path
 
-    import torch
+    import torch  # as the stage does
+
+    OWN = time.perf_counter()  # the counter's own seconds, which no stage spends uninstrumented:
+    # its set-up from here, and its calibration at exit
     from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
     from torch.utils._pytree import tree_leaves
     from torch.utils.flop_counter import flop_registry
@@ -99,13 +102,17 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
 
     MODE = DeviceWork()
     MODE.__enter__()
+    torch.zeros(1).add_(1)  # a process's first operation in any dispatch mode imports
+    # torch._dynamo (1.4 s here), which no data-bound stage imports uninstrumented
+    MODE.work, OWN = dict.fromkeys(MODE.work, 0), time.perf_counter() - OWN
     os.register_at_fork(after_in_child=lambda: MODE.__exit__(None, None, None))  # workers
 
     @atexit.register
     def _write() -> None:
         if os.getpid() == MODE.pid:
-            work = dict(MODE.work)  # before the calibration's calls
+            work, calibrating = dict(MODE.work), time.perf_counter()  # before its calls
             work["dispatch_s"] = work["calls"] * dispatch_cost()
+            work["own_s"] = OWN + time.perf_counter() - calibrating
             folder = Path(os.environ["LATENTFSS_DEVICE_WORK"])
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{STAGE}.json").write_text(json.dumps(work))
