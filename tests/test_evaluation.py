@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from conftest import artifact, cli, params, summarize, summarize_runs, write_metrics
 from latentfss import layout, runs
 from latentfss import machine as machine_module
+from latentfss.datasets.evaluation import pack, unpack
 from latentfss.episodes import IGNORE
 from latentfss.machine import describe_machine, machine
 from latentfss.metrics import IoUMeter, iou_counts
@@ -67,6 +69,26 @@ def test_accumulation_over_episodes_and_classes_by_hand():
     assert meter.per_class() == {1: 3 / 5, 2: 0.0}  # summed before dividing, per class
     assert meter.miou() == pytest.approx(0.3)
     assert meter.fbiou() == pytest.approx((4 / 8 + 3 / 7) / 2)  # bg: 4/8, fg: 3/7
+
+
+def test_a_packed_batch_crosses_from_a_worker_as_its_items_were():
+    """Images of different sizes and their masks, one mask held twice (a query's label is its
+    mask under resize none), through a loader worker and back: equal items, each tensor packed
+    once."""
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in [(5, 7), (4, 9)]]
+    masks = [torch.randint(0, 3, image.shape[1:], dtype=torch.uint8) for image in images]
+    items = [
+        {"image": images[0], "mask": masks[0], "label": masks[0], "covered": (5, 7)},
+        (images[1], masks[1]),
+    ]
+    loader = DataLoader(items, batch_size=2, num_workers=1, collate_fn=pack)
+    (batch,) = list(loader)
+    assert batch.data.numel() == sum(t.numel() for t in [*images, *masks])
+    first, second = unpack(batch)
+    assert first.keys() == items[0].keys() and first["covered"] == (5, 7)
+    for key in ("image", "mask", "label"):
+        assert torch.equal(first[key], items[0][key])
+    assert all(torch.equal(a, b) for a, b in zip(second, items[1], strict=True))
 
 
 def test_faiss_returns_a_vector_as_its_own_nearest_neighbour():

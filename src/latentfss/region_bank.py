@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from latentfss import store
 from latentfss.config import EvaluateConfig
-from latentfss.datasets.evaluation import collate, network_input
+from latentfss.datasets.evaluation import network_input, pack, unpack
 from latentfss.datasets.images import read_image
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each
@@ -191,9 +191,7 @@ def build_bank(job: BankJob, cfg: EvaluateConfig) -> None:
     image_ids = pseudo["image_id"][:]
     image_ids = image_ids[image_ids >= 0]  # the fold's train set (unlabelled ones: not banked)
     data = TrainImages(index.images.loc[image_ids, "image"].tolist(), job.pseudo_masks, cfg)
-    loader = DataLoader(
-        data, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate
-    )
+    loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=pack)
     # Every row is written in place. Per-image arrays kept in lists until the end sit in the
     # heap between the large feature maps, whose sizes vary at resize: none, and fragment it:
     # peak RSS 7.8 GB at PASCAL's 5,265 train images, 1.4 GB this way (bench/rehearsal.py).
@@ -205,7 +203,7 @@ def build_bank(job: BankJob, cfg: EvaluateConfig) -> None:
         **{name: np.empty(capacity, np.int64) for name in ("image", "label", "pixels")},
     }
     row = count = 0
-    for batch in progress(loader, len(loader), "build-bank"):
+    for batch in map(unpack, progress(loader, len(loader), "build-bank")):
         feats = encode_each(encoder, [image for image, _ in batch], normalise)
         for image_feats, (_, mask) in zip(feats, batch, strict=True):
             mask = mask.to(device)

@@ -30,7 +30,14 @@ from torch.utils.data import DataLoader
 
 from latentfss import layout
 from latentfss.config import EvaluateConfig, ProtocolConfig
-from latentfss.datasets.evaluation import QUERY_KEYS, TestEpisodes, TestImages, at_label, collate
+from latentfss.datasets.evaluation import (
+    QUERY_KEYS,
+    TestEpisodes,
+    TestImages,
+    at_label,
+    pack,
+    unpack,
+)
 from latentfss.datasets.index import read_index
 from latentfss.encoder import Normalise, encode_each
 from latentfss.episodes import EpisodeSampler, binary_mask, novel_classes, sample_test_episodes
@@ -107,10 +114,8 @@ def encoded(
     if not len(image_ids):
         return
     data = TestImages(image_ids, index.images, index.num_classes, cfg.resize, cfg.input_size)
-    loader = DataLoader(
-        data, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate
-    )
-    for batch in progress(loader, len(loader), f"evaluate {what}"):
+    loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=pack)
+    for batch in map(unpack, progress(loader, len(loader), f"evaluate {what}")):
         feats = encode_each(model.encoder, [item["image"] for item in batch], normalise)
         yield from zip(batch, feats, strict=True)
 

@@ -6,6 +6,9 @@ paper ("evaluated on their original resolution") and both references.
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import torch
@@ -105,8 +108,8 @@ class TestImages(Dataset):
         return {
             "image_id": self.image_ids[i],
             "image": image,
-            "mask": mask,  # tensors, as the image: an image's arrays cross faster through
-            # shared memory than through the pipe (small masks do not: annotation.MaskFiles)
+            "mask": mask,  # tensors, as the image: a batch's arrays cross faster through
+            # shared memory than through the pipe (`pack`; small masks do not: annotation.MaskFiles)
             "covered": covered,
             "input_size": tuple(image.shape[1:]),
             "label": mask if self.resize == "none" else torch.tensor(label),
@@ -150,6 +153,54 @@ class TestEpisodes(Dataset):
         }
 
 
-def collate(items: list) -> list:
-    """A batch is a list of images or episodes: they may differ in size."""
-    return items
+class Slot(NamedTuple):
+    """Where a packed tensor lies in its batch's `data`."""
+
+    start: int
+    shape: tuple[int, ...]
+
+
+class Packed(NamedTuple):
+    """A batch of items whose images may differ in size: their tensors (uint8 all) one after
+    another in `data`, and the items with a `Slot` in place of each."""
+
+    data: torch.Tensor
+    items: list
+
+
+def pack(items: list) -> Packed:
+    """Dataset items (dicts or tuples), in a loader worker -> a `Packed` batch: it crosses to
+    the main process as one shared-memory file, where each tensor would be one, fetched from
+    the busy worker over a socket of its own. A tensor an item holds twice is packed once."""
+    parts, slots = [], {}
+
+    def slot(value):
+        if not torch.is_tensor(value):
+            return value
+        if id(value) not in slots:
+            slots[id(value)] = Slot(sum(p.numel() for p in parts), tuple(value.shape))
+            parts.append(value.reshape(-1))
+        return slots[id(value)]
+
+    packed = [
+        {k: slot(v) for k, v in item.items()} if isinstance(item, dict) else tuple(map(slot, item))
+        for item in items
+    ]
+    return Packed(torch.cat(parts), packed)
+
+
+def unpack(batch: Packed) -> list:
+    """A `Packed` batch -> its items, each tensor a view of `data` (so a view kept past the
+    batch keeps all of it: clone what you keep)."""
+
+    def tensor(value):
+        if not isinstance(value, Slot):
+            return value
+        return batch.data[value.start : value.start + math.prod(value.shape)].view(value.shape)
+
+    return [
+        {k: tensor(v) for k, v in item.items()}
+        if isinstance(item, dict)
+        else tuple(map(tensor, item))
+        for item in batch.items
+    ]
