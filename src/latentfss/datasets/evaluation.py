@@ -108,8 +108,8 @@ class TestImages(Dataset):
         return {
             "image_id": self.image_ids[i],
             "image": image,
-            "mask": mask,  # tensors, as the image: a batch's arrays cross faster through
-            # shared memory than through the pipe (`pack`; small masks do not: annotation.MaskFiles)
+            "mask": mask,  # tensors, as the image, for `pack`: a batch's images cross faster
+            # through shared memory than through the pipe (small masks do not: MaskFiles)
             "covered": covered,
             "input_size": tuple(image.shape[1:]),
             "label": mask if self.resize == "none" else torch.tensor(label),
@@ -178,15 +178,12 @@ def pack(items: list) -> Packed:
         if not torch.is_tensor(value):
             return value
         if id(value) not in slots:
-            slots[id(value)] = Slot(sum(p.numel() for p in parts), tuple(value.shape))
+            slots[id(value)] = Slot(sum(map(len, parts)), tuple(value.shape))
             parts.append(value.reshape(-1))
         return slots[id(value)]
 
-    packed = [
-        {k: slot(v) for k, v in item.items()} if isinstance(item, dict) else tuple(map(slot, item))
-        for item in items
-    ]
-    return Packed(torch.cat(parts), packed)
+    items = [_map(slot, item) for item in items]
+    return Packed(torch.cat(parts), items)
 
 
 def unpack(batch: Packed) -> list:
@@ -198,9 +195,9 @@ def unpack(batch: Packed) -> list:
             return value
         return batch.data[value.start : value.start + math.prod(value.shape)].view(value.shape)
 
-    return [
-        {k: tensor(v) for k, v in item.items()}
-        if isinstance(item, dict)
-        else tuple(map(tensor, item))
-        for item in batch.items
-    ]
+    return [_map(tensor, item) for item in batch.items]
+
+
+def _map(f, item):
+    """f on each value of a dict or tuple item."""
+    return {k: f(v) for k, v in item.items()} if isinstance(item, dict) else tuple(map(f, item))
