@@ -109,15 +109,9 @@ def pipeline(args, shapes, work: Path, record) -> None:
         run = annotate(out, on, encoder, flags(input_size=64, batch_size=5), cluster, keep=True)
         model, masks, bank = out / "model.pt", out / "pseudo_masks.zarr", out / "bank"
         params = flags(iterations=6, batch_episodes=2, batch_pseudo=2, crop=48, workers=0)
+        train = dict(params=params, out=model, log_csv=out / "train.csv", pseudo_masks=masks)
         run["train"] = run_stage(
-            "train",
-            encoder_init=out / "encoder_init.pt",
-            pseudo_masks=masks,
-            out=model,
-            log_csv=out / "train.csv",
-            params=params,
-            **task,
-            **on,
+            "train", encoder_init=out / "encoder_init.pt", **train, **task, **on
         )
         params = flags(input_size=64)
         run["build-bank"] = run_stage(

@@ -142,10 +142,8 @@ def host_floors(results: Path, rules: list[str], threads: int = 2) -> dict:
         shown = sorted(set(queries).union(*shots))
         for query, supports in zip(queries[:SPEED_EPISODES], shots, strict=False):
             shown += [query, *supports]  # read again, one episode at a time: Table 7's speed
-        inputs["evaluate"] = decoding(
-            lambda row: (read_image(row.image), mask(row.mask)),
-            list(index.images.loc[shown].itertuples()),
-        )
+        rows = list(index.images.loc[shown].itertuples())
+        inputs["evaluate"] = decoding(lambda row: (read_image(row.image), mask(row.mask)), rows)
     floors = {}
     for rule, seconds in inputs.items():
         if rule in outputs:

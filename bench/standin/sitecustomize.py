@@ -45,8 +45,7 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
 
     import torch  # as the stage does
 
-    OWN = time.perf_counter()  # the counter's own seconds, which no stage spends uninstrumented:
-    # its set-up from here, and its calibration at exit
+    OWN = time.perf_counter()  # its own seconds, not the stage's: set-up from here, calibration
     from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
     from torch.utils._pytree import tree_leaves
     from torch.utils.flop_counter import flop_registry
@@ -102,8 +101,7 @@ if os.environ.get("LATENTFSS_DEVICE_WORK") and sys.argv[0].endswith("latentfss")
 
     MODE = DeviceWork()
     MODE.__enter__()
-    torch.zeros(1).add_(1)  # a process's first operation in any dispatch mode imports
-    # torch._dynamo (1.4 s here), which no data-bound stage imports uninstrumented
+    torch.zeros(1).add_(1)  # the first operation in a dispatch mode imports torch._dynamo (1.4 s)
     MODE.work, OWN = dict.fromkeys(MODE.work, 0), time.perf_counter() - OWN
     os.register_at_fork(after_in_child=lambda: MODE.__exit__(None, None, None))  # workers
 
